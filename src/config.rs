@@ -1,1 +1,957 @@
-//! TODO
+//! The TOML config: serde `Raw*` types (exactly what the file may say, unknown keys rejected)
+//! validated into [`Config`] (what the rest of Berth may rely on).
+//!
+//! Owns: file reading, syntax and semantic checks, path resolution (paths are relative to the
+//! config file), defaults. Does not own: loading the zone files or the GeoIP database those
+//! paths name (that is [`crate::snapshot`]'s job), nor any runtime state.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Index of a region in [`Config::regions`]; stable for the life of one config.
+pub type RegionId = usize;
+
+/// Everything wrong with a config file, worded for the operator who has to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, unknown keys and wrong types; toml's message carries line, column and key.
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    /// A value that parses but makes no sense; `key` is the dotted path inside the file.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw: the file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    dns: Option<RawDns>,
+    geoip: Option<RawGeoip>,
+    sticky: Option<RawSticky>,
+    #[serde(default, rename = "zone")]
+    zones: Vec<RawZone>,
+    #[serde(default, rename = "region")]
+    regions: Vec<RawRegion>,
+    #[serde(default, rename = "routed_name")]
+    routed_names: Vec<RawRoutedName>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    listen: Vec<String>,
+    udp_threads: Option<usize>,
+    tcp_idle_timeout: Option<String>,
+    max_udp_payload: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeoip {
+    database: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSticky {
+    idle: Option<String>,
+    max_age: Option<String>,
+    capacity: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZone {
+    origin: String,
+    file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    name: String,
+    latitude: f64,
+    longitude: f64,
+    #[serde(default)]
+    a: Vec<String>,
+    #[serde(default)]
+    aaaa: Vec<String>,
+    cname: Option<String>,
+    upstream: Option<String>,
+    probe: Option<RawProbe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    kind: Option<String>,
+    path: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    fall: Option<u32>,
+    rise: Option<u32>,
+    healthy_status: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoutedName {
+    name: String,
+    policy: Option<String>,
+    ttl: Option<u32>,
+    regions: Vec<String>,
+    client_prefix_v4: Option<u8>,
+    client_prefix_v6: Option<u8>,
+    tie_band_ms: Option<f64>,
+    base_ms: Option<f64>,
+    inflation: Option<f64>,
+    default_order: Option<Vec<String>>,
+    #[serde(default)]
+    latency: Vec<RawLatency>,
+    order: Option<Vec<String>>,
+    weights: Option<HashMap<String, u32>>,
+    geo_map: Option<HashMap<String, String>>,
+    geo_fallback: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLatency {
+    cidr: String,
+    ms: HashMap<String, f64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated.
+
+/// A validated config. Every name, address and reference in it has been checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from; reloads read it again.
+    pub path: PathBuf,
+    pub dns: DnsConfig,
+    /// Absolute path of the GeoIP database, if the config names one.
+    pub geoip: Option<PathBuf>,
+    pub sticky: StickyConfig,
+    pub zones: Vec<ZoneConfig>,
+    /// Regions in file order; a [`RegionId`] indexes this.
+    pub regions: Vec<Region>,
+    pub routed_names: Vec<RoutedName>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    /// Each address is served on both UDP and TCP.
+    pub listen: Vec<SocketAddr>,
+    /// UDP worker threads (one socket each, SO_REUSEPORT); 0 means one per core.
+    pub udp_threads: usize,
+    /// TCP connections idle longer than this are closed (RFC 7766 suggests seconds, not minutes).
+    pub tcp_idle_timeout: Duration,
+    /// Upper bound on the UDP payload we send, whatever the client advertises (RFC 9715 advice).
+    pub max_udp_payload: u16,
+}
+
+/// Per-instance memory of client -> region (design section 3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StickyConfig {
+    /// Forget a client this long after its last query.
+    pub idle: Duration,
+    /// Forget a client this long after it was first given its region, however active.
+    pub max_age: Duration,
+    /// Most clients remembered; past it idle entries go first, then the least recent.
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneConfig {
+    /// Lowercase, without the trailing dot.
+    pub origin: String,
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Region {
+    pub name: String,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub a: Vec<Ipv4Addr>,
+    pub aaaa: Vec<Ipv6Addr>,
+    /// CNAME mode: routed names answer with a CNAME to this name instead of addresses.
+    pub cname: Option<String>,
+    /// Base URL of the registry replica, for the proxy and the probe.
+    pub upstream: Option<String>,
+    pub probe: ProbeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeKind {
+    /// GET of `path` on the upstream; healthy when the status is in `healthy_status`.
+    Http,
+    /// A TCP connect to the upstream's host and port.
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeConfig {
+    pub kind: ProbeKind,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that take a healthy region down.
+    pub fall: u32,
+    /// Consecutive successes that bring a down region back.
+    pub rise: u32,
+    /// Inclusive status ranges that count as healthy.
+    pub healthy_status: Vec<(u16, u16)>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            kind: ProbeKind::Http,
+            path: "/v2/".to_string(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            fall: 3,
+            rise: 2,
+            healthy_status: vec![(200, 200), (401, 401)],
+        }
+    }
+}
+
+/// How a routed name picks among its regions (names as in Azure Traffic Manager).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Policy {
+    /// Lowest estimated latency; near-ties broken by rendezvous hash.
+    Performance,
+    /// First eligible region in this order.
+    Priority { order: Vec<RegionId> },
+    /// Eligible regions by weight, chosen by a weighted rendezvous hash of the client key.
+    Weighted { weights: Vec<(RegionId, u32)> },
+    /// Country or continent code -> region, then the fallback list.
+    Geographic {
+        map: Vec<(String, RegionId)>,
+        fallback: Vec<RegionId>,
+    },
+}
+
+impl Policy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Performance => "performance",
+            Policy::Priority { .. } => "priority",
+            Policy::Weighted { .. } => "weighted",
+            Policy::Geographic { .. } => "geographic",
+        }
+    }
+}
+
+/// Operator-measured latencies for clients in one network; they override the distance model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyEntry {
+    pub network: IpNet,
+    pub ms: Vec<(RegionId, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutedName {
+    /// Lowercase, without the trailing dot.
+    pub name: String,
+    pub policy: Policy,
+    pub ttl: u32,
+    /// The regions this name may answer with, in file order.
+    pub regions: Vec<RegionId>,
+    /// Client keys are truncated to these prefixes; the ECS scope we answer with.
+    pub client_prefix_v4: u8,
+    pub client_prefix_v6: u8,
+    /// Regions whose estimate is within this of the best are a tie.
+    pub tie_band_ms: f64,
+    /// Distance model: RTT ms = base_ms + km / 100 * inflation.
+    pub base_ms: f64,
+    pub inflation: f64,
+    /// Order used when the client has no GeoIP location and no latency entry.
+    pub default_order: Vec<RegionId>,
+    /// Most specific network first, so the first match wins.
+    pub latency: Vec<LatencyEntry>,
+}
+
+impl RoutedName {
+    /// The prefix a client address of this family is truncated to.
+    pub fn client_prefix(&self, addr: &IpAddr) -> u8 {
+        match addr {
+            IpAddr::V4(_) => self.client_prefix_v4,
+            IpAddr::V6(_) => self.client_prefix_v6,
+        }
+    }
+}
+
+pub const DEFAULT_TTL: u32 = 30;
+pub const DEFAULT_TIE_BAND_MS: f64 = 5.0;
+pub const DEFAULT_BASE_MS: f64 = 5.0;
+pub const DEFAULT_INFLATION: f64 = 1.5;
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Validator { path }.config(raw)
+    }
+
+    pub fn region_id(&self, name: &str) -> Option<RegionId> {
+        self.regions.iter().position(|r| r.name == name)
+    }
+
+    pub fn routed_name(&self, name: &str) -> Option<&RoutedName> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.routed_names.iter().find(|r| r.name == name)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl fmt::Display, message: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Paths in a config are relative to the directory holding the config file.
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let dns = self.dns(raw.dns)?;
+        let geoip = raw.geoip.map(|g| self.resolve(&g.database));
+        let sticky = self.sticky(raw.sticky)?;
+
+        let mut zones = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, z) in raw.zones.into_iter().enumerate() {
+            let key = format!("zone[{i}]");
+            let origin = self.domain(&format!("{key}.origin"), &z.origin)?;
+            if !seen.insert(origin.clone()) {
+                return Err(self.err(
+                    format!("{key}.origin"),
+                    format!("zone {origin} is listed twice"),
+                ));
+            }
+            zones.push(ZoneConfig {
+                origin,
+                file: self.resolve(&z.file),
+            });
+        }
+
+        let mut regions: Vec<Region> = Vec::new();
+        for (i, r) in raw.regions.into_iter().enumerate() {
+            let region = self.region(i, r)?;
+            if regions.iter().any(|o| o.name == region.name) {
+                return Err(self.err(
+                    format!("region[{i}].name"),
+                    format!("region {:?} is defined twice", region.name),
+                ));
+            }
+            regions.push(region);
+        }
+
+        let mut routed_names: Vec<RoutedName> = Vec::new();
+        for (i, r) in raw.routed_names.into_iter().enumerate() {
+            let rn = self.routed_name(i, r, &regions, &zones)?;
+            if routed_names.iter().any(|o| o.name == rn.name) {
+                return Err(self.err(
+                    format!("routed_name[{i}].name"),
+                    format!("routed name {} is defined twice", rn.name),
+                ));
+            }
+            routed_names.push(rn);
+        }
+        if !routed_names.is_empty() && dns.listen.is_empty() {
+            return Err(self.err(
+                "dns.listen",
+                "routed names are configured but no DNS listen address is",
+            ));
+        }
+
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            dns,
+            geoip,
+            sticky,
+            zones,
+            regions,
+            routed_names,
+        })
+    }
+
+    fn sticky(&self, raw: Option<RawSticky>) -> Result<StickyConfig, ConfigError> {
+        let mut s = StickyConfig {
+            idle: Duration::from_secs(15 * 60),
+            max_age: Duration::from_secs(3600),
+            capacity: 1_000_000,
+        };
+        let Some(raw) = raw else { return Ok(s) };
+        if let Some(t) = raw.idle {
+            s.idle = parse_duration(&t).map_err(|m| self.err("sticky.idle", m))?;
+        }
+        if let Some(t) = raw.max_age {
+            s.max_age = parse_duration(&t).map_err(|m| self.err("sticky.max_age", m))?;
+        }
+        if let Some(c) = raw.capacity {
+            if c == 0 {
+                return Err(self.err("sticky.capacity", "must be at least 1"));
+            }
+            s.capacity = c;
+        }
+        Ok(s)
+    }
+
+    fn dns(&self, raw: Option<RawDns>) -> Result<DnsConfig, ConfigError> {
+        let raw = raw.unwrap_or(RawDns {
+            listen: Vec::new(),
+            udp_threads: None,
+            tcp_idle_timeout: None,
+            max_udp_payload: None,
+        });
+        let mut listen = Vec::new();
+        for (i, l) in raw.listen.iter().enumerate() {
+            let addr: SocketAddr = l.parse().map_err(|_| {
+                self.err(
+                    format!("dns.listen[{i}]"),
+                    format!("{l:?} is not an address:port such as \"127.0.0.1:1053\""),
+                )
+            })?;
+            listen.push(addr);
+        }
+        let tcp_idle_timeout = match raw.tcp_idle_timeout {
+            Some(t) => parse_duration(&t).map_err(|m| self.err("dns.tcp_idle_timeout", m))?,
+            None => Duration::from_secs(10),
+        };
+        let max_udp_payload = raw.max_udp_payload.unwrap_or(1232);
+        if max_udp_payload < 512 {
+            return Err(self.err(
+                "dns.max_udp_payload",
+                format!("{max_udp_payload} is below the DNS minimum of 512"),
+            ));
+        }
+        Ok(DnsConfig {
+            listen,
+            udp_threads: raw.udp_threads.unwrap_or(0),
+            tcp_idle_timeout,
+            max_udp_payload,
+        })
+    }
+
+    /// A DNS name: lowercase, no trailing dot, labels of 1-63 octets, 255 in all.
+    fn domain(&self, key: &str, name: &str) -> Result<String, ConfigError> {
+        let n = name.trim_end_matches('.').to_ascii_lowercase();
+        if n.is_empty() {
+            return Err(self.err(key, "a domain name is required, not an empty string"));
+        }
+        if n.len() > 253 {
+            return Err(self.err(key, format!("{name:?} is longer than 253 characters")));
+        }
+        for label in n.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return Err(self.err(
+                    key,
+                    format!("{name:?} is not a valid domain name (empty or over-long label)"),
+                ));
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(self.err(
+                    key,
+                    format!("{name:?} is not a valid domain name (only letters, digits, '-' and '_')"),
+                ));
+            }
+        }
+        Ok(n)
+    }
+
+    fn region(&self, i: usize, r: RawRegion) -> Result<Region, ConfigError> {
+        let key = format!("region[{i}]");
+        if r.name.is_empty()
+            || !r
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(self.err(
+                format!("{key}.name"),
+                format!("{:?} is not a region name (lowercase letters, digits and '-')", r.name),
+            ));
+        }
+        let key = format!("region[{i}] ({})", r.name);
+        if !(-90.0..=90.0).contains(&r.latitude) {
+            return Err(self.err(
+                format!("{key}.latitude"),
+                format!("{} is outside -90..90", r.latitude),
+            ));
+        }
+        if !(-180.0..=180.0).contains(&r.longitude) {
+            return Err(self.err(
+                format!("{key}.longitude"),
+                format!("{} is outside -180..180", r.longitude),
+            ));
+        }
+        let mut a = Vec::new();
+        for (j, s) in r.a.iter().enumerate() {
+            a.push(s.parse::<Ipv4Addr>().map_err(|_| {
+                self.err(format!("{key}.a[{j}]"), format!("{s:?} is not an IPv4 address"))
+            })?);
+        }
+        let mut aaaa = Vec::new();
+        for (j, s) in r.aaaa.iter().enumerate() {
+            aaaa.push(s.parse::<Ipv6Addr>().map_err(|_| {
+                self.err(format!("{key}.aaaa[{j}]"), format!("{s:?} is not an IPv6 address"))
+            })?);
+        }
+        let cname = match r.cname {
+            Some(c) => Some(self.domain(&format!("{key}.cname"), &c)?),
+            None => None,
+        };
+        if cname.is_none() && a.is_empty() && aaaa.is_empty() {
+            return Err(self.err(
+                &key,
+                "a region needs DNS answers: a and/or aaaa addresses, or a cname",
+            ));
+        }
+        if cname.is_some() && !(a.is_empty() && aaaa.is_empty()) {
+            return Err(self.err(
+                format!("{key}.cname"),
+                "cname excludes a and aaaa: in CNAME mode the addresses come from the target name",
+            ));
+        }
+        let upstream = match r.upstream {
+            Some(u) => {
+                let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                    && u.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
+                if !ok {
+                    return Err(self.err(
+                        format!("{key}.upstream"),
+                        format!("{u:?} is not an http:// or https:// URL"),
+                    ));
+                }
+                Some(u.trim_end_matches('/').to_string())
+            }
+            None => None,
+        };
+        let probe = self.probe(&key, r.probe)?;
+        Ok(Region {
+            name: r.name,
+            latitude: r.latitude,
+            longitude: r.longitude,
+            a,
+            aaaa,
+            cname,
+            upstream,
+            probe,
+        })
+    }
+
+    fn probe(&self, key: &str, raw: Option<RawProbe>) -> Result<ProbeConfig, ConfigError> {
+        let mut p = ProbeConfig::default();
+        let Some(raw) = raw else { return Ok(p) };
+        if let Some(kind) = raw.kind {
+            p.kind = match kind.as_str() {
+                "http" => ProbeKind::Http,
+                "tcp" => ProbeKind::Tcp,
+                other => {
+                    return Err(self.err(
+                        format!("{key}.probe.kind"),
+                        format!("{other:?} is not a probe kind (\"http\" or \"tcp\")"),
+                    ))
+                }
+            };
+        }
+        if let Some(path) = raw.path {
+            if !path.starts_with('/') {
+                return Err(self.err(
+                    format!("{key}.probe.path"),
+                    format!("{path:?} must start with '/'"),
+                ));
+            }
+            p.path = path;
+        }
+        if let Some(t) = raw.interval {
+            p.interval =
+                parse_duration(&t).map_err(|m| self.err(format!("{key}.probe.interval"), m))?;
+        }
+        if let Some(t) = raw.timeout {
+            p.timeout =
+                parse_duration(&t).map_err(|m| self.err(format!("{key}.probe.timeout"), m))?;
+        }
+        if p.timeout > p.interval {
+            return Err(self.err(
+                format!("{key}.probe.timeout"),
+                format!(
+                    "timeout {:?} is longer than the interval {:?}",
+                    p.timeout, p.interval
+                ),
+            ));
+        }
+        for (field, v) in [("fall", raw.fall), ("rise", raw.rise)] {
+            if v == Some(0) {
+                return Err(self.err(format!("{key}.probe.{field}"), "must be at least 1"));
+            }
+        }
+        p.fall = raw.fall.unwrap_or(p.fall);
+        p.rise = raw.rise.unwrap_or(p.rise);
+        if let Some(list) = raw.healthy_status {
+            let mut ranges = Vec::new();
+            for (j, s) in list.iter().enumerate() {
+                ranges.push(parse_status_range(s).ok_or_else(|| {
+                    self.err(
+                        format!("{key}.probe.healthy_status[{j}]"),
+                        format!("{s:?} is not a status or range such as \"200\" or \"200-299\""),
+                    )
+                })?);
+            }
+            if ranges.is_empty() {
+                return Err(self.err(
+                    format!("{key}.probe.healthy_status"),
+                    "an empty list would make every region unhealthy",
+                ));
+            }
+            p.healthy_status = ranges;
+        }
+        Ok(p)
+    }
+
+    fn region_ref(
+        &self,
+        key: &str,
+        name: &str,
+        regions: &[Region],
+        allowed: &[RegionId],
+    ) -> Result<RegionId, ConfigError> {
+        let id = regions.iter().position(|r| r.name == name).ok_or_else(|| {
+            self.err(key, format!("no region is named {name:?}"))
+        })?;
+        if !allowed.contains(&id) {
+            return Err(self.err(
+                key,
+                format!("region {name:?} is not in this routed name's regions"),
+            ));
+        }
+        Ok(id)
+    }
+
+    fn routed_name(
+        &self,
+        i: usize,
+        r: RawRoutedName,
+        regions: &[Region],
+        zones: &[ZoneConfig],
+    ) -> Result<RoutedName, ConfigError> {
+        let name = self.domain(&format!("routed_name[{i}].name"), &r.name)?;
+        let key = format!("routed_name[{i}] ({name})");
+        if !zones
+            .iter()
+            .any(|z| name == z.origin || name.ends_with(&format!(".{}", z.origin)))
+        {
+            return Err(self.err(
+                format!("{key}.name"),
+                format!("{name} is not inside any configured zone"),
+            ));
+        }
+        if r.regions.is_empty() {
+            return Err(self.err(format!("{key}.regions"), "at least one region is required"));
+        }
+        let all: Vec<RegionId> = (0..regions.len()).collect();
+        let mut ids = Vec::new();
+        for (j, rn) in r.regions.iter().enumerate() {
+            let id = self.region_ref(&format!("{key}.regions[{j}]"), rn, regions, &all)?;
+            if ids.contains(&id) {
+                return Err(self.err(
+                    format!("{key}.regions[{j}]"),
+                    format!("region {rn:?} is listed twice"),
+                ));
+            }
+            ids.push(id);
+        }
+        let refs = |field: &str, list: &[String]| -> Result<Vec<RegionId>, ConfigError> {
+            let mut out = Vec::new();
+            for (j, n) in list.iter().enumerate() {
+                let id = self.region_ref(&format!("{key}.{field}[{j}]"), n, regions, &ids)?;
+                if out.contains(&id) {
+                    return Err(self.err(
+                        format!("{key}.{field}[{j}]"),
+                        format!("region {n:?} is listed twice"),
+                    ));
+                }
+                out.push(id);
+            }
+            Ok(out)
+        };
+
+        let policy_name = r.policy.as_deref().unwrap_or("performance");
+        // Options that belong to one policy are rejected under another, so a typo'd policy
+        // never silently ignores what the operator configured.
+        let stray = |field: &str, present: bool, owner: &str| -> Result<(), ConfigError> {
+            if present && policy_name != owner {
+                return Err(self.err(
+                    format!("{key}.{field}"),
+                    format!("only applies to policy \"{owner}\", this name uses \"{policy_name}\""),
+                ));
+            }
+            Ok(())
+        };
+        stray("order", r.order.is_some(), "priority")?;
+        stray("weights", r.weights.is_some(), "weighted")?;
+        stray("geo_map", r.geo_map.is_some(), "geographic")?;
+        stray("geo_fallback", r.geo_fallback.is_some(), "geographic")?;
+        stray("latency", !r.latency.is_empty(), "performance")?;
+        stray("default_order", r.default_order.is_some(), "performance")?;
+
+        let policy = match policy_name {
+            "performance" => Policy::Performance,
+            "priority" => Policy::Priority {
+                order: match &r.order {
+                    Some(o) => {
+                        let o = refs("order", o)?;
+                        if o.len() != ids.len() {
+                            return Err(self.err(
+                                format!("{key}.order"),
+                                "must list every region of this routed name exactly once",
+                            ));
+                        }
+                        o
+                    }
+                    None => ids.clone(),
+                },
+            },
+            "weighted" => {
+                let w = r.weights.as_ref().ok_or_else(|| {
+                    self.err(format!("{key}.weights"), "policy \"weighted\" needs weights")
+                })?;
+                let mut weights = Vec::new();
+                // File order of regions, so the result does not depend on HashMap order.
+                for &id in &ids {
+                    weights.push((id, w.get(&regions[id].name).copied().unwrap_or(0)));
+                }
+                for n in w.keys() {
+                    self.region_ref(&format!("{key}.weights.{n}"), n, regions, &ids)?;
+                }
+                if weights.iter().all(|(_, w)| *w == 0) {
+                    return Err(self.err(
+                        format!("{key}.weights"),
+                        "at least one region needs a weight above 0",
+                    ));
+                }
+                Policy::Weighted { weights }
+            }
+            "geographic" => {
+                let m = r.geo_map.as_ref().ok_or_else(|| {
+                    self.err(format!("{key}.geo_map"), "policy \"geographic\" needs geo_map")
+                })?;
+                let mut map = Vec::new();
+                let mut codes: Vec<&String> = m.keys().collect();
+                codes.sort();
+                for code in codes {
+                    let valid = (code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()))
+                        || code == "*";
+                    if !valid {
+                        return Err(self.err(
+                            format!("{key}.geo_map.{code}"),
+                            "keys are ISO country codes (\"JP\"), continent codes (\"EU\") or \"*\"",
+                        ));
+                    }
+                    let id = self.region_ref(
+                        &format!("{key}.geo_map.{code}"),
+                        &m[code],
+                        regions,
+                        &ids,
+                    )?;
+                    map.push((code.clone(), id));
+                }
+                let fallback = match &r.geo_fallback {
+                    Some(f) => refs("geo_fallback", f)?,
+                    None => Vec::new(),
+                };
+                Policy::Geographic { map, fallback }
+            }
+            other => {
+                return Err(self.err(
+                    format!("{key}.policy"),
+                    format!(
+                        "{other:?} is not a policy (performance, priority, weighted, geographic)"
+                    ),
+                ))
+            }
+        };
+
+        let ttl = r.ttl.unwrap_or(DEFAULT_TTL);
+        if ttl == 0 || ttl > 86400 {
+            return Err(self.err(format!("{key}.ttl"), format!("{ttl} is outside 1..86400")));
+        }
+        let client_prefix_v4 = r.client_prefix_v4.unwrap_or(24);
+        if client_prefix_v4 > 32 {
+            return Err(self.err(
+                format!("{key}.client_prefix_v4"),
+                format!("{client_prefix_v4} is over 32"),
+            ));
+        }
+        let client_prefix_v6 = r.client_prefix_v6.unwrap_or(56);
+        if client_prefix_v6 > 128 {
+            return Err(self.err(
+                format!("{key}.client_prefix_v6"),
+                format!("{client_prefix_v6} is over 128"),
+            ));
+        }
+        let nonneg = |field: &str, v: Option<f64>, default: f64| -> Result<f64, ConfigError> {
+            let v = v.unwrap_or(default);
+            if !v.is_finite() || v < 0.0 {
+                return Err(self.err(
+                    format!("{key}.{field}"),
+                    format!("{v} must be a number of at least 0"),
+                ));
+            }
+            Ok(v)
+        };
+        let tie_band_ms = nonneg("tie_band_ms", r.tie_band_ms, DEFAULT_TIE_BAND_MS)?;
+        let base_ms = nonneg("base_ms", r.base_ms, DEFAULT_BASE_MS)?;
+        let inflation = nonneg("inflation", r.inflation, DEFAULT_INFLATION)?;
+        let default_order = match &r.default_order {
+            Some(o) => {
+                let mut o = refs("default_order", o)?;
+                // Regions left out of the list come after it, in file order.
+                for id in &ids {
+                    if !o.contains(id) {
+                        o.push(*id);
+                    }
+                }
+                o
+            }
+            None => ids.clone(),
+        };
+        let mut latency = Vec::new();
+        for (j, l) in r.latency.iter().enumerate() {
+            let lkey = format!("{key}.latency[{j}]");
+            let network: IpNet = l.cidr.parse().map_err(|_| {
+                self.err(
+                    format!("{lkey}.cidr"),
+                    format!("{:?} is not a network such as \"10.1.0.0/16\"", l.cidr),
+                )
+            })?;
+            if network.trunc() != network {
+                return Err(self.err(
+                    format!("{lkey}.cidr"),
+                    format!("{network} has host bits set; did you mean {}?", network.trunc()),
+                ));
+            }
+            let mut ms = Vec::new();
+            let mut names: Vec<&String> = l.ms.keys().collect();
+            names.sort();
+            for n in names {
+                let id = self.region_ref(&format!("{lkey}.ms.{n}"), n, regions, &ids)?;
+                let v = l.ms[n];
+                if !v.is_finite() || v < 0.0 {
+                    return Err(self.err(
+                        format!("{lkey}.ms.{n}"),
+                        format!("{v} must be a number of milliseconds, at least 0"),
+                    ));
+                }
+                ms.push((id, v));
+            }
+            if ms.is_empty() {
+                return Err(self.err(format!("{lkey}.ms"), "names no region"));
+            }
+            latency.push(LatencyEntry { network, ms });
+        }
+        // Most specific first: the first entry containing a client is the best one.
+        latency.sort_by(|a, b| b.network.prefix_len().cmp(&a.network.prefix_len()));
+
+        Ok(RoutedName {
+            name,
+            policy,
+            ttl,
+            regions: ids,
+            client_prefix_v4,
+            client_prefix_v6,
+            tie_band_ms,
+            base_ms,
+            inflation,
+            default_order,
+            latency,
+        })
+    }
+}
+
+/// "5s", "500ms", "2m", "1h": what an operator writes for a duration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} has no unit; write e.g. \"5s\", \"500ms\", \"15m\""))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as \"5s\""))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?} has an unknown unit (ms, s, m or h)")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?} must be longer than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+        None => {
+            let v = s.trim().parse().ok()?;
+            (v, v)
+        }
+    };
+    ((100..=599).contains(&lo) && (100..=599).contains(&hi) && lo <= hi).then_some((lo, hi))
+}

@@ -7,6 +7,8 @@
 //! - [`routing`]: THE core. `decide` picks a region for a client key; pure, deterministic.
 //! - [`zone`]: static zone data from RFC 1035 master files and the authoritative lookup.
 //! - [`snapshot`]: everything a query needs, built off the hot path and swapped in whole.
+//! - [`sticky`]: per-instance memory of which region each client was answered with.
+//! - [`live`]: what the front ends share at run time: current snapshot, sticky table, clock.
 //! - [`dns`]: the DNS front end (UDP fast path, hickory-server for TCP).
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
 
@@ -14,6 +16,20 @@ pub mod app;
 pub mod config;
 pub mod dns;
 pub mod geo;
+pub mod live;
 pub mod routing;
 pub mod snapshot;
+pub mod sticky;
 pub mod zone;
+
+/// An error with its whole `source()` chain, one cause per ": ", for logs and CLI output.
+pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,1 +1,137 @@
-//! TODO
+//! A [`Snapshot`]: everything a query needs (config, zones, GeoIP, region states), built off
+//! the hot path and published whole behind an `ArcSwap`.
+//!
+//! Owns: loading what a config names (zone files, GeoIP database) and checking that the parts
+//! agree with each other; the one place that turns a client address into a routing
+//! [`Decision`] (GeoIP lookup, then [`routing::decide`]), so that DNS, `berth route` and later
+//! the proxy and admin API all route the same way. Does not own: the decision itself, nor any
+//! mutable state: a change (health, flags, reload) builds a new snapshot.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hickory_proto::rr::Name;
+
+use crate::config::{Config, ConfigError, RegionId, RoutedName};
+use crate::dns::Tables;
+use crate::geo::{GeoDb, GeoError, GeoHit};
+use crate::routing::{self, ClientKey, Decision, Query, RegionState};
+use crate::zone::{Zone, ZoneError, ZoneSet};
+
+/// Why a config could not become a snapshot. Each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("zone {origin} (from {config})")]
+    Zone {
+        origin: String,
+        config: PathBuf,
+        #[source]
+        source: ZoneError,
+    },
+    #[error("geoip database (from {config})")]
+    Geo {
+        config: PathBuf,
+        #[source]
+        source: GeoError,
+    },
+    /// The config and the zone data disagree (e.g. a routed name that also has zone records).
+    #[error("{config}: {message}")]
+    Inconsistent { config: PathBuf, message: String },
+}
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub zones: ZoneSet,
+    /// None when the config names no database: every client is then "location unknown".
+    pub geo: Option<Arc<GeoDb>>,
+    /// Indexed by region id.
+    pub states: Vec<RegionState>,
+    /// Wire-level tables the DNS front end precomputes from config and zones.
+    pub dns: Tables,
+    /// Bumped on every published change, so logs and the API can say which one answered.
+    pub generation: u64,
+}
+
+/// A decision plus the GeoIP answer it was made from (for explanations and ECS scope).
+pub struct Routed {
+    pub decision: Decision,
+    pub geo: Option<GeoHit>,
+}
+
+impl Snapshot {
+    /// Load everything `config` names and check it fits together. IO: reads zone files and
+    /// the GeoIP database. Every region starts up (enabled, not yet probed).
+    pub fn load(config: Config, generation: u64) -> Result<Snapshot, LoadError> {
+        let mut zones = Vec::new();
+        for z in &config.zones {
+            let zone_err = |source| LoadError::Zone {
+                origin: z.origin.clone(),
+                config: config.path.clone(),
+                source,
+            };
+            let origin = Name::from_ascii(format!("{}.", z.origin)).map_err(|e| {
+                LoadError::Inconsistent {
+                    config: config.path.clone(),
+                    message: format!("zone origin {:?}: {e}", z.origin),
+                }
+            })?;
+            zones.push(Zone::load(&z.file, &origin).map_err(zone_err)?);
+        }
+        let zones = ZoneSet::new(zones).map_err(|source| LoadError::Zone {
+            origin: "(all)".to_string(),
+            config: config.path.clone(),
+            source,
+        })?;
+        let geo = match &config.geoip {
+            Some(path) => Some(Arc::new(GeoDb::open(path).map_err(|source| {
+                LoadError::Geo {
+                    config: config.path.clone(),
+                    source,
+                }
+            })?)),
+            None => None,
+        };
+        let dns = Tables::build(&config, &zones).map_err(|message| LoadError::Inconsistent {
+            config: config.path.clone(),
+            message,
+        })?;
+        let states = vec![RegionState::UP; config.regions.len()];
+        Ok(Snapshot {
+            config: Arc::new(config),
+            zones,
+            geo,
+            states,
+            dns,
+            generation,
+        })
+    }
+
+    /// Route `addr` (an ECS address or a source address) for `name`, with no memory of
+    /// earlier answers (what `berth route` shows).
+    pub fn route(&self, name: &RoutedName, addr: IpAddr) -> Routed {
+        self.route_with(name, addr, None)
+    }
+
+    /// Route with the region this client was answered with before, if remembered. Pure.
+    pub fn route_with(&self, name: &RoutedName, addr: IpAddr, sticky: Option<RegionId>) -> Routed {
+        let key = ClientKey::new(addr, name.client_prefix(&addr));
+        let geo = self.geo.as_ref().and_then(|db| db.lookup(key.addr()));
+        let query = Query {
+            key,
+            location: geo.as_ref().map(|g| &g.location),
+            sticky,
+        };
+        let decision = routing::decide(&self.config, name, &self.states, &query);
+        Routed { decision, geo }
+    }
+
+    /// The explanation `berth route` prints and the admin API serves.
+    pub fn explain(&self, name: &RoutedName, routed: &Routed) -> String {
+        routed
+            .decision
+            .explain(&self.config, name, routed.geo.as_ref().map(|g| &g.location))
+    }
+}

@@ -1,0 +1,212 @@
+//! Sticky memory: (routed name, client key) -> the region last answered, per instance.
+//!
+//! While a remembered region stays eligible it keeps being answered, even if latency estimates
+//! move, so a push that resolves the name many times over minutes sees one region. Entries
+//! expire after `idle` without queries and at `max_age` in any case (so a region that comes
+//! back regains its clients within the hour). The table is bounded: at capacity, expired
+//! entries go first, then the least recently used.
+//!
+//! Time is a parameter ([`Millis`], from a monotonic clock the caller owns), never read here,
+//! so tests drive it directly. Not here: whether a region is eligible (the routing core says).
+
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use crate::config::RegionId;
+use crate::routing::ClientKey;
+
+/// Milliseconds on the caller's monotonic clock.
+pub type Millis = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    region: RegionId,
+    /// When this client was first given this region: bounds the entry's age.
+    since: Millis,
+    /// The last query: bounds idleness, orders eviction.
+    seen: Millis,
+}
+
+/// Identifies one remembered client: which routed name (index in the config) and who.
+pub type StickyKey = (usize, ClientKey);
+
+pub struct StickyTable {
+    map: DashMap<StickyKey, Entry>,
+    capacity: usize,
+    idle: Millis,
+    max_age: Millis,
+}
+
+impl StickyTable {
+    pub fn new(capacity: usize, idle: Duration, max_age: Duration) -> StickyTable {
+        StickyTable {
+            map: DashMap::new(),
+            capacity: capacity.max(1),
+            idle: idle.as_millis() as Millis,
+            max_age: max_age.as_millis() as Millis,
+        }
+    }
+
+    fn live(&self, e: &Entry, now: Millis) -> bool {
+        now.saturating_sub(e.seen) < self.idle && now.saturating_sub(e.since) < self.max_age
+    }
+
+    /// The remembered region for `key`, if the memory is still fresh.
+    pub fn get(&self, key: &StickyKey, now: Millis) -> Option<RegionId> {
+        let e = *self.map.get(key)?;
+        self.live(&e, now).then_some(e.region)
+    }
+
+    /// Record that `key` was answered with `region` (or with nothing) at `now`.
+    pub fn record(&self, key: StickyKey, region: Option<RegionId>, now: Millis) {
+        let Some(region) = region else {
+            self.map.remove(&key);
+            return;
+        };
+        if let Some(mut e) = self.map.get_mut(&key) {
+            if e.region == region && self.live(&e, now) {
+                e.seen = now;
+            } else {
+                *e = Entry {
+                    region,
+                    since: now,
+                    seen: now,
+                };
+            }
+            return;
+        }
+        if self.map.len() >= self.capacity {
+            self.evict(now);
+        }
+        self.map.insert(
+            key,
+            Entry {
+                region,
+                since: now,
+                seen: now,
+            },
+        );
+    }
+
+    /// Make room: drop expired entries; if that frees less than a tenth, drop the least
+    /// recently seen down to 90% of capacity (batches keep eviction off most inserts).
+    fn evict(&self, now: Millis) {
+        self.map.retain(|_, e| self.live(e, now));
+        let target = self.capacity - self.capacity / 10 - 1;
+        if self.map.len() <= target {
+            return;
+        }
+        let mut seen: Vec<Millis> = self.map.iter().map(|e| e.seen).collect();
+        let drop = self.map.len() - target;
+        let (_, cutoff, _) = seen.select_nth_unstable(drop - 1);
+        let cutoff = *cutoff;
+        let mut dropped = 0;
+        self.map.retain(|_, e| {
+            if dropped < drop && e.seen <= cutoff {
+                dropped += 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// After a reload region and routed-name indices may change: keep entries whose names
+    /// still exist (mapped to their new indices) and drop the rest.
+    pub fn remap(&self, routed: impl Fn(usize) -> Option<usize>, region: impl Fn(RegionId) -> Option<RegionId>) {
+        let old: Vec<(StickyKey, Entry)> = self.map.iter().map(|e| (*e.key(), *e.value())).collect();
+        self.map.clear();
+        for ((name, client), mut e) in old {
+            if let (Some(n), Some(r)) = (routed(name), region(e.region)) {
+                e.region = r;
+                self.map.insert((n, client), e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u8) -> StickyKey {
+        (0, ClientKey::new(std::net::IpAddr::from([10, 0, i, 1]), 24))
+    }
+
+    fn table(cap: usize) -> StickyTable {
+        StickyTable::new(cap, Duration::from_secs(900), Duration::from_secs(3600))
+    }
+
+    #[test]
+    fn remembers_until_idle_expiry() {
+        let t = table(10);
+        t.record(key(1), Some(2), 0);
+        assert_eq!(t.get(&key(1), 899_999), Some(2));
+        assert_eq!(t.get(&key(1), 900_000), None);
+    }
+
+    #[test]
+    fn queries_keep_it_alive_but_max_age_ends_it() {
+        let t = table(10);
+        let mut now = 0;
+        while now < 3_590_000 {
+            t.record(key(1), Some(2), now);
+            now += 600_000;
+            assert_eq!(t.get(&key(1), now.min(3_599_999)), Some(2), "at {now}");
+        }
+        assert_eq!(t.get(&key(1), 3_600_000), None);
+    }
+
+    #[test]
+    fn a_new_region_restarts_the_age() {
+        let t = table(10);
+        t.record(key(1), Some(2), 0);
+        t.record(key(1), Some(3), 3_000_000);
+        assert_eq!(t.get(&key(1), 3_500_000), Some(3));
+        t.record(key(1), None, 3_500_001);
+        assert_eq!(t.get(&key(1), 3_500_002), None);
+    }
+
+    #[test]
+    fn bounded_and_evicts_idle_then_oldest() {
+        let t = table(10);
+        for i in 0..10 {
+            t.record(key(i), Some(1), u64::from(i));
+        }
+        assert_eq!(t.len(), 10);
+        // Nothing is expired: the least recently seen go.
+        t.record(key(100), Some(1), 20);
+        assert!(t.len() <= 10);
+        assert_eq!(t.get(&key(0), 21), None, "oldest evicted");
+        assert_eq!(t.get(&key(9), 21), Some(1), "newest kept");
+        assert_eq!(t.get(&key(100), 21), Some(1));
+        // Expired entries go before live ones.
+        let t = table(3);
+        t.record(key(1), Some(1), 0);
+        t.record(key(2), Some(1), 1_000_000);
+        t.record(key(3), Some(1), 1_000_001);
+        t.record(key(4), Some(1), 1_000_002);
+        assert_eq!(t.get(&key(2), 1_000_003), Some(1));
+        assert_eq!(t.get(&key(3), 1_000_003), Some(1));
+        assert_eq!(t.get(&key(4), 1_000_003), Some(1));
+    }
+
+    #[test]
+    fn remap_follows_names_and_drops_the_gone() {
+        let t = table(10);
+        t.record(key(1), Some(0), 0);
+        t.record(key(2), Some(1), 0);
+        t.remap(|n| Some(n), |r| if r == 0 { Some(5) } else { None });
+        assert_eq!(t.get(&key(1), 1), Some(5));
+        assert_eq!(t.get(&key(2), 1), None);
+    }
+}

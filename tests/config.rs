@@ -1,0 +1,136 @@
+//! Config: every shipped file loads, unknown keys are rejected, and each error names the file,
+//! the key path and what is wrong (asserted by text, the way an operator reads them).
+
+use std::path::Path;
+
+use berth::config::Config;
+use berth::snapshot::Snapshot;
+
+#[test]
+fn every_shipped_config_loads_with_everything_it_names() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/ exists") {
+        let path = entry.expect("readable dir entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Snapshot::load(config, 0)
+            .unwrap_or_else(|e| panic!("{}: {}", path.display(), berth::report(&e)));
+        n += 1;
+    }
+    assert!(n >= 1, "no config files found in {}", dir.display());
+}
+
+const BASE: &str = r#"
+[dns]
+listen = ["127.0.0.1:1053"]
+
+[[zone]]
+origin = "example.test"
+file = "zones/example.test.zone"
+
+[[region]]
+name = "westus"
+latitude = 47.6
+longitude = -122.3
+a = ["192.0.2.10"]
+
+[[routed_name]]
+name = "registry.example.test"
+regions = ["westus"]
+"#;
+
+fn error_of(text: &str) -> String {
+    match Config::parse(text, Path::new("/etc/berth/berth.toml")) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn with(replace: &str, by: &str) -> String {
+    assert!(BASE.contains(replace), "BASE lacks {replace:?}");
+    BASE.replacen(replace, by, 1)
+}
+
+#[test]
+fn base_config_is_valid_and_paths_are_relative_to_the_file() {
+    let c = Config::parse(BASE, Path::new("/etc/berth/berth.toml")).expect("valid");
+    assert_eq!(c.zones[0].file, Path::new("/etc/berth/zones/example.test.zone"));
+    assert_eq!(c.routed_names[0].ttl, 30);
+    assert_eq!(c.routed_names[0].client_prefix_v4, 24);
+    assert_eq!(c.routed_names[0].client_prefix_v6, 56);
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_line_and_key() {
+    let e = error_of(&with("latitude = 47.6", "latitude = 47.6\nlatitud = 3"));
+    assert!(e.starts_with("/etc/berth/berth.toml: TOML parse error at line 12"), "{e}");
+    assert!(e.contains("unknown field `latitud`"), "{e}");
+    let e = error_of(&format!("{BASE}\n[dsn]\nlisten = []\n"));
+    assert!(e.contains("unknown field `dsn`"), "{e}");
+}
+
+#[test]
+fn semantic_errors_name_the_key_path() {
+    let cases = [
+        (
+            with("latitude = 47.6", "latitude = 97.6"),
+            "/etc/berth/berth.toml: region[0] (westus).latitude: 97.6 is outside -90..90",
+        ),
+        (
+            with("a = [\"192.0.2.10\"]", "a = [\"192.0.2.300\"]"),
+            "/etc/berth/berth.toml: region[0] (westus).a[0]: \"192.0.2.300\" is not an IPv4 address",
+        ),
+        (
+            with("regions = [\"westus\"]", "regions = [\"westus\", \"mars\"]"),
+            "/etc/berth/berth.toml: routed_name[0] (registry.example.test).regions[1]: no region is named \"mars\"",
+        ),
+        (
+            with("name = \"registry.example.test\"", "name = \"registry.example.org\""),
+            "/etc/berth/berth.toml: routed_name[0] (registry.example.org).name: registry.example.org is not inside any configured zone",
+        ),
+        (
+            with("regions = [\"westus\"]", "regions = [\"westus\"]\npolicy = \"fastest\""),
+            "/etc/berth/berth.toml: routed_name[0] (registry.example.test).policy: \"fastest\" is not a policy (performance, priority, weighted, geographic)",
+        ),
+        (
+            with("regions = [\"westus\"]", "regions = [\"westus\"]\nweights = { westus = 1 }"),
+            "/etc/berth/berth.toml: routed_name[0] (registry.example.test).weights: only applies to policy \"weighted\", this name uses \"performance\"",
+        ),
+        (
+            with("listen = [\"127.0.0.1:1053\"]", "listen = [\"localhost\"]"),
+            "/etc/berth/berth.toml: dns.listen[0]: \"localhost\" is not an address:port such as \"127.0.0.1:1053\"",
+        ),
+        (
+            with("a = [\"192.0.2.10\"]", "a = []"),
+            "/etc/berth/berth.toml: region[0] (westus): a region needs DNS answers: a and/or aaaa addresses, or a cname",
+        ),
+        (
+            with("a = [\"192.0.2.10\"]", "a = [\"192.0.2.10\"]\nprobe = { interval = \"5\" }"),
+            "/etc/berth/berth.toml: region[0] (westus).probe.interval: \"5\" has no unit; write e.g. \"5s\", \"500ms\", \"15m\"",
+        ),
+        (
+            with("regions = [\"westus\"]", "regions = [\"westus\"]\n[[routed_name.latency]]\ncidr = \"10.1.2.3/16\"\nms = { westus = 20 }"),
+            "/etc/berth/berth.toml: routed_name[0] (registry.example.test).latency[0].cidr: 10.1.2.3/16 has host bits set; did you mean 10.1.0.0/16?",
+        ),
+        (
+            format!("{BASE}\n[[region]]\nname = \"westus\"\nlatitude = 1.0\nlongitude = 1.0\na = [\"192.0.2.1\"]\n"),
+            "/etc/berth/berth.toml: region[1].name: region \"westus\" is defined twice",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(error_of(&text), want);
+    }
+}
+
+#[test]
+fn missing_file_error_names_it() {
+    let e = Config::load(Path::new("/nonexistent/berth.toml")).expect_err("no such file");
+    assert_eq!(e.to_string(), "cannot read config file /nonexistent/berth.toml");
+    assert_eq!(
+        berth::report(&e),
+        "cannot read config file /nonexistent/berth.toml: No such file or directory (os error 2)"
+    );
+}

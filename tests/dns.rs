@@ -1,0 +1,278 @@
+//! DNS acceptance: a real Berth on a loopback port, asked by real clients (dig, kdig,
+//! hickory-resolver) and by hand-made packets for the malformed cases.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use berth::app::Running;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The demo config with every path absolute and the listener on a free port.
+fn demo_config(dir: &Path, extra: &str) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("config/demo.toml")).expect("demo config");
+    let text = text
+        .replace("127.0.0.1:1053", "127.0.0.1:0")
+        .replace("../geoip/", &format!("{}/geoip/", repo().display()))
+        .replace("../zones/", &format!("{}/zones/", repo().display()));
+    let path = dir.join("berth.toml");
+    std::fs::write(&path, format!("{text}\n{extra}")).expect("write config");
+    path
+}
+
+struct Server {
+    running: Option<Running>,
+    addr: SocketAddr,
+    rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = demo_config(dir.path(), "");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let running = rt.block_on(Running::start(&path)).expect("berth starts");
+        let addr = running.dns_addrs[0];
+        Server { running: Some(running), addr, rt, _dir: dir }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            self.rt.block_on(r.stop());
+        }
+    }
+}
+
+/// What dig printed, picked apart.
+#[derive(Debug)]
+struct Dig {
+    status: String,
+    flags: Vec<String>,
+    answer: Vec<String>,
+    authority: Vec<String>,
+    ecs: Option<String>,
+    raw: String,
+}
+
+impl Dig {
+    fn answer_data(&self) -> Vec<String> {
+        self.answer
+            .iter()
+            .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+fn dig(server: &Server, args: &[&str]) -> Dig {
+    let out = Command::new("dig")
+        .arg(format!("@{}", server.addr.ip()))
+        .args(["-p", &server.addr.port().to_string(), "+norecurse", "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("dig runs (apt-get install dnsutils)");
+    let raw = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut d = Dig { status: String::new(), flags: vec![], answer: vec![], authority: vec![], ecs: None, raw: raw.clone() };
+    let mut section = "";
+    for line in raw.lines() {
+        if let Some(rest) = line.split("status: ").nth(1) {
+            d.status = rest.split(',').next().unwrap_or("").to_string();
+        } else if let Some(rest) = line.strip_prefix(";; flags: ") {
+            d.flags = rest.split(';').next().unwrap_or("").split_whitespace().map(String::from).collect();
+        } else if let Some(rest) = line.strip_prefix("; CLIENT-SUBNET: ") {
+            d.ecs = Some(rest.trim().to_string());
+        } else if line.starts_with(";; ANSWER SECTION") {
+            section = "answer";
+        } else if line.starts_with(";; AUTHORITY SECTION") {
+            section = "authority";
+        } else if line.starts_with(";;") || line.trim().is_empty() {
+            section = "";
+        } else if !line.starts_with(';') {
+            match section {
+                "answer" => d.answer.push(line.to_string()),
+                "authority" => d.authority.push(line.to_string()),
+                _ => {}
+            }
+        }
+    }
+    assert!(!d.status.is_empty(), "dig got no answer:\n{raw}");
+    d
+}
+
+#[test]
+fn routed_answers_follow_the_client_subnet_over_udp_and_tcp() {
+    let s = Server::start();
+    let cases = [
+        ("198.51.100.0/24", "A", "192.0.2.40"),
+        ("203.0.113.0/24", "A", "192.0.2.20"),
+        ("2001:db8:1::/56", "A", "192.0.2.10"),
+        ("2001:db8:2::/56", "A", "192.0.2.30"),
+        ("198.51.100.0/24", "AAAA", "2001:db8::40"),
+        ("203.0.113.0/24", "AAAA", "2001:db8::20"),
+        ("2001:db8:1::/56", "AAAA", "2001:db8::10"),
+        ("2001:db8:2::/56", "AAAA", "2001:db8::30"),
+    ];
+    for transport in ["+notcp", "+tcp"] {
+        for (subnet, qtype, want) in cases {
+            let d = dig(&s, &[transport, "registry.example.test", qtype, &format!("+subnet={subnet}")]);
+            assert_eq!(d.status, "NOERROR", "{subnet} {qtype} {transport}\n{}", d.raw);
+            assert_eq!(d.answer_data(), vec![want.to_string()], "{subnet} {qtype} {transport}\n{}", d.raw);
+            assert!(d.flags.contains(&"aa".to_string()), "AA flag missing\n{}", d.raw);
+            // The scope says what the answer depended on: the routed name's client prefix.
+            let scope = if subnet.contains(':') { 56 } else { 24 };
+            assert_eq!(d.ecs.as_deref(), Some(format!("{subnet}/{scope}").as_str()), "{}", d.raw);
+            assert!(d.answer[0].contains("\t30\t") || d.answer[0].split_whitespace().nth(1) == Some("30"), "ttl 30\n{}", d.raw);
+        }
+    }
+}
+
+#[test]
+fn static_data_has_scope_zero_and_negative_answers_carry_the_soa() {
+    let s = Server::start();
+    let d = dig(&s, &["example.test", "SOA", "+subnet=198.51.100.0/24"]);
+    assert_eq!(d.status, "NOERROR");
+    assert_eq!(d.ecs.as_deref(), Some("198.51.100.0/24/0"), "{}", d.raw);
+    assert!(d.answer[0].contains("SOA"), "{}", d.raw);
+
+    for transport in ["+notcp", "+tcp"] {
+        let d = dig(&s, &[transport, "nonexistent.example.test", "A"]);
+        assert_eq!(d.status, "NXDOMAIN", "{}", d.raw);
+        assert!(d.answer.is_empty());
+        assert!(d.authority.len() == 1 && d.authority[0].contains("SOA"), "{}", d.raw);
+        assert!(d.flags.contains(&"aa".to_string()));
+
+        let d = dig(&s, &[transport, "example.org", "A"]);
+        assert_eq!(d.status, "REFUSED", "{}", d.raw);
+        assert!(!d.flags.contains(&"aa".to_string()));
+    }
+    // NODATA: the name exists, the type does not.
+    let d = dig(&s, &["static.example.test", "MX"]);
+    assert_eq!(d.status, "NOERROR");
+    assert!(d.answer.is_empty());
+    assert!(d.authority[0].contains("SOA"), "{}", d.raw);
+    // Names match case-insensitively.
+    let d = dig(&s, &["ReGiStRy.ExAmPlE.TeSt", "A", "+subnet=198.51.100.0/24"]);
+    assert_eq!(d.answer_data(), vec!["192.0.2.40"], "{}", d.raw);
+}
+
+#[test]
+fn any_is_answered_minimally() {
+    let s = Server::start();
+    let d = dig(&s, &["static.example.test", "ANY"]);
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    assert_eq!(d.answer.len(), 1, "{}", d.raw);
+    assert!(d.answer[0].contains("HINFO") && d.answer[0].contains("RFC8482"), "{}", d.raw);
+    let d = dig(&s, &["registry.example.test", "ANY", "+subnet=198.51.100.0/24"]);
+    assert_eq!(d.answer_data(), vec!["192.0.2.40"], "{}", d.raw);
+}
+
+#[test]
+fn kdig_agrees() {
+    let s = Server::start();
+    let out = Command::new("kdig")
+        .arg(format!("@{}", s.addr.ip()))
+        .args(["-p", &s.addr.port().to_string(), "+short", "+subnet=203.0.113.0/24", "registry.example.test", "A"])
+        .output()
+        .expect("kdig runs (apt-get install knot-dnsutils)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "192.0.2.20");
+}
+
+#[test]
+fn hickory_resolver_gets_the_source_address_answer() {
+    use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    use hickory_resolver::Resolver;
+    let s = Server::start();
+    let addr = s.addr;
+    s.rt.block_on(async move {
+        let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+        for c in ns.connections.iter_mut() {
+            c.port = addr.port();
+        }
+        let cfg = ResolverConfig::from_parts(None, vec![], vec![ns]);
+        let resolver = Resolver::builder_with_config(cfg, TokioRuntimeProvider::default())
+            .build()
+            .expect("resolver");
+        let ips = resolver.lookup_ip("registry.example.test.").await.expect("lookup");
+        // 127.0.0.1 is not in the demo GeoIP database: the default order's first region.
+        let got: Vec<IpAddr> = ips.iter().collect();
+        assert!(got.contains(&"192.0.2.10".parse().unwrap()), "{got:?}");
+    });
+}
+
+fn udp_exchange(s: &Server, packet: &[u8]) -> Option<Vec<u8>> {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    sock.send_to(packet, s.addr).unwrap();
+    let mut buf = [0u8; 4096];
+    sock.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+}
+
+#[test]
+fn malformed_packets_get_formerr_or_silence_and_the_server_lives_on() {
+    let s = Server::start();
+    // Too short to have an ID: dropped.
+    assert_eq!(udp_exchange(&s, &[0x12, 0x34, 0x01]), None);
+    // A response (QR set) is never answered.
+    let mut resp = vec![0x12, 0x34, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert_eq!(udp_exchange(&s, &resp), None);
+    // A header promising a question that is not there: FORMERR with the same ID.
+    resp[2] = 0x00;
+    resp[5] = 1;
+    let got = udp_exchange(&s, &resp).expect("an answer");
+    assert_eq!(&got[..2], &[0x12, 0x34]);
+    assert_eq!(got[2] & 0x80, 0x80, "QR set");
+    assert_eq!(got[3] & 0x0f, 1, "FORMERR");
+    // An ECS option with address bits beyond its source prefix: FORMERR (RFC 7871 7.1.1).
+    let mut q = vec![0xab, 0xcd, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+    for label in ["registry", "example", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7, 0, 1, 16, 0, 198, 51, 100]);
+    let got = udp_exchange(&s, &q).expect("an answer");
+    assert_eq!(got[3] & 0x0f, 1, "FORMERR for a dirty ECS address");
+    // Random garbage of every length up to 64 never kills the server.
+    let mut x: u32 = 12345;
+    for len in 12..64 {
+        let pkt: Vec<u8> = (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8 & 0x7f
+            })
+            .collect();
+        let _ = udp_exchange(&s, &pkt);
+    }
+    let d = dig(&s, &["registry.example.test", "A", "+subnet=198.51.100.0/24"]);
+    assert_eq!(d.answer_data(), vec!["192.0.2.40"]);
+}
+
+#[test]
+fn edns_version_above_zero_gets_badvers() {
+    let s = Server::start();
+    let d = dig(&s, &["+edns=1", "+noednsneg", "registry.example.test", "A"]);
+    assert_eq!(d.status, "BADVERS", "{}", d.raw);
+}
+
+#[test]
+fn big_answers_truncate_on_udp_and_come_whole_over_tcp() {
+    let s = Server::start();
+    // The zone's big TXT set does not fit 512 octets without EDNS.
+    let d = dig(&s, &["+noedns", "+ignore", "big.example.test", "TXT"]);
+    assert!(d.flags.contains(&"tc".to_string()), "{}", d.raw);
+    assert!(d.answer.is_empty());
+    let d = dig(&s, &["+tcp", "big.example.test", "TXT"]);
+    assert!(!d.flags.contains(&"tc".to_string()));
+    assert!(d.answer.len() >= 10, "{}", d.raw);
+}
