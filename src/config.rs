@@ -47,6 +47,7 @@ struct RawConfig {
     dns: Option<RawDns>,
     geoip: Option<RawGeoip>,
     sticky: Option<RawSticky>,
+    admin: Option<RawAdmin>,
     #[serde(default, rename = "zone")]
     zones: Vec<RawZone>,
     #[serde(default, rename = "region")]
@@ -69,6 +70,15 @@ struct RawDns {
 #[serde(deny_unknown_fields)]
 struct RawGeoip {
     database: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    token_env: Option<String>,
+    token_file: Option<String>,
+    state_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +163,7 @@ pub struct Config {
     /// Absolute path of the GeoIP database, if the config names one.
     pub geoip: Option<PathBuf>,
     pub sticky: StickyConfig,
+    pub admin: AdminConfig,
     pub zones: Vec<ZoneConfig>,
     /// Regions in file order; a [`RegionId`] indexes this.
     pub regions: Vec<Region>,
@@ -169,6 +180,23 @@ pub struct DnsConfig {
     pub tcp_idle_timeout: Duration,
     /// Upper bound on the UDP payload we send, whatever the client advertises (RFC 9715 advice).
     pub max_udp_payload: u16,
+}
+
+/// The admin API / dashboard listener and where operator state lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// None: no admin listener (flags still load from the state file).
+    pub listen: Option<SocketAddr>,
+    /// Where the bearer token for changes comes from; None: changes are refused.
+    pub token: Option<TokenSource>,
+    /// The operators' region flags; default: `<config stem>.state.json` beside the config.
+    pub state_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    Env(String),
+    File(PathBuf),
 }
 
 /// Per-instance memory of client -> region (design section 3).
@@ -366,6 +394,7 @@ impl Validator<'_> {
         let dns = self.dns(raw.dns)?;
         let geoip = raw.geoip.map(|g| self.resolve(&g.database));
         let sticky = self.sticky(raw.sticky)?;
+        let admin = self.admin(raw.admin)?;
 
         let mut zones = Vec::new();
         let mut seen = HashSet::new();
@@ -419,9 +448,48 @@ impl Validator<'_> {
             dns,
             geoip,
             sticky,
+            admin,
             zones,
             regions,
             routed_names,
+        })
+    }
+
+    fn admin(&self, raw: Option<RawAdmin>) -> Result<AdminConfig, ConfigError> {
+        let raw = raw.unwrap_or(RawAdmin {
+            listen: None,
+            token_env: None,
+            token_file: None,
+            state_file: None,
+        });
+        let listen = match raw.listen {
+            Some(l) => Some(l.parse::<SocketAddr>().map_err(|_| {
+                self.err(
+                    "admin.listen",
+                    format!("{l:?} is not an address:port such as \"127.0.0.1:9180\""),
+                )
+            })?),
+            None => None,
+        };
+        let token = match (raw.token_env, raw.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.err("admin.token_file", "give token_env or token_file, not both"))
+            }
+            (Some(v), None) if v.is_empty() => {
+                return Err(self.err("admin.token_env", "names no environment variable"))
+            }
+            (Some(v), None) => Some(TokenSource::Env(v)),
+            (None, Some(f)) => Some(TokenSource::File(self.resolve(&f))),
+            (None, None) => None,
+        };
+        let state_file = match raw.state_file {
+            Some(f) => self.resolve(&f),
+            None => crate::flags::Flags::default_path(self.path),
+        };
+        Ok(AdminConfig {
+            listen,
+            token,
+            state_file,
         })
     }
 
@@ -701,6 +769,16 @@ impl Validator<'_> {
         }
         if r.regions.is_empty() {
             return Err(self.err(format!("{key}.regions"), "at least one region is required"));
+        }
+        if i >= crate::metrics::MAX_NAMES || regions.len() > crate::metrics::MAX_REGIONS {
+            return Err(self.err(
+                &key,
+                format!(
+                    "at most {} routed names and {} regions are supported",
+                    crate::metrics::MAX_NAMES,
+                    crate::metrics::MAX_REGIONS
+                ),
+            ));
         }
         let all: Vec<RegionId> = (0..regions.len()).collect();
         let mut ids = Vec::new();

@@ -181,66 +181,24 @@ pub fn respond(live: &Live, snap: &Snapshot, request: &Message, src: IpAddr) -> 
     };
     resp.metadata.authoritative = true;
 
+    // The client's address for routing: ECS unless absent or /0 (RFC 7871 7.1.2).
+    let (client, has_ecs) = match &ecs {
+        Some(cs) if cs.source_prefix() > 0 => (cs.addr(), true),
+        _ => (src, false),
+    };
     // The ECS scope we answer with: 0 unless the answer depended on the client's address.
     let mut scope = 0u8;
     let rcode = if let Some(entry) = snap.dns.find(qname) {
-        let rn = &snap.config.routed_names[entry.index];
-        let (addr, source_prefix) = match &ecs {
-            Some(cs) if cs.source_prefix() > 0 => (cs.addr(), Some(cs.source_prefix())),
-            _ => (src, None),
-        };
-        let routed = live.route(snap, entry.index, addr);
-        if source_prefix.is_some() {
-            scope = rn.client_prefix(&addr);
+        let routed = routed_answer(live, snap, entry, qname, qtype, client);
+        if has_ecs {
+            scope = routed.scope;
         }
-        match routed.decision.region {
-            None => {
-                resp.add_authority(negative_soa(zone.negative_soa(), rn.ttl));
-                ResponseCode::NoError
-            }
-            Some(region_id) => {
-                let region = &snap.config.regions[region_id];
-                let ttl = rn.ttl;
-                if let Some(target) = &entry.cname[region_id] {
-                    resp.add_answer(Record::from_rdata(
-                        qname.clone(),
-                        ttl,
-                        RData::CNAME(CNAME(target.clone())),
-                    ));
-                    if qtype != RecordType::CNAME {
-                        if let Some(tz) = snap.zones.find(target) {
-                            if let Lookup::Answer { answers, .. } = tz.lookup(target, qtype) {
-                                resp.add_answers(answers);
-                            }
-                        }
-                    }
-                } else {
-                    let want = if qtype == RecordType::ANY {
-                        // RFC 8482: a subset is enough; the addresses are what ANY callers want.
-                        if region.a.is_empty() {
-                            RecordType::AAAA
-                        } else {
-                            RecordType::A
-                        }
-                    } else {
-                        qtype
-                    };
-                    match want {
-                        RecordType::A => resp.add_answers(region.a.iter().map(|ip| {
-                            Record::from_rdata(qname.clone(), ttl, RData::A(A(*ip)))
-                        })),
-                        RecordType::AAAA => resp.add_answers(region.aaaa.iter().map(|ip| {
-                            Record::from_rdata(qname.clone(), ttl, RData::AAAA(AAAA(*ip)))
-                        })),
-                        _ => &mut resp,
-                    };
-                    if resp.answers.is_empty() {
-                        resp.add_authority(negative_soa(zone.negative_soa(), rn.ttl));
-                    }
-                }
-                ResponseCode::NoError
-            }
+        resp.add_answers(routed.records);
+        if resp.answers.is_empty() {
+            let ttl = snap.config.routed_names[entry.index].ttl;
+            resp.add_authority(negative_soa(zone.negative_soa(), ttl));
         }
+        ResponseCode::NoError
     } else {
         let lookup_type = if qtype == RecordType::ANY {
             RecordType::HINFO
@@ -266,8 +224,29 @@ pub fn respond(live: &Live, snap: &Snapshot, request: &Message, src: IpAddr) -> 
                 ResponseCode::NoError
             }
             Lookup::NoData { cname_chain } => {
+                // A CNAME into a routed name (`www CNAME registry`): the zone sees an empty
+                // non-terminal there, the answer comes from the routing core.
+                let target = match cname_chain.last().map(|r| &r.data) {
+                    Some(RData::CNAME(CNAME(t))) => snap.dns.find(t).map(|e| (e, t.clone())),
+                    _ => None,
+                };
                 resp.add_answers(cname_chain);
-                resp.add_authority(zone.negative_soa());
+                match target {
+                    Some((entry, t)) => {
+                        let routed = routed_answer(live, snap, entry, &t, qtype, client);
+                        if has_ecs {
+                            scope = routed.scope;
+                        }
+                        let empty = routed.records.is_empty();
+                        resp.add_answers(routed.records);
+                        if empty {
+                            resp.add_authority(zone.negative_soa());
+                        }
+                    }
+                    None => {
+                        resp.add_authority(zone.negative_soa());
+                    }
+                }
                 ResponseCode::NoError
             }
             Lookup::NxDomain { cname_chain } => {
@@ -291,6 +270,74 @@ pub fn respond(live: &Live, snap: &Snapshot, request: &Message, src: IpAddr) -> 
         e.options_mut().insert(EdnsOption::Subnet(echo));
     }
     finish(resp, rcode, edns_out)
+}
+
+/// The records a routed name answers with, and the ECS scope they depended on.
+struct RoutedAnswer {
+    records: Vec<Record>,
+    scope: u8,
+}
+
+/// Route `client` for the routed name `entry` and render the decision as records owned by
+/// `owner` (the name as the client spelled it). Empty records: NODATA.
+fn routed_answer(
+    live: &Live,
+    snap: &Snapshot,
+    entry: &RoutedEntry,
+    owner: &Name,
+    qtype: RecordType,
+    client: IpAddr,
+) -> RoutedAnswer {
+    let rn = &snap.config.routed_names[entry.index];
+    let routed = live.route(snap, entry.index, client);
+    let scope = rn.client_prefix(&client);
+    let mut records = Vec::new();
+    let Some(region_id) = routed.decision.region else {
+        return RoutedAnswer { records, scope };
+    };
+    let region = &snap.config.regions[region_id];
+    let ttl = rn.ttl;
+    if let Some(target) = &entry.cname[region_id] {
+        records.push(Record::from_rdata(
+            owner.clone(),
+            ttl,
+            RData::CNAME(CNAME(target.clone())),
+        ));
+        if qtype != RecordType::CNAME {
+            if let Some(tz) = snap.zones.find(target) {
+                if let Lookup::Answer { answers, .. } = tz.lookup(target, qtype) {
+                    records.extend(answers);
+                }
+            }
+        }
+        return RoutedAnswer { records, scope };
+    }
+    let want = if qtype == RecordType::ANY {
+        // RFC 8482: a subset is enough; the addresses are what ANY callers want.
+        if region.a.is_empty() {
+            RecordType::AAAA
+        } else {
+            RecordType::A
+        }
+    } else {
+        qtype
+    };
+    match want {
+        RecordType::A => records.extend(
+            region
+                .a
+                .iter()
+                .map(|ip| Record::from_rdata(owner.clone(), ttl, RData::A(A(*ip)))),
+        ),
+        RecordType::AAAA => records.extend(
+            region
+                .aaaa
+                .iter()
+                .map(|ip| Record::from_rdata(owner.clone(), ttl, RData::AAAA(AAAA(*ip)))),
+        ),
+        _ => {}
+    }
+    RoutedAnswer { records, scope }
 }
 
 /// An ECS option is usable when its prefix fits the family and no address bit is set past it.

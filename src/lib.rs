@@ -8,6 +8,8 @@
 //! - [`zone`]: static zone data from RFC 1035 master files and the authoritative lookup.
 //! - [`snapshot`]: everything a query needs, built off the hot path and swapped in whole.
 //! - [`sticky`]: per-instance memory of which region each client was answered with.
+//! - [`flags`]: the operators' per-region `endpoint_enabled` flags, persisted atomically.
+//! - [`metrics`]: hot-path counters and their Prometheus rendering.
 //! - [`live`]: what the front ends share at run time: current snapshot, sticky table, clock.
 //! - [`dns`]: the DNS front end (UDP fast path, hickory-server for TCP).
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
@@ -15,8 +17,10 @@
 pub mod app;
 pub mod config;
 pub mod dns;
+pub mod flags;
 pub mod geo;
 pub mod live;
+pub mod metrics;
 pub mod routing;
 pub mod snapshot;
 pub mod sticky;

@@ -44,13 +44,13 @@ pub enum LoadError {
 
 pub struct Snapshot {
     pub config: Arc<Config>,
-    pub zones: ZoneSet,
+    pub zones: Arc<ZoneSet>,
     /// None when the config names no database: every client is then "location unknown".
     pub geo: Option<Arc<GeoDb>>,
     /// Indexed by region id.
     pub states: Vec<RegionState>,
     /// Wire-level tables the DNS front end precomputes from config and zones.
-    pub dns: Tables,
+    pub dns: Arc<Tables>,
     /// Bumped on every published change, so logs and the API can say which one answered.
     pub generation: u64,
 }
@@ -101,12 +101,32 @@ impl Snapshot {
         let states = vec![RegionState::UP; config.regions.len()];
         Ok(Snapshot {
             config: Arc::new(config),
-            zones,
+            zones: Arc::new(zones),
             geo,
             states,
-            dns,
+            dns: Arc::new(dns),
             generation,
         })
+    }
+
+    /// The same snapshot with other region states (a health or flag change): cheap, shares
+    /// everything else.
+    pub fn with_states(&self, states: Vec<RegionState>) -> Snapshot {
+        Snapshot {
+            config: self.config.clone(),
+            zones: self.zones.clone(),
+            geo: self.geo.clone(),
+            states,
+            dns: self.dns.clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// Is `name` failing open now: enabled regions, none of them healthy?
+    pub fn fail_open(&self, name: &RoutedName) -> bool {
+        let st = |id: &RegionId| self.states.get(*id).copied().unwrap_or(RegionState::UP);
+        name.regions.iter().any(|id| st(id).enabled)
+            && !name.regions.iter().any(|id| st(id).enabled && st(id).healthy)
     }
 
     /// Route `addr` (an ECS address or a source address) for `name`, with no memory of

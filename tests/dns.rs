@@ -233,14 +233,15 @@ fn malformed_packets_get_formerr_or_silence_and_the_server_lives_on() {
     assert_eq!(&got[..2], &[0x12, 0x34]);
     assert_eq!(got[2] & 0x80, 0x80, "QR set");
     assert_eq!(got[3] & 0x0f, 1, "FORMERR");
-    // An ECS option with address bits beyond its source prefix: FORMERR (RFC 7871 7.1.1).
+    // An ECS option with address bits set beyond its source prefix (/20 of 198.51.100):
+    // FORMERR (RFC 7871 6).
     let mut q = vec![0xab, 0xcd, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1];
     for label in ["registry", "example", "test"] {
         q.push(label.len() as u8);
         q.extend_from_slice(label.as_bytes());
     }
     q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7, 0, 1, 16, 0, 198, 51, 100]);
+    q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7, 0, 1, 20, 0, 198, 51, 100]);
     let got = udp_exchange(&s, &q).expect("an answer");
     assert_eq!(got[3] & 0x0f, 1, "FORMERR for a dirty ECS address");
     // Random garbage of every length up to 64 never kills the server.

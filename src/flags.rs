@@ -1,0 +1,192 @@
+//! Operator state: each region's `endpoint_enabled` flag, persisted in a state file beside the
+//! config so it survives restarts, crashes and reloads.
+//!
+//! Writes are atomic (temp file, fsync, rename, fsync of the directory): after a crash the file
+//! holds either the old or the new state, never half of one. Flags for regions that are not in
+//! the current config are kept, so a config edit that drops a region and brings it back does
+//! not forget that the operator had disabled it. Not here: what a flag does to routing.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlagsError {
+    #[error("cannot read state file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path} is not valid: {message}; fix or remove it (it holds the operators' region flags)")]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot write state file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    #[serde(default)]
+    regions: BTreeMap<String, RegionFlags>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionFlags {
+    endpoint_enabled: bool,
+}
+
+/// The flags and the file they live in.
+#[derive(Debug, Clone)]
+pub struct Flags {
+    path: PathBuf,
+    state: StateFile,
+}
+
+impl Flags {
+    /// The default state file for a config: `demo.toml` -> `demo.state.json` beside it.
+    pub fn default_path(config: &Path) -> PathBuf {
+        let stem = config
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "berth".to_string());
+        config.with_file_name(format!("{stem}.state.json"))
+    }
+
+    /// Load the flags; a missing file means every region is enabled.
+    pub fn load(path: &Path) -> Result<Flags, FlagsError> {
+        let state = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let s: StateFile =
+                    serde_json::from_str(&text).map_err(|e| FlagsError::Parse {
+                        path: path.to_path_buf(),
+                        message: e.to_string(),
+                    })?;
+                if s.version != 1 {
+                    return Err(FlagsError::Parse {
+                        path: path.to_path_buf(),
+                        message: format!("version {} is not supported (expected 1)", s.version),
+                    });
+                }
+                s
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile {
+                version: 1,
+                regions: BTreeMap::new(),
+            },
+            Err(source) => {
+                return Err(FlagsError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Ok(Flags {
+            path: path.to_path_buf(),
+            state,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_enabled(&self, region: &str) -> bool {
+        self.state
+            .regions
+            .get(region)
+            .is_none_or(|f| f.endpoint_enabled)
+    }
+
+    /// Set a flag and persist it before returning; on a write error nothing changes.
+    pub fn set(&mut self, region: &str, enabled: bool) -> Result<(), FlagsError> {
+        let mut next = self.state.clone();
+        next.regions.insert(
+            region.to_string(),
+            RegionFlags {
+                endpoint_enabled: enabled,
+            },
+        );
+        write_atomically(&self.path, &next).map_err(|source| FlagsError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.state = next;
+        Ok(())
+    }
+}
+
+fn write_atomically(path: &Path, state: &StateFile) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut text = serde_json::to_string_pretty(state).map_err(std::io::Error::other)?;
+    text.push('\n');
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename is durable only once the directory entry is.
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_means_all_enabled_and_set_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.state.json");
+        let mut f = Flags::load(&path).unwrap();
+        assert!(f.is_enabled("westus"));
+        f.set("westus", false).unwrap();
+        assert!(!f.is_enabled("westus"));
+        let again = Flags::load(&path).unwrap();
+        assert!(!again.is_enabled("westus"));
+        assert!(again.is_enabled("eastus"));
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "no temp files left behind: {names:?}");
+    }
+
+    #[test]
+    fn default_path_is_beside_the_config() {
+        assert_eq!(
+            Flags::default_path(Path::new("config/demo.toml")),
+            PathBuf::from("config/demo.state.json")
+        );
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_not_a_silent_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        std::fs::write(&path, "{\"version\":1,\"regions\":{\"westus\":{\"endpoint_enabled\":").unwrap();
+        let e = Flags::load(&path).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("state file {} is not valid: EOF", path.display())), "{e}");
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing() {
+        let mut f = Flags::load(Path::new("/nonexistent-dir/x.json")).unwrap();
+        let e = f.set("westus", false).unwrap_err();
+        assert_eq!(e.to_string(), "cannot write state file /nonexistent-dir/x.json");
+        assert!(f.is_enabled("westus"));
+    }
+}
