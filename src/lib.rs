@@ -14,6 +14,7 @@ pub mod app;
 pub mod config;
 pub mod dns;
 pub mod geo;
+pub mod health;
 pub mod routing;
 pub mod snapshot;
 pub mod zone;
