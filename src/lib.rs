@@ -6,6 +6,7 @@
 //!   also the offline mmdb builder behind `berth geoip build`.
 //! - [`routing`]: THE core. `decide` picks a region for a client key; pure, deterministic.
 //! - [`zone`]: static zone data from RFC 1035 master files and the authoritative lookup.
+//! - [`health`]: probes of each region's upstream, rise/fall thresholds, the monitor loop.
 //! - [`snapshot`]: everything a query needs, built off the hot path and swapped in whole.
 //! - [`sticky`]: per-instance memory of which region each client was answered with.
 //! - [`flags`]: the operators' per-region `endpoint_enabled` flags, persisted atomically.
@@ -21,6 +22,7 @@ pub mod flags;
 pub mod geo;
 pub mod live;
 pub mod metrics;
+pub mod health;
 pub mod routing;
 pub mod snapshot;
 pub mod sticky;
