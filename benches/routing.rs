@@ -33,10 +33,16 @@ fn bench(c: &mut Criterion) {
             black_box(decide(&snap.config, rn, &snap.states, &q))
         })
     });
-    let addrs: Vec<IpAddr> = ["198.51.100.7", "203.0.113.9", "2001:db8:1::1", "2001:db8:2::1", "192.0.2.1"]
-        .iter()
-        .map(|a| a.parse().expect("literal"))
-        .collect();
+    let addrs: Vec<IpAddr> = [
+        "198.51.100.7",
+        "203.0.113.9",
+        "2001:db8:1::1",
+        "2001:db8:2::1",
+        "192.0.2.1",
+    ]
+    .iter()
+    .map(|a| a.parse().expect("literal"))
+    .collect();
     c.bench_function("snapshot-route/geoip+decide", |b| {
         let mut i = 0;
         b.iter(|| {

@@ -1,35 +1,96 @@
-//! Wiring: load the config, build the first snapshot, bind the listeners, start the front ends,
-//! and stop or reload on signals. Everything else is called from here; nothing calls back in.
+//! Wiring: load the config into a [`Live`], bind the listeners, start the front ends and the
+//! health monitor, and stop or reload on signals. Everything else is called from here.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use crate::config::Config;
-use crate::dns::server::{bind_udp, start_tcp, TcpHandler, UdpWorkers};
-use crate::live::Live;
-use crate::snapshot::{LoadError, Snapshot};
 
-/// A running Berth: its listeners' real addresses (port 0 resolved) and its live snapshot.
+use crate::config::{AdminConfig, Region, TokenSource};
+use crate::dns::server::{bind_udp, start_tcp, TcpHandler, UdpWorkers};
+use crate::health::{HealthReport, Monitor, MonitorHandle, RegionHealth};
+use crate::live::{HealthInfo, Live};
+
+/// A running Berth: its listeners' real addresses (port 0 resolved) and its live state.
 pub struct Running {
     pub dns_addrs: Vec<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     pub live: Arc<Live>,
-    config_path: PathBuf,
-    generation: AtomicU64,
     udp: Vec<UdpWorkers>,
     tcp: hickory_server::Server<TcpHandler>,
+    monitor: Arc<Mutex<Option<MonitorHandle>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+fn health_info(h: &RegionHealth) -> HealthInfo {
+    HealthInfo {
+        state: h.health.as_str(),
+        healthy: h.healthy,
+        last_error: h.last_error.clone(),
+        probe_latency_ms: h.latency_ms,
+    }
+}
+
+fn apply(live: &Live, report: &HealthReport) {
+    for r in &report.regions {
+        live.set_health(&r.name, health_info(r));
+    }
+}
+
+fn start_monitor(live: &Arc<Live>, regions: Vec<Region>) -> MonitorHandle {
+    let weak = Arc::downgrade(live);
+    Monitor::start(regions, move |report| {
+        if let Some(live) = weak.upgrade() {
+            apply(&live, &report);
+        }
+    })
+}
+
+/// The admin token, read once at start (a reload does not re-read it).
+pub fn admin_token(admin: &AdminConfig) -> anyhow::Result<Option<String>> {
+    let token = match &admin.token {
+        None => None,
+        Some(TokenSource::Env(var)) => match std::env::var(var) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ => {
+                tracing::warn!("environment variable {var} is not set: the admin API is read-only");
+                None
+            }
+        },
+        Some(TokenSource::File(path)) => {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read admin token file {}", path.display()))?;
+            let t = t.trim().to_string();
+            anyhow::ensure!(
+                !t.is_empty(),
+                "admin token file {} is empty",
+                path.display()
+            );
+            Some(t)
+        }
+    };
+    Ok(token)
 }
 
 impl Running {
     /// Load the config at `path` and start every front end it names. Must be called inside a
-    /// tokio runtime (TCP runs on it).
+    /// tokio runtime (TCP, admin and probes run on it).
     pub async fn start(path: &Path) -> anyhow::Result<Running> {
-        let config = Config::load(path)?;
-        let snapshot = Snapshot::load(config, 1)?;
-        let dns = snapshot.config.dns.clone();
-        let live = Live::new(snapshot);
+        let live = Live::load(path)?;
+        let snap = live.snapshot.load_full();
+        let dns = snap.config.dns.clone();
+        let admin = snap.config.admin.clone();
+        let token = admin_token(&admin)?;
+        if let Some(addr) = admin.listen {
+            anyhow::ensure!(
+                addr.ip().is_loopback() || token.is_some(),
+                "admin.listen {addr} is not a loopback address and no admin token is set: \
+                 refusing to expose the admin API without one"
+            );
+        }
 
         let threads = if dns.udp_threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -55,33 +116,101 @@ impl Running {
         for a in &dns_addrs {
             tracing::info!(addr = %a, "serving DNS on UDP and TCP");
         }
+
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        let monitor = Arc::new(Mutex::new(Some(start_monitor(
+            &live,
+            snap.config.regions.clone(),
+        ))));
+        // Transitions publish at once; this also brings probe latency and errors up to date.
+        {
+            let live = Arc::downgrade(&live);
+            let monitor = monitor.clone();
+            let mut stop = shutdown.subscribe();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.changed() => break,
+                    }
+                    let Some(live) = live.upgrade() else { break };
+                    let report = monitor
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_ref()
+                        .map(|m| m.report());
+                    if let Some(report) = report {
+                        apply(&live, &report);
+                    }
+                }
+            }));
+        }
+
+        let mut admin_addr = None;
+        if let Some(addr) = admin.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind admin listener {addr}"))?;
+            admin_addr = Some(listener.local_addr()?);
+            tracing::info!(addr = %listener.local_addr()?, "serving the admin API");
+            let mut stop = shutdown.subscribe();
+            let live = live.clone();
+            tasks.push(tokio::spawn(async move {
+                let done = async move {
+                    let _ = stop.changed().await;
+                };
+                if let Err(e) = crate::admin::serve(listener, live, token, done).await {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            }));
+        }
+
         Ok(Running {
             dns_addrs,
+            admin_addr,
             live,
-            config_path: path.to_path_buf(),
-            generation: AtomicU64::new(1),
             udp,
             tcp,
+            monitor,
+            tasks,
+            shutdown,
         })
     }
 
-    /// Load the config again and publish it whole, or keep the old snapshot and say why.
-    /// Listener addresses are not changed by a reload (that needs a restart).
-    pub fn reload(&self) -> Result<u64, LoadError> {
-        let config = Config::load(&self.config_path)?;
-        let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let next = Snapshot::load(config, generation)?;
-        let prev = self.live.snapshot.load();
-        if next.config.dns.listen != prev.config.dns.listen {
-            tracing::warn!("dns.listen changed: takes effect at the next restart");
-        }
-        self.live.publish(next);
-        self.generation.store(generation, Ordering::Relaxed);
+    /// Reload config, zones and GeoIP; on success the health monitor follows the new regions.
+    pub fn reload(&self) -> anyhow::Result<u64> {
+        let generation = self.live.reload()?;
+        self.follow_regions();
         Ok(generation)
     }
 
-    pub async fn stop(mut self) {
-        let _ = self.tcp.shutdown_gracefully().await;
+    /// Restart probing if the regions changed (reloads through the admin API land here too,
+    /// on the next call; see `serve`).
+    fn follow_regions(&self) {
+        let regions = self.live.snapshot.load().config.regions.clone();
+        let mut guard = self.monitor.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = guard.take() {
+            *guard = Some(m.restart(regions));
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let mut tcp = self.tcp;
+        let _ = tcp.shutdown_gracefully().await;
+        if let Some(m) = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            m.stop();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
         for u in self.udp {
             tokio::task::spawn_blocking(move || u.stop()).await.ok();
         }
@@ -94,14 +223,23 @@ pub async fn serve(path: &Path) -> anyhow::Result<()> {
     let running = Running::start(path).await?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
+    let mut generation = running.live.snapshot.load().generation;
+    let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = hup.recv() => match running.reload() {
                 Ok(g) => tracing::info!(generation = g, "config reloaded"),
-                Err(e) => tracing::error!(error = %crate::report(&e), "reload rejected, the old config keeps serving"),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "reload rejected, the old config keeps serving"),
             },
+            _ = check.tick() => {}
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
+        }
+        // A reload through the admin API: let the probes follow the new regions.
+        let now = running.live.snapshot.load().generation;
+        if now != generation {
+            generation = now;
+            running.follow_regions();
         }
     }
     tracing::info!("shutting down");

@@ -573,7 +573,9 @@ impl Validator<'_> {
             {
                 return Err(self.err(
                     key,
-                    format!("{name:?} is not a valid domain name (only letters, digits, '-' and '_')"),
+                    format!(
+                        "{name:?} is not a valid domain name (only letters, digits, '-' and '_')"
+                    ),
                 ));
             }
         }
@@ -590,7 +592,10 @@ impl Validator<'_> {
         {
             return Err(self.err(
                 format!("{key}.name"),
-                format!("{:?} is not a region name (lowercase letters, digits and '-')", r.name),
+                format!(
+                    "{:?} is not a region name (lowercase letters, digits and '-')",
+                    r.name
+                ),
             ));
         }
         let key = format!("region[{i}] ({})", r.name);
@@ -609,13 +614,19 @@ impl Validator<'_> {
         let mut a = Vec::new();
         for (j, s) in r.a.iter().enumerate() {
             a.push(s.parse::<Ipv4Addr>().map_err(|_| {
-                self.err(format!("{key}.a[{j}]"), format!("{s:?} is not an IPv4 address"))
+                self.err(
+                    format!("{key}.a[{j}]"),
+                    format!("{s:?} is not an IPv4 address"),
+                )
             })?);
         }
         let mut aaaa = Vec::new();
         for (j, s) in r.aaaa.iter().enumerate() {
             aaaa.push(s.parse::<Ipv6Addr>().map_err(|_| {
-                self.err(format!("{key}.aaaa[{j}]"), format!("{s:?} is not an IPv6 address"))
+                self.err(
+                    format!("{key}.aaaa[{j}]"),
+                    format!("{s:?} is not an IPv6 address"),
+                )
             })?);
         }
         let cname = match r.cname {
@@ -737,9 +748,10 @@ impl Validator<'_> {
         regions: &[Region],
         allowed: &[RegionId],
     ) -> Result<RegionId, ConfigError> {
-        let id = regions.iter().position(|r| r.name == name).ok_or_else(|| {
-            self.err(key, format!("no region is named {name:?}"))
-        })?;
+        let id = regions
+            .iter()
+            .position(|r| r.name == name)
+            .ok_or_else(|| self.err(key, format!("no region is named {name:?}")))?;
         if !allowed.contains(&id) {
             return Err(self.err(
                 key,
@@ -845,7 +857,10 @@ impl Validator<'_> {
             },
             "weighted" => {
                 let w = r.weights.as_ref().ok_or_else(|| {
-                    self.err(format!("{key}.weights"), "policy \"weighted\" needs weights")
+                    self.err(
+                        format!("{key}.weights"),
+                        "policy \"weighted\" needs weights",
+                    )
                 })?;
                 let mut weights = Vec::new();
                 // File order of regions, so the result does not depend on HashMap order.
@@ -865,7 +880,10 @@ impl Validator<'_> {
             }
             "geographic" => {
                 let m = r.geo_map.as_ref().ok_or_else(|| {
-                    self.err(format!("{key}.geo_map"), "policy \"geographic\" needs geo_map")
+                    self.err(
+                        format!("{key}.geo_map"),
+                        "policy \"geographic\" needs geo_map",
+                    )
                 })?;
                 let mut map = Vec::new();
                 let mut codes: Vec<&String> = m.keys().collect();
@@ -879,12 +897,8 @@ impl Validator<'_> {
                             "keys are ISO country codes (\"JP\"), continent codes (\"EU\") or \"*\"",
                         ));
                     }
-                    let id = self.region_ref(
-                        &format!("{key}.geo_map.{code}"),
-                        &m[code],
-                        regions,
-                        &ids,
-                    )?;
+                    let id =
+                        self.region_ref(&format!("{key}.geo_map.{code}"), &m[code], regions, &ids)?;
                     map.push((code.clone(), id));
                 }
                 let fallback = match &r.geo_fallback {
@@ -959,7 +973,10 @@ impl Validator<'_> {
             if network.trunc() != network {
                 return Err(self.err(
                     format!("{lkey}.cidr"),
-                    format!("{network} has host bits set; did you mean {}?", network.trunc()),
+                    format!(
+                        "{network} has host bits set; did you mean {}?",
+                        network.trunc()
+                    ),
                 ));
             }
             let mut ms = Vec::new();
@@ -982,7 +999,7 @@ impl Validator<'_> {
             latency.push(LatencyEntry { network, ms });
         }
         // Most specific first: the first entry containing a client is the best one.
-        latency.sort_by(|a, b| b.network.prefix_len().cmp(&a.network.prefix_len()));
+        latency.sort_by_key(|e| std::cmp::Reverse(e.network.prefix_len()));
 
         Ok(RoutedName {
             name,

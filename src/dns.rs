@@ -13,7 +13,7 @@ pub mod server;
 
 use std::net::IpAddr;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, HINFO};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
@@ -58,7 +58,12 @@ impl Tables {
             let zone = zones
                 .find(&name)
                 .ok_or_else(|| format!("routed name {} is not inside any loaded zone", rn.name))?;
-            for t in [RecordType::A, RecordType::AAAA, RecordType::CNAME, RecordType::TXT] {
+            for t in [
+                RecordType::A,
+                RecordType::AAAA,
+                RecordType::CNAME,
+                RecordType::TXT,
+            ] {
                 if let Lookup::Answer { .. } = zone.lookup(&name, t) {
                     return Err(format!(
                         "routed name {} also has {t} records in the zone file for {}; \
@@ -78,11 +83,7 @@ impl Tables {
                     None => None,
                 });
             }
-            routed.push(RoutedEntry {
-                name,
-                index,
-                cname,
-            });
+            routed.push(RoutedEntry { name, index, cname });
         }
         Ok(Tables { routed })
     }
@@ -98,15 +99,29 @@ pub fn answer(live: &Live, packet: &[u8], src: IpAddr, transport: Transport) -> 
     // Fewer than 12 octets has no ID to answer with; a response must never be answered
     // (two servers would bounce it forever).
     if packet.len() < 12 || packet[2] & 0x80 != 0 {
+        live.metrics
+            .dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return None;
     }
+    let tcp = transport == Transport::Tcp;
     let request = match Message::from_vec(packet) {
         Ok(m) => m,
-        Err(_) => return Some(formerr(packet)),
+        Err(_) => {
+            live.metrics.query(tcp, ResponseCode::FormErr.low());
+            return Some(formerr(packet));
+        }
     };
     let snap = live.snapshot.load();
     let response = respond(live, &snap, &request, src);
-    Some(encode(&response, &request, transport, snap.config.dns.max_udp_payload))
+    live.metrics
+        .query(tcp, response.metadata.response_code.low());
+    Some(encode(
+        &response,
+        &request,
+        transport,
+        snap.config.dns.max_udp_payload,
+    ))
 }
 
 /// FORMERR for a packet we could not parse: its ID and opcode, no question.
@@ -116,7 +131,7 @@ fn formerr(packet: &[u8]) -> Vec<u8> {
     out[1] = packet[1];
     // QR=1, opcode copied, RD copied; RCODE=1.
     out[2] = 0x80 | (packet[2] & 0x79);
-    out[3] = u8::from(ResponseCode::FormErr.low());
+    out[3] = ResponseCode::FormErr.low();
     out
 }
 
@@ -158,7 +173,11 @@ pub fn respond(live: &Live, snap: &Snapshot, request: &Message, src: IpAddr) -> 
     {
         return finish(resp, ResponseCode::FormErr, edns_out);
     }
-    let ecs = match request.edns.as_ref().and_then(|e| e.option(EdnsCode::Subnet)) {
+    let ecs = match request
+        .edns
+        .as_ref()
+        .and_then(|e| e.option(EdnsCode::Subnet))
+    {
         Some(EdnsOption::Subnet(cs)) => match valid_ecs(cs) {
             Some(cs) => Some(cs),
             // RFC 7871 7.1.1: stray address bits or a bad prefix is a FORMERR.
@@ -214,7 +233,9 @@ pub fn respond(live: &Live, snap: &Snapshot, request: &Message, src: IpAddr) -> 
                 resp.add_additionals(additionals);
                 ResponseCode::NoError
             }
-            Lookup::NoData { cname_chain } if qtype == RecordType::ANY && cname_chain.is_empty() => {
+            Lookup::NoData { cname_chain }
+                if qtype == RecordType::ANY && cname_chain.is_empty() =>
+            {
                 // RFC 8482 4.2: answer ANY with one synthesized HINFO instead of everything.
                 resp.add_answer(Record::from_rdata(
                     qname.clone(),
@@ -347,7 +368,7 @@ fn valid_ecs(cs: &ClientSubnet) -> Option<ClientSubnet> {
     if net.trunc().addr() != cs.addr() {
         return None;
     }
-    Some(cs.clone())
+    Some(*cs)
 }
 
 /// The SOA for a routed name's NODATA: its negative TTL is capped at the routed TTL, so a
@@ -388,7 +409,7 @@ fn encode(resp: &Message, request: &Message, transport: Transport, max_udp: u16)
                 request.metadata.op_code,
                 ResponseCode::ServFail,
             );
-            fail.add_queries(request.queries.iter().cloned().map(Query::from));
+            fail.add_queries(request.queries.iter().cloned());
             fail.to_vec().unwrap_or_default()
         }
     }

@@ -65,11 +65,10 @@ impl Flags {
     pub fn load(path: &Path) -> Result<Flags, FlagsError> {
         let state = match std::fs::read_to_string(path) {
             Ok(text) => {
-                let s: StateFile =
-                    serde_json::from_str(&text).map_err(|e| FlagsError::Parse {
-                        path: path.to_path_buf(),
-                        message: e.to_string(),
-                    })?;
+                let s: StateFile = serde_json::from_str(&text).map_err(|e| FlagsError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
                 if s.version != 1 {
                     return Err(FlagsError::Parse {
                         path: path.to_path_buf(),
@@ -125,12 +124,17 @@ impl Flags {
 }
 
 fn write_atomically(path: &Path, state: &StateFile) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut text = serde_json::to_string_pretty(state).map_err(std::io::Error::other)?;
     text.push('\n');
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let mut f = std::fs::File::create(&tmp)?;
@@ -161,7 +165,10 @@ mod tests {
         let again = Flags::load(&path).unwrap();
         assert!(!again.is_enabled("westus"));
         assert!(again.is_enabled("eastus"));
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "no temp files left behind: {names:?}");
     }
 
@@ -177,16 +184,26 @@ mod tests {
     fn a_corrupt_file_is_an_error_not_a_silent_reset() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
-        std::fs::write(&path, "{\"version\":1,\"regions\":{\"westus\":{\"endpoint_enabled\":").unwrap();
+        std::fs::write(
+            &path,
+            "{\"version\":1,\"regions\":{\"westus\":{\"endpoint_enabled\":",
+        )
+        .unwrap();
         let e = Flags::load(&path).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("state file {} is not valid: EOF", path.display())), "{e}");
+        assert!(
+            e.starts_with(&format!("state file {} is not valid: EOF", path.display())),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_failed_write_changes_nothing() {
         let mut f = Flags::load(Path::new("/nonexistent-dir/x.json")).unwrap();
         let e = f.set("westus", false).unwrap_err();
-        assert_eq!(e.to_string(), "cannot write state file /nonexistent-dir/x.json");
+        assert_eq!(
+            e.to_string(),
+            "cannot write state file /nonexistent-dir/x.json"
+        );
         assert!(f.is_enabled("westus"));
     }
 }

@@ -13,16 +13,18 @@
 //! - [`metrics`]: hot-path counters and their Prometheus rendering.
 //! - [`live`]: what the front ends share at run time: current snapshot, sticky table, clock.
 //! - [`dns`]: the DNS front end (UDP fast path, hickory-server for TCP).
+//! - [`admin`]: the admin API and `/metrics` on their own listener.
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod dns;
 pub mod flags;
 pub mod geo;
+pub mod health;
 pub mod live;
 pub mod metrics;
-pub mod health;
 pub mod routing;
 pub mod snapshot;
 pub mod sticky;

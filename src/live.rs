@@ -151,7 +151,8 @@ impl Live {
         let key = ClientKey::new(addr, rn.client_prefix(&addr));
         let remembered = self.sticky.get(&(index, key), now);
         let routed = snap.route_with(rn, addr, remembered);
-        self.sticky.record((index, key), routed.decision.region, now);
+        self.sticky
+            .record((index, key), routed.decision.region, now);
         self.metrics
             .answer(index, routed.decision.region, routed.decision.fail_open);
         routed
@@ -168,8 +169,17 @@ impl Live {
             return Ok(());
         }
         c.flags.set(region, enabled)?;
-        let kind = if enabled { "region-enabled" } else { "region-disabled" };
-        push_event(&mut c, kind, Some(region), format!("endpoint_enabled set to {enabled}"));
+        let kind = if enabled {
+            "region-enabled"
+        } else {
+            "region-disabled"
+        };
+        push_event(
+            &mut c,
+            kind,
+            Some(region),
+            format!("endpoint_enabled set to {enabled}"),
+        );
         self.republish(&mut c, &snap);
         Ok(())
     }
@@ -189,7 +199,9 @@ impl Live {
             } else {
                 (
                     "region-down",
-                    info.last_error.clone().unwrap_or_else(|| "probes fail".into()),
+                    info.last_error
+                        .clone()
+                        .unwrap_or_else(|| "probes fail".into()),
                 )
             };
             push_event(&mut c, kind, Some(region), detail);
@@ -208,7 +220,11 @@ impl Live {
     }
 
     pub fn health(&self, region: &str) -> HealthInfo {
-        self.control().health.get(region).cloned().unwrap_or_default()
+        self.control()
+            .health
+            .get(region)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Load the config again; publish it whole or keep serving the old one and say why.
@@ -225,32 +241,55 @@ impl Live {
                 if next.config.dns.listen != prev.config.dns.listen
                     || next.config.admin.listen != prev.config.admin.listen
                 {
-                    tracing::warn!("listen addresses changed: they take effect at the next restart");
+                    tracing::warn!(
+                        "listen addresses changed: they take effect at the next restart"
+                    );
                 }
                 let p = &prev.config;
                 let n = &next.config;
-                if !p.regions.iter().map(|r| &r.name).eq(n.regions.iter().map(|r| &r.name))
-                    || !p.routed_names.iter().map(|r| &r.name).eq(n.routed_names.iter().map(|r| &r.name))
+                if !p
+                    .regions
+                    .iter()
+                    .map(|r| &r.name)
+                    .eq(n.regions.iter().map(|r| &r.name))
+                    || !p
+                        .routed_names
+                        .iter()
+                        .map(|r| &r.name)
+                        .eq(n.routed_names.iter().map(|r| &r.name))
                 {
-                    let name = |i: usize| n.routed_names.iter().position(|r| r.name == p.routed_names[i].name);
+                    let name = |i: usize| {
+                        n.routed_names
+                            .iter()
+                            .position(|r| r.name == p.routed_names[i].name)
+                    };
                     let region = |i: usize| n.region_id(&p.regions[i].name);
                     self.sticky.remap(name, region);
                     self.metrics.remap(name, region);
                 }
-                self.metrics.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .reloads_ok
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 c.last_reload = Some(ReloadStatus {
                     ok: true,
                     generation,
                     error: None,
                     at_ms: unix_ms(),
                 });
-                push_event(&mut c, "reload", None, format!("generation {generation} serving"));
+                push_event(
+                    &mut c,
+                    "reload",
+                    None,
+                    format!("generation {generation} serving"),
+                );
                 self.republish(&mut c, &next);
                 Ok(generation)
             }
             Err(e) => {
                 let text = crate::report(&e);
-                self.metrics.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .reloads_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 c.last_reload = Some(ReloadStatus {
                     ok: false,
                     generation: prev.generation,
@@ -269,7 +308,12 @@ impl Live {
 
     /// Events after `after` (by sequence number), oldest first.
     pub fn events(&self, after: u64) -> Vec<Event> {
-        self.control().events.iter().filter(|e| e.seq > after).cloned().collect()
+        self.control()
+            .events
+            .iter()
+            .filter(|e| e.seq > after)
+            .cloned()
+            .collect()
     }
 
     /// Compute region states from flags and health and publish `base` with them; count the
@@ -277,17 +321,31 @@ impl Live {
     fn republish(&self, c: &mut Control, base: &Snapshot) {
         let states = compute_states(&base.config, c);
         let before = self.snapshot.load();
-        let was: Vec<bool> = before.config.routed_names.iter().map(|n| before.fail_open(n)).collect();
+        let was: Vec<bool> = before
+            .config
+            .routed_names
+            .iter()
+            .map(|n| before.fail_open(n))
+            .collect();
         let next = base.with_states(states);
         for (i, n) in next.config.routed_names.iter().enumerate() {
             let now = next.fail_open(n);
             if now != was.get(i).copied().unwrap_or(false) {
                 if now {
-                    self.metrics.fail_open_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics
+                        .fail_open_events
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                let kind = if now { "fail-open-start" } else { "fail-open-end" };
+                let kind = if now {
+                    "fail-open-start"
+                } else {
+                    "fail-open-end"
+                };
                 let detail = if now {
-                    format!("{}: no enabled region is healthy, answering as if all were", n.name)
+                    format!(
+                        "{}: no enabled region is healthy, answering as if all were",
+                        n.name
+                    )
                 } else {
                     format!("{}: a healthy enabled region is back", n.name)
                 };
@@ -308,7 +366,12 @@ impl Live {
             .map(|r| c.health.get(&r.name).cloned().unwrap_or_default())
             .collect();
         let g = Gauges {
-            names: snap.config.routed_names.iter().map(|n| n.name.as_str()).collect(),
+            names: snap
+                .config
+                .routed_names
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect(),
             regions: snap
                 .config
                 .regions
@@ -321,7 +384,12 @@ impl Live {
                     probe_latency_ms: h.probe_latency_ms,
                 })
                 .collect(),
-            fail_open: snap.config.routed_names.iter().map(|n| snap.fail_open(n)).collect(),
+            fail_open: snap
+                .config
+                .routed_names
+                .iter()
+                .map(|n| snap.fail_open(n))
+                .collect(),
             sticky_entries: self.sticky.len(),
             generation: snap.generation,
             last_reload_ok: c.last_reload.as_ref().is_none_or(|r| r.ok),

@@ -10,7 +10,11 @@ use berth::config::Config;
 use berth::snapshot::Snapshot;
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Geo-aware DNS and routing for replicated container registries")]
+#[command(
+    name = "berth",
+    version,
+    about = "Geo-aware DNS and routing for replicated container registries"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,17 +108,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
         } => {
             let snap = Snapshot::load(Config::load(&config)?, 0)?;
-            let rn = match &name {
-                Some(n) => snap
-                    .config
-                    .routed_name(n)
-                    .ok_or_else(|| anyhow::anyhow!("{n} is not a routed name in {}", config.display()))?,
-                None => snap
-                    .config
-                    .routed_names
-                    .first()
-                    .ok_or_else(|| anyhow::anyhow!("{} has no routed names", config.display()))?,
-            };
+            let rn =
+                match &name {
+                    Some(n) => snap.config.routed_name(n).ok_or_else(|| {
+                        anyhow::anyhow!("{n} is not a routed name in {}", config.display())
+                    })?,
+                    None => snap.config.routed_names.first().ok_or_else(|| {
+                        anyhow::anyhow!("{} has no routed names", config.display())
+                    })?,
+                };
             let routed = snap.route(rn, address);
             print!("{}", snap.explain(rn, &routed));
             Ok(ExitCode::SUCCESS)

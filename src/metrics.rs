@@ -32,7 +32,9 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             queries: Default::default(),
-            answers: (0..MAX_NAMES).map(|_| std::array::from_fn(|_| AtomicU64::new(0))).collect(),
+            answers: (0..MAX_NAMES)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
             fail_open_answers: Default::default(),
             region_down_events: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             fail_open_events: AtomicU64::new(0),
@@ -65,7 +67,10 @@ impl Metrics {
         if region >= MAX_REGIONS {
             return 0;
         }
-        self.answers.iter().map(|row| row[region].load(Ordering::Relaxed)).sum()
+        self.answers
+            .iter()
+            .map(|row| row[region].load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn queries_by_rcode(&self) -> [u64; 16] {
@@ -79,19 +84,37 @@ impl Metrics {
     }
 
     /// Move counters to new indices after a reload; counters of names that are gone are dropped.
-    pub fn remap(&self, name: impl Fn(usize) -> Option<usize>, region: impl Fn(usize) -> Option<usize>) {
+    pub fn remap(
+        &self,
+        name: impl Fn(usize) -> Option<usize>,
+        region: impl Fn(usize) -> Option<usize>,
+    ) {
         let old: Vec<Vec<u64>> = self
             .answers
             .iter()
             .map(|row| row.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect())
             .collect();
-        let old_fo: Vec<u64> = self.fail_open_answers.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect();
-        let old_down: Vec<u64> = self.region_down_events.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect();
+        let old_fo: Vec<u64> = self
+            .fail_open_answers
+            .iter()
+            .map(|c| c.swap(0, Ordering::Relaxed))
+            .collect();
+        let old_down: Vec<u64> = self
+            .region_down_events
+            .iter()
+            .map(|c| c.swap(0, Ordering::Relaxed))
+            .collect();
         for (n, row) in old.iter().enumerate() {
-            let Some(nn) = name(n).filter(|x| *x < MAX_NAMES) else { continue };
+            let Some(nn) = name(n).filter(|x| *x < MAX_NAMES) else {
+                continue;
+            };
             self.fail_open_answers[nn].fetch_add(old_fo[n], Ordering::Relaxed);
             for (r, v) in row.iter().enumerate() {
-                let col = if r == MAX_REGIONS { Some(MAX_REGIONS) } else { region(r).filter(|x| *x < MAX_REGIONS) };
+                let col = if r == MAX_REGIONS {
+                    Some(MAX_REGIONS)
+                } else {
+                    region(r).filter(|x| *x < MAX_REGIONS)
+                };
                 if let Some(c) = col {
                     self.answers[nn][c].fetch_add(*v, Ordering::Relaxed);
                 }
@@ -130,19 +153,29 @@ const RCODES: [&str; 16] = [
 impl Metrics {
     pub fn render(&self, g: &Gauges<'_>) -> String {
         let mut o = String::new();
-        let _ = writeln!(o, "# HELP berth_dns_queries_total DNS queries answered, by transport and response code.");
+        let _ = writeln!(
+            o,
+            "# HELP berth_dns_queries_total DNS queries answered, by transport and response code."
+        );
         let _ = writeln!(o, "# TYPE berth_dns_queries_total counter");
         for (t, tname) in ["udp", "tcp"].iter().enumerate() {
             for (rc, rname) in RCODES.iter().enumerate() {
                 let v = self.queries[t][rc].load(Ordering::Relaxed);
                 if v > 0 || rc == 0 || rc == 3 || rc == 5 {
-                    let _ = writeln!(o, "berth_dns_queries_total{{transport=\"{tname}\",rcode=\"{rname}\"}} {v}");
+                    let _ = writeln!(
+                        o,
+                        "berth_dns_queries_total{{transport=\"{tname}\",rcode=\"{rname}\"}} {v}"
+                    );
                 }
             }
         }
         let _ = writeln!(o, "# HELP berth_dns_dropped_total Packets dropped without an answer (too short, or not a query).");
         let _ = writeln!(o, "# TYPE berth_dns_dropped_total counter");
-        let _ = writeln!(o, "berth_dns_dropped_total {}", self.dropped.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "berth_dns_dropped_total {}",
+            self.dropped.load(Ordering::Relaxed)
+        );
         let _ = writeln!(o, "# HELP berth_routed_answers_total Routed-name answers by region (region=\"\" is NODATA).");
         let _ = writeln!(o, "# TYPE berth_routed_answers_total counter");
         for (n, name) in g.names.iter().enumerate().take(MAX_NAMES) {
@@ -163,30 +196,62 @@ impl Metrics {
         let _ = writeln!(o, "# HELP berth_fail_open_answers_total Routed answers given while no enabled region was healthy.");
         let _ = writeln!(o, "# TYPE berth_fail_open_answers_total counter");
         for (n, name) in g.names.iter().enumerate().take(MAX_NAMES) {
-            let _ = writeln!(o, "berth_fail_open_answers_total{{name=\"{name}\"}} {}", self.fail_open_answers[n].load(Ordering::Relaxed));
+            let _ = writeln!(
+                o,
+                "berth_fail_open_answers_total{{name=\"{name}\"}} {}",
+                self.fail_open_answers[n].load(Ordering::Relaxed)
+            );
         }
-        let _ = writeln!(o, "# HELP berth_fail_open 1 while a routed name has no healthy enabled region.");
+        let _ = writeln!(
+            o,
+            "# HELP berth_fail_open 1 while a routed name has no healthy enabled region."
+        );
         let _ = writeln!(o, "# TYPE berth_fail_open gauge");
         for (name, fo) in g.names.iter().zip(&g.fail_open) {
             let _ = writeln!(o, "berth_fail_open{{name=\"{name}\"}} {}", u8::from(*fo));
         }
-        let _ = writeln!(o, "# HELP berth_fail_open_events_total Times failing open started.");
+        let _ = writeln!(
+            o,
+            "# HELP berth_fail_open_events_total Times failing open started."
+        );
         let _ = writeln!(o, "# TYPE berth_fail_open_events_total counter");
-        let _ = writeln!(o, "berth_fail_open_events_total {}", self.fail_open_events.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "berth_fail_open_events_total {}",
+            self.fail_open_events.load(Ordering::Relaxed)
+        );
         let _ = writeln!(o, "# HELP berth_region_healthy 1 if the region's probes say it is healthy (or it is not probed yet).");
         let _ = writeln!(o, "# TYPE berth_region_healthy gauge");
         for r in &g.regions {
-            let _ = writeln!(o, "berth_region_healthy{{region=\"{}\"}} {}", r.name, u8::from(r.healthy));
+            let _ = writeln!(
+                o,
+                "berth_region_healthy{{region=\"{}\"}} {}",
+                r.name,
+                u8::from(r.healthy)
+            );
         }
-        let _ = writeln!(o, "# HELP berth_region_enabled The operator's endpoint_enabled flag.");
+        let _ = writeln!(
+            o,
+            "# HELP berth_region_enabled The operator's endpoint_enabled flag."
+        );
         let _ = writeln!(o, "# TYPE berth_region_enabled gauge");
         for r in &g.regions {
-            let _ = writeln!(o, "berth_region_enabled{{region=\"{}\"}} {}", r.name, u8::from(r.enabled));
+            let _ = writeln!(
+                o,
+                "berth_region_enabled{{region=\"{}\"}} {}",
+                r.name,
+                u8::from(r.enabled)
+            );
         }
         let _ = writeln!(o, "# HELP berth_region_down_events_total Health transitions to down (failovers of the region's clients).");
         let _ = writeln!(o, "# TYPE berth_region_down_events_total counter");
         for (i, r) in g.regions.iter().enumerate().take(MAX_REGIONS) {
-            let _ = writeln!(o, "berth_region_down_events_total{{region=\"{}\"}} {}", r.name, self.region_down_events[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                o,
+                "berth_region_down_events_total{{region=\"{}\"}} {}",
+                r.name,
+                self.region_down_events[i].load(Ordering::Relaxed)
+            );
         }
         let _ = writeln!(o, "# HELP berth_probe_latency_ms Smoothed probe latency.");
         let _ = writeln!(o, "# TYPE berth_probe_latency_ms gauge");
@@ -195,16 +260,30 @@ impl Metrics {
                 let _ = writeln!(o, "berth_probe_latency_ms{{region=\"{}\"}} {ms:.3}", r.name);
             }
         }
-        let _ = writeln!(o, "# HELP berth_sticky_entries Clients remembered in the sticky table.");
+        let _ = writeln!(
+            o,
+            "# HELP berth_sticky_entries Clients remembered in the sticky table."
+        );
         let _ = writeln!(o, "# TYPE berth_sticky_entries gauge");
         let _ = writeln!(o, "berth_sticky_entries {}", g.sticky_entries);
-        let _ = writeln!(o, "# HELP berth_config_generation Generation of the snapshot serving now.");
+        let _ = writeln!(
+            o,
+            "# HELP berth_config_generation Generation of the snapshot serving now."
+        );
         let _ = writeln!(o, "# TYPE berth_config_generation gauge");
         let _ = writeln!(o, "berth_config_generation {}", g.generation);
         let _ = writeln!(o, "# HELP berth_reloads_total Config reloads by result.");
         let _ = writeln!(o, "# TYPE berth_reloads_total counter");
-        let _ = writeln!(o, "berth_reloads_total{{result=\"ok\"}} {}", self.reloads_ok.load(Ordering::Relaxed));
-        let _ = writeln!(o, "berth_reloads_total{{result=\"rejected\"}} {}", self.reloads_failed.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "berth_reloads_total{{result=\"ok\"}} {}",
+            self.reloads_ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "berth_reloads_total{{result=\"rejected\"}} {}",
+            self.reloads_failed.load(Ordering::Relaxed)
+        );
         let _ = writeln!(o, "# HELP berth_last_reload_ok 0 if the last reload was rejected (the previous config keeps serving).");
         let _ = writeln!(o, "# TYPE berth_last_reload_ok gauge");
         let _ = writeln!(o, "berth_last_reload_ok {}", u8::from(g.last_reload_ok));

@@ -133,7 +133,9 @@ pub enum Why {
     Sticky,
     LowestLatency,
     /// Several regions were within the tie band; the rendezvous hash picked one.
-    TieBreak { tied: usize },
+    TieBreak {
+        tied: usize,
+    },
     /// The client has no location and no latency entry.
     DefaultOrder,
     Priority,
@@ -400,7 +402,12 @@ fn splitmix64(mut z: u64) -> u64 {
 impl Decision {
     /// A human explanation: the candidates, their states and estimates, and why one won.
     /// The same text is printed by `berth route` and served by the admin API.
-    pub fn explain(&self, config: &Config, name: &RoutedName, location: Option<&Location>) -> String {
+    pub fn explain(
+        &self,
+        config: &Config,
+        name: &RoutedName,
+        location: Option<&Location>,
+    ) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -427,7 +434,11 @@ impl Decision {
         }
         for c in &self.candidates {
             let region = &config.regions[c.region].name;
-            let mark = if Some(c.region) == self.region { "*" } else { " " };
+            let mark = if Some(c.region) == self.region {
+                "*"
+            } else {
+                " "
+            };
             let state = match c.eligibility {
                 Eligibility::Eligible => "eligible",
                 Eligibility::Unhealthy => "unhealthy",
@@ -438,7 +449,9 @@ impl Decision {
                 (Source::Distance { km }, Some(ms)) => format!("{ms:.1} ms ({km:.0} km)"),
                 (Source::Rank(usize::MAX), _) => "unranked".to_string(),
                 (Source::Rank(r), _) => format!("rank {}", r + 1),
-                (Source::Weight { weight, score }, _) => format!("weight {weight} score {score:.3}"),
+                (Source::Weight { weight, score }, _) => {
+                    format!("weight {weight} score {score:.3}")
+                }
                 (Source::Geo { code, .. }, _) => format!("mapped by {code}"),
                 _ => "-".to_string(),
             };
@@ -453,7 +466,10 @@ impl Decision {
             (Why::Sticky, Some(r)) => format!("{r}: remembered for this client and still eligible"),
             (Why::LowestLatency, Some(r)) => format!("{r}: lowest estimated latency"),
             (Why::TieBreak { tied }, Some(r)) => {
-                format!("{r}: {tied} regions within {} ms of the best, highest rendezvous hash", name.tie_band_ms)
+                format!(
+                    "{r}: {tied} regions within {} ms of the best, highest rendezvous hash",
+                    name.tie_band_ms
+                )
             }
             (Why::DefaultOrder, Some(r)) => {
                 format!("{r}: no location or latency entry for the client, first in default order")

@@ -29,13 +29,13 @@ pub enum LoadError {
         origin: String,
         config: PathBuf,
         #[source]
-        source: ZoneError,
+        source: Box<ZoneError>,
     },
     #[error("geoip database (from {config})")]
     Geo {
         config: PathBuf,
         #[source]
-        source: GeoError,
+        source: Box<GeoError>,
     },
     /// The config and the zone data disagree (e.g. a routed name that also has zone records).
     #[error("{config}: {message}")]
@@ -70,7 +70,7 @@ impl Snapshot {
             let zone_err = |source| LoadError::Zone {
                 origin: z.origin.clone(),
                 config: config.path.clone(),
-                source,
+                source: Box::new(source),
             };
             let origin = Name::from_ascii(format!("{}.", z.origin)).map_err(|e| {
                 LoadError::Inconsistent {
@@ -83,13 +83,13 @@ impl Snapshot {
         let zones = ZoneSet::new(zones).map_err(|source| LoadError::Zone {
             origin: "(all)".to_string(),
             config: config.path.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let geo = match &config.geoip {
             Some(path) => Some(Arc::new(GeoDb::open(path).map_err(|source| {
                 LoadError::Geo {
                     config: config.path.clone(),
-                    source,
+                    source: Box::new(source),
                 }
             })?)),
             None => None,
@@ -126,7 +126,10 @@ impl Snapshot {
     pub fn fail_open(&self, name: &RoutedName) -> bool {
         let st = |id: &RegionId| self.states.get(*id).copied().unwrap_or(RegionState::UP);
         name.regions.iter().any(|id| st(id).enabled)
-            && !name.regions.iter().any(|id| st(id).enabled && st(id).healthy)
+            && !name
+                .regions
+                .iter()
+                .any(|id| st(id).enabled && st(id).healthy)
     }
 
     /// Route `addr` (an ECS address or a source address) for `name`, with no memory of

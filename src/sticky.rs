@@ -122,8 +122,13 @@ impl StickyTable {
 
     /// After a reload region and routed-name indices may change: keep entries whose names
     /// still exist (mapped to their new indices) and drop the rest.
-    pub fn remap(&self, routed: impl Fn(usize) -> Option<usize>, region: impl Fn(RegionId) -> Option<RegionId>) {
-        let old: Vec<(StickyKey, Entry)> = self.map.iter().map(|e| (*e.key(), *e.value())).collect();
+    pub fn remap(
+        &self,
+        routed: impl Fn(usize) -> Option<usize>,
+        region: impl Fn(RegionId) -> Option<RegionId>,
+    ) {
+        let old: Vec<(StickyKey, Entry)> =
+            self.map.iter().map(|e| (*e.key(), *e.value())).collect();
         self.map.clear();
         for ((name, client), mut e) in old {
             if let (Some(n), Some(r)) = (routed(name), region(e.region)) {
@@ -205,7 +210,7 @@ mod tests {
         let t = table(10);
         t.record(key(1), Some(0), 0);
         t.record(key(2), Some(1), 0);
-        t.remap(|n| Some(n), |r| if r == 0 { Some(5) } else { None });
+        t.remap(Some, |r| if r == 0 { Some(5) } else { None });
         assert_eq!(t.get(&key(1), 1), Some(5));
         assert_eq!(t.get(&key(2), 1), None);
     }

@@ -40,15 +40,29 @@ fn check_config_names_what_is_wrong_and_exits_1() {
 
     // A zone file with a syntax error: the error names the zone file and line.
     write(dir.path(), "bad.zone", "$ORIGIN example.test.\n@ 300 IN SOA ns1 h 1 2 3 4 5\n@ 300 IN NS ns1\nns1 300 IN A 300.1.1.1\n");
-    let cfg = write(dir.path(), "a.toml", &demo.replace(&format!("{repo}/zones/example.test.zone"), "bad.zone"));
+    let cfg = write(
+        dir.path(),
+        "a.toml",
+        &demo.replace(&format!("{repo}/zones/example.test.zone"), "bad.zone"),
+    );
     let o = berth(&["check-config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let e = text(&o.stderr);
-    assert!(e.starts_with(&format!("error: zone example.test (from {})", cfg.display())), "{e}");
+    assert!(
+        e.starts_with(&format!(
+            "error: zone example.test (from {})",
+            cfg.display()
+        )),
+        "{e}"
+    );
     assert!(e.contains("bad.zone:4"), "{e}");
 
     // A missing GeoIP file.
-    let cfg = write(dir.path(), "b.toml", &demo.replace(&format!("{repo}/geoip/demo.mmdb"), "nope.mmdb"));
+    let cfg = write(
+        dir.path(),
+        "b.toml",
+        &demo.replace(&format!("{repo}/geoip/demo.mmdb"), "nope.mmdb"),
+    );
     let o = berth(&["check-config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let e = text(&o.stderr);
@@ -56,11 +70,18 @@ fn check_config_names_what_is_wrong_and_exits_1() {
 
     // A routed name that the zone file also defines.
     write(dir.path(), "dup.zone", "$ORIGIN example.test.\n@ 300 IN SOA ns1 h 1 2 3 4 5\n@ 300 IN NS ns1\nns1 300 IN A 127.0.0.1\nregistry 300 IN A 192.0.2.99\n");
-    let cfg = write(dir.path(), "c.toml", &demo.replace(&format!("{repo}/zones/example.test.zone"), "dup.zone"));
+    let cfg = write(
+        dir.path(),
+        "c.toml",
+        &demo.replace(&format!("{repo}/zones/example.test.zone"), "dup.zone"),
+    );
     let o = berth(&["check-config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let e = text(&o.stderr);
-    assert!(e.contains("routed name registry.example.test also has A records in the zone file"), "{e}");
+    assert!(
+        e.contains("routed name registry.example.test also has A records in the zone file"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -69,13 +90,26 @@ fn route_explains_the_decision() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
     assert!(out.contains("client 198.51.100.0/24"), "{out}");
-    assert!(out.contains("location Tokyo (35.68, 139.69) country JP continent AS"), "{out}");
-    assert!(out.contains("chosen southeastasia: lowest estimated latency"), "{out}");
+    assert!(
+        out.contains("location Tokyo (35.68, 139.69) country JP continent AS"),
+        "{out}"
+    );
+    assert!(
+        out.contains("chosen southeastasia: lowest estimated latency"),
+        "{out}"
+    );
     let o = berth(&["route", "2001:db8:2::1", "--name", "REGISTRY.example.test."]);
-    assert!(text(&o.stdout).contains("chosen westeurope"), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("chosen westeurope"),
+        "{}",
+        text(&o.stdout)
+    );
     let o = berth(&["route", "192.0.2.1", "--name", "nope.example.test"]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(text(&o.stderr).trim(), "error: nope.example.test is not a routed name in config/demo.toml");
+    assert_eq!(
+        text(&o.stderr).trim(),
+        "error: nope.example.test is not a routed name in config/demo.toml"
+    );
 }
 
 #[test]
@@ -85,10 +119,21 @@ fn geoip_build_makes_a_database_the_server_reads() {
     let o = berth(&["geoip", "build", "geoip/demo.csv", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let db = berth::geo::GeoDb::open(&out).expect("readable");
-    let hit = db.lookup("198.51.100.7".parse().unwrap()).expect("Tokyo is in the demo CSV");
+    let hit = db
+        .lookup("198.51.100.7".parse().unwrap())
+        .expect("Tokyo is in the demo CSV");
     assert_eq!(hit.location.city.as_deref(), Some("Tokyo"));
-    let bad = write(dir.path(), "bad.csv", "network,continent,country,city,latitude,longitude\n10.0.0.0/8,XX,JP,Tokyo,35.6,139.6\n");
-    let o = berth(&["geoip", "build", bad.to_str().unwrap(), out.to_str().unwrap()]);
+    let bad = write(
+        dir.path(),
+        "bad.csv",
+        "network,continent,country,city,latitude,longitude\n10.0.0.0/8,XX,JP,Tokyo,35.6,139.6\n",
+    );
+    let o = berth(&[
+        "geoip",
+        "build",
+        bad.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("bad.csv:2"), "{}", text(&o.stderr));
 }

@@ -57,7 +57,10 @@ fn with(replace: &str, by: &str) -> String {
 #[test]
 fn base_config_is_valid_and_paths_are_relative_to_the_file() {
     let c = Config::parse(BASE, Path::new("/etc/berth/berth.toml")).expect("valid");
-    assert_eq!(c.zones[0].file, Path::new("/etc/berth/zones/example.test.zone"));
+    assert_eq!(
+        c.zones[0].file,
+        Path::new("/etc/berth/zones/example.test.zone")
+    );
     assert_eq!(c.routed_names[0].ttl, 30);
     assert_eq!(c.routed_names[0].client_prefix_v4, 24);
     assert_eq!(c.routed_names[0].client_prefix_v6, 56);
@@ -66,7 +69,10 @@ fn base_config_is_valid_and_paths_are_relative_to_the_file() {
 #[test]
 fn unknown_keys_are_rejected_with_line_and_key() {
     let e = error_of(&with("latitude = 47.6", "latitude = 47.6\nlatitud = 3"));
-    assert!(e.starts_with("/etc/berth/berth.toml: TOML parse error at line 12"), "{e}");
+    assert!(
+        e.starts_with("/etc/berth/berth.toml: TOML parse error at line 12"),
+        "{e}"
+    );
     assert!(e.contains("unknown field `latitud`"), "{e}");
     let e = error_of(&format!("{BASE}\n[dsn]\nlisten = []\n"));
     assert!(e.contains("unknown field `dsn`"), "{e}");
@@ -128,7 +134,10 @@ fn semantic_errors_name_the_key_path() {
 #[test]
 fn missing_file_error_names_it() {
     let e = Config::load(Path::new("/nonexistent/berth.toml")).expect_err("no such file");
-    assert_eq!(e.to_string(), "cannot read config file /nonexistent/berth.toml");
+    assert_eq!(
+        e.to_string(),
+        "cannot read config file /nonexistent/berth.toml"
+    );
     assert_eq!(
         berth::report(&e),
         "cannot read config file /nonexistent/berth.toml: No such file or directory (os error 2)"

@@ -42,7 +42,12 @@ impl Server {
             .expect("runtime");
         let running = rt.block_on(Running::start(&path)).expect("berth starts");
         let addr = running.dns_addrs[0];
-        Server { running: Some(running), addr, rt, _dir: dir }
+        Server {
+            running: Some(running),
+            addr,
+            rt,
+            _dir: dir,
+        }
     }
 }
 
@@ -77,18 +82,37 @@ impl Dig {
 fn dig(server: &Server, args: &[&str]) -> Dig {
     let out = Command::new("dig")
         .arg(format!("@{}", server.addr.ip()))
-        .args(["-p", &server.addr.port().to_string(), "+norecurse", "+time=2", "+tries=1"])
+        .args([
+            "-p",
+            &server.addr.port().to_string(),
+            "+norecurse",
+            "+time=2",
+            "+tries=1",
+        ])
         .args(args)
         .output()
         .expect("dig runs (apt-get install dnsutils)");
     let raw = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut d = Dig { status: String::new(), flags: vec![], answer: vec![], authority: vec![], ecs: None, raw: raw.clone() };
+    let mut d = Dig {
+        status: String::new(),
+        flags: vec![],
+        answer: vec![],
+        authority: vec![],
+        ecs: None,
+        raw: raw.clone(),
+    };
     let mut section = "";
     for line in raw.lines() {
         if let Some(rest) = line.split("status: ").nth(1) {
             d.status = rest.split(',').next().unwrap_or("").to_string();
         } else if let Some(rest) = line.strip_prefix(";; flags: ") {
-            d.flags = rest.split(';').next().unwrap_or("").split_whitespace().map(String::from).collect();
+            d.flags = rest
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(String::from)
+                .collect();
         } else if let Some(rest) = line.strip_prefix("; CLIENT-SUBNET: ") {
             d.ecs = Some(rest.trim().to_string());
         } else if line.starts_with(";; ANSWER SECTION") {
@@ -124,14 +148,45 @@ fn routed_answers_follow_the_client_subnet_over_udp_and_tcp() {
     ];
     for transport in ["+notcp", "+tcp"] {
         for (subnet, qtype, want) in cases {
-            let d = dig(&s, &[transport, "registry.example.test", qtype, &format!("+subnet={subnet}")]);
-            assert_eq!(d.status, "NOERROR", "{subnet} {qtype} {transport}\n{}", d.raw);
-            assert_eq!(d.answer_data(), vec![want.to_string()], "{subnet} {qtype} {transport}\n{}", d.raw);
-            assert!(d.flags.contains(&"aa".to_string()), "AA flag missing\n{}", d.raw);
+            let d = dig(
+                &s,
+                &[
+                    transport,
+                    "registry.example.test",
+                    qtype,
+                    &format!("+subnet={subnet}"),
+                ],
+            );
+            assert_eq!(
+                d.status, "NOERROR",
+                "{subnet} {qtype} {transport}\n{}",
+                d.raw
+            );
+            assert_eq!(
+                d.answer_data(),
+                vec![want.to_string()],
+                "{subnet} {qtype} {transport}\n{}",
+                d.raw
+            );
+            assert!(
+                d.flags.contains(&"aa".to_string()),
+                "AA flag missing\n{}",
+                d.raw
+            );
             // The scope says what the answer depended on: the routed name's client prefix.
             let scope = if subnet.contains(':') { 56 } else { 24 };
-            assert_eq!(d.ecs.as_deref(), Some(format!("{subnet}/{scope}").as_str()), "{}", d.raw);
-            assert!(d.answer[0].contains("\t30\t") || d.answer[0].split_whitespace().nth(1) == Some("30"), "ttl 30\n{}", d.raw);
+            assert_eq!(
+                d.ecs.as_deref(),
+                Some(format!("{subnet}/{scope}").as_str()),
+                "{}",
+                d.raw
+            );
+            assert!(
+                d.answer[0].contains("\t30\t")
+                    || d.answer[0].split_whitespace().nth(1) == Some("30"),
+                "ttl 30\n{}",
+                d.raw
+            );
         }
     }
 }
@@ -148,7 +203,11 @@ fn static_data_has_scope_zero_and_negative_answers_carry_the_soa() {
         let d = dig(&s, &[transport, "nonexistent.example.test", "A"]);
         assert_eq!(d.status, "NXDOMAIN", "{}", d.raw);
         assert!(d.answer.is_empty());
-        assert!(d.authority.len() == 1 && d.authority[0].contains("SOA"), "{}", d.raw);
+        assert!(
+            d.authority.len() == 1 && d.authority[0].contains("SOA"),
+            "{}",
+            d.raw
+        );
         assert!(d.flags.contains(&"aa".to_string()));
 
         let d = dig(&s, &[transport, "example.org", "A"]);
@@ -161,7 +220,10 @@ fn static_data_has_scope_zero_and_negative_answers_carry_the_soa() {
     assert!(d.answer.is_empty());
     assert!(d.authority[0].contains("SOA"), "{}", d.raw);
     // Names match case-insensitively.
-    let d = dig(&s, &["ReGiStRy.ExAmPlE.TeSt", "A", "+subnet=198.51.100.0/24"]);
+    let d = dig(
+        &s,
+        &["ReGiStRy.ExAmPlE.TeSt", "A", "+subnet=198.51.100.0/24"],
+    );
     assert_eq!(d.answer_data(), vec!["192.0.2.40"], "{}", d.raw);
 }
 
@@ -171,8 +233,15 @@ fn any_is_answered_minimally() {
     let d = dig(&s, &["static.example.test", "ANY"]);
     assert_eq!(d.status, "NOERROR", "{}", d.raw);
     assert_eq!(d.answer.len(), 1, "{}", d.raw);
-    assert!(d.answer[0].contains("HINFO") && d.answer[0].contains("RFC8482"), "{}", d.raw);
-    let d = dig(&s, &["registry.example.test", "ANY", "+subnet=198.51.100.0/24"]);
+    assert!(
+        d.answer[0].contains("HINFO") && d.answer[0].contains("RFC8482"),
+        "{}",
+        d.raw
+    );
+    let d = dig(
+        &s,
+        &["registry.example.test", "ANY", "+subnet=198.51.100.0/24"],
+    );
     assert_eq!(d.answer_data(), vec!["192.0.2.40"], "{}", d.raw);
 }
 
@@ -181,7 +250,14 @@ fn kdig_agrees() {
     let s = Server::start();
     let out = Command::new("kdig")
         .arg(format!("@{}", s.addr.ip()))
-        .args(["-p", &s.addr.port().to_string(), "+short", "+subnet=203.0.113.0/24", "registry.example.test", "A"])
+        .args([
+            "-p",
+            &s.addr.port().to_string(),
+            "+short",
+            "+subnet=203.0.113.0/24",
+            "registry.example.test",
+            "A",
+        ])
         .output()
         .expect("kdig runs (apt-get install knot-dnsutils)");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "192.0.2.20");
@@ -203,7 +279,10 @@ fn hickory_resolver_gets_the_source_address_answer() {
         let resolver = Resolver::builder_with_config(cfg, TokioRuntimeProvider::default())
             .build()
             .expect("resolver");
-        let ips = resolver.lookup_ip("registry.example.test.").await.expect("lookup");
+        let ips = resolver
+            .lookup_ip("registry.example.test.")
+            .await
+            .expect("lookup");
         // 127.0.0.1 is not in the demo GeoIP database: the default order's first region.
         let got: Vec<IpAddr> = ips.iter().collect();
         assert!(got.contains(&"192.0.2.10".parse().unwrap()), "{got:?}");
@@ -212,10 +291,13 @@ fn hickory_resolver_gets_the_source_address_answer() {
 
 fn udp_exchange(s: &Server, packet: &[u8]) -> Option<Vec<u8>> {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     sock.send_to(packet, s.addr).unwrap();
     let mut buf = [0u8; 4096];
-    sock.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+    sock.recv_from(&mut buf)
+        .ok()
+        .map(|(n, _)| buf[..n].to_vec())
 }
 
 #[test]
@@ -241,7 +323,9 @@ fn malformed_packets_get_formerr_or_silence_and_the_server_lives_on() {
         q.extend_from_slice(label.as_bytes());
     }
     q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7, 0, 1, 20, 0, 198, 51, 100]);
+    q.extend_from_slice(&[
+        0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7, 0, 1, 20, 0, 198, 51, 100,
+    ]);
     let got = udp_exchange(&s, &q).expect("an answer");
     assert_eq!(got[3] & 0x0f, 1, "FORMERR for a dirty ECS address");
     // Random garbage of every length up to 64 never kills the server.
@@ -255,7 +339,10 @@ fn malformed_packets_get_formerr_or_silence_and_the_server_lives_on() {
             .collect();
         let _ = udp_exchange(&s, &pkt);
     }
-    let d = dig(&s, &["registry.example.test", "A", "+subnet=198.51.100.0/24"]);
+    let d = dig(
+        &s,
+        &["registry.example.test", "A", "+subnet=198.51.100.0/24"],
+    );
     assert_eq!(d.answer_data(), vec!["192.0.2.40"]);
 }
 

@@ -69,13 +69,29 @@ fn tokyo() -> Location {
 
 /// Render one decision. `states` is a string with one letter per region in file order:
 /// u = up, d = down (unhealthy), x = disabled.
-fn check(cfg: &Config, client: &str, location: Option<Location>, states: &str, sticky: Option<&str>, expect: Expect) {
+fn check(
+    cfg: &Config,
+    client: &str,
+    location: Option<Location>,
+    states: &str,
+    sticky: Option<&str>,
+    expect: Expect,
+) {
     let states: Vec<RegionState> = states
         .chars()
         .map(|c| match c {
-            'u' => RegionState { enabled: true, healthy: true },
-            'd' => RegionState { enabled: true, healthy: false },
-            'x' => RegionState { enabled: false, healthy: true },
+            'u' => RegionState {
+                enabled: true,
+                healthy: true,
+            },
+            'd' => RegionState {
+                enabled: true,
+                healthy: false,
+            },
+            'x' => RegionState {
+                enabled: false,
+                healthy: true,
+            },
             _ => panic!("state letters are u, d, x"),
         })
         .collect();
@@ -93,7 +109,13 @@ fn check(cfg: &Config, client: &str, location: Option<Location>, states: &str, s
 #[test]
 fn performance_picks_the_nearest_region() {
     let cfg = config(PERF);
-    check(&cfg, "198.51.100.7", Some(tokyo()), "uuuu", None, expect![[r#"
+    check(
+        &cfg,
+        "198.51.100.7",
+        Some(tokyo()),
+        "uuuu",
+        None,
+        expect![[r#"
         name registry.example.test policy performance client 198.51.100.0/24
         location Tokyo (35.68, 139.69) country JP continent AS
           westus           eligible  120.5 ms (7700 km) hash 8df4ec2f37f7fe98
@@ -101,13 +123,20 @@ fn performance_picks_the_nearest_region() {
           westeurope       eligible  144.3 ms (9286 km) hash e9cb9224531f9365
         * southeastasia    eligible  84.8 ms (5320 km) hash 6fce63056aae0501
         chosen southeastasia: lowest estimated latency
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
 fn unhealthy_and_disabled_regions_are_skipped() {
     let cfg = config(PERF);
-    check(&cfg, "198.51.100.7", Some(tokyo()), "uuxd", None, expect![[r#"
+    check(
+        &cfg,
+        "198.51.100.7",
+        Some(tokyo()),
+        "uuxd",
+        None,
+        expect![[r#"
         name registry.example.test policy performance client 198.51.100.0/24
         location Tokyo (35.68, 139.69) country JP continent AS
         * westus           eligible  120.5 ms (7700 km) hash 8df4ec2f37f7fe98
@@ -115,13 +144,20 @@ fn unhealthy_and_disabled_regions_are_skipped() {
           westeurope       disabled  144.3 ms (9286 km) hash e9cb9224531f9365
           southeastasia    unhealthy 84.8 ms (5320 km) hash 6fce63056aae0501
         chosen westus: lowest estimated latency
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
 fn all_enabled_regions_down_fails_open() {
     let cfg = config(PERF);
-    check(&cfg, "198.51.100.7", Some(tokyo()), "ddxd", None, expect![[r#"
+    check(
+        &cfg,
+        "198.51.100.7",
+        Some(tokyo()),
+        "ddxd",
+        None,
+        expect![[r#"
         name registry.example.test policy performance client 198.51.100.0/24
         location Tokyo (35.68, 139.69) country JP continent AS
           westus           unhealthy 120.5 ms (7700 km) hash 8df4ec2f37f7fe98
@@ -130,13 +166,20 @@ fn all_enabled_regions_down_fails_open() {
         * southeastasia    unhealthy 84.8 ms (5320 km) hash 6fce63056aae0501
         chosen southeastasia: lowest estimated latency
         failing open: no enabled region is healthy, so health is ignored
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
 fn all_disabled_means_no_data() {
     let cfg = config(PERF);
-    check(&cfg, "198.51.100.7", Some(tokyo()), "xxxx", None, expect![[r#"
+    check(
+        &cfg,
+        "198.51.100.7",
+        Some(tokyo()),
+        "xxxx",
+        None,
+        expect![[r#"
         name registry.example.test policy performance client 198.51.100.0/24
         location Tokyo (35.68, 139.69) country JP continent AS
           westus           disabled  120.5 ms (7700 km) hash 8df4ec2f37f7fe98
@@ -144,13 +187,22 @@ fn all_disabled_means_no_data() {
           westeurope       disabled  144.3 ms (9286 km) hash e9cb9224531f9365
           southeastasia    disabled  84.8 ms (5320 km) hash 6fce63056aae0501
         chosen no answer: every region is disabled
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
 fn no_location_uses_the_default_order() {
-    let cfg = config(&format!("{PERF}\ndefault_order = [\"westeurope\", \"eastus\"]"));
-    check(&cfg, "192.0.2.1", None, "uuuu", None, expect![[r#"
+    let cfg = config(&format!(
+        "{PERF}\ndefault_order = [\"westeurope\", \"eastus\"]"
+    ));
+    check(
+        &cfg,
+        "192.0.2.1",
+        None,
+        "uuuu",
+        None,
+        expect![[r#"
         name registry.example.test policy performance client 192.0.2.0/24
         location unknown
           westus           eligible  rank 3 hash 4bb9ea2df4363db0
@@ -158,8 +210,15 @@ fn no_location_uses_the_default_order() {
         * westeurope       eligible  rank 1 hash 3990be4d8246f940
           southeastasia    eligible  rank 4 hash 9ea192b664b4a3b9
         chosen westeurope: no location or latency entry for the client, first in default order
-    "#]]);
-    check(&cfg, "192.0.2.1", None, "uuxu", None, expect![[r#"
+    "#]],
+    );
+    check(
+        &cfg,
+        "192.0.2.1",
+        None,
+        "uuxu",
+        None,
+        expect![[r#"
         name registry.example.test policy performance client 192.0.2.0/24
         location unknown
           westus           eligible  rank 3 hash 4bb9ea2df4363db0
@@ -167,7 +226,8 @@ fn no_location_uses_the_default_order() {
           westeurope       disabled  rank 1 hash 3990be4d8246f940
           southeastasia    eligible  rank 4 hash 9ea192b664b4a3b9
         chosen eastus: no location or latency entry for the client, first in default order
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -175,7 +235,13 @@ fn latency_table_overrides_the_distance_model() {
     let cfg = config(&format!(
         "{PERF}\n[[routed_name.latency]]\ncidr = \"198.51.100.0/24\"\nms = {{ westus = 40, southeastasia = 90 }}"
     ));
-    check(&cfg, "198.51.100.7", Some(tokyo()), "uuuu", None, expect![[r#"
+    check(
+        &cfg,
+        "198.51.100.7",
+        Some(tokyo()),
+        "uuuu",
+        None,
+        expect![[r#"
         name registry.example.test policy performance client 198.51.100.0/24
         location Tokyo (35.68, 139.69) country JP continent AS
         * westus           eligible  40.0 ms (latency table 198.51.100.0/24) hash 8df4ec2f37f7fe98
@@ -183,7 +249,8 @@ fn latency_table_overrides_the_distance_model() {
           westeurope       eligible  144.3 ms (9286 km) hash e9cb9224531f9365
           southeastasia    eligible  90.0 ms (latency table 198.51.100.0/24) hash 6fce63056aae0501
         chosen westus: lowest estimated latency
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -191,7 +258,13 @@ fn near_ties_are_broken_by_rendezvous_hash_per_client() {
     // A client half-way between the two US regions, with a wide tie band.
     let cfg = config(&format!("{PERF}\ntie_band_ms = 30.0"));
     let mid = loc(42.0, -100.0, "US", "NA", "Middle");
-    check(&cfg, "24.20.1.1", Some(mid.clone()), "uuuu", None, expect![[r#"
+    check(
+        &cfg,
+        "24.20.1.1",
+        Some(mid.clone()),
+        "uuuu",
+        None,
+        expect![[r#"
         name registry.example.test policy performance client 24.20.1.0/24
         location Middle (42.00, -100.00) country US continent NA
           westus           eligible  32.9 ms (1859 km) hash c100f4901915fd15
@@ -199,8 +272,15 @@ fn near_ties_are_broken_by_rendezvous_hash_per_client() {
           westeurope       eligible  114.4 ms (7291 km) hash a9da78a2c4aad60c
           southeastasia    eligible  224.6 ms (14639 km) hash c146a39c196f1aa3
         chosen eastus: 2 regions within 30 ms of the best, highest rendezvous hash
-    "#]]);
-    check(&cfg, "24.20.2.1", Some(mid), "uuuu", None, expect![[r#"
+    "#]],
+    );
+    check(
+        &cfg,
+        "24.20.2.1",
+        Some(mid),
+        "uuuu",
+        None,
+        expect![[r#"
         name registry.example.test policy performance client 24.20.2.0/24
         location Middle (42.00, -100.00) country US continent NA
           westus           eligible  32.9 ms (1859 km) hash a75b8ea5b82422ab
@@ -208,13 +288,20 @@ fn near_ties_are_broken_by_rendezvous_hash_per_client() {
           westeurope       eligible  114.4 ms (7291 km) hash 8c1ffa8b8e8ee90a
           southeastasia    eligible  224.6 ms (14639 km) hash ed18c0512c743c2e
         chosen eastus: 2 regions within 30 ms of the best, highest rendezvous hash
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
 fn sticky_region_holds_while_eligible_and_releases_when_not() {
     let cfg = config(PERF);
-    check(&cfg, "198.51.100.7", Some(tokyo()), "uuuu", Some("westus"), expect![[r#"
+    check(
+        &cfg,
+        "198.51.100.7",
+        Some(tokyo()),
+        "uuuu",
+        Some("westus"),
+        expect![[r#"
         name registry.example.test policy performance client 198.51.100.0/24
         location Tokyo (35.68, 139.69) country JP continent AS
         * westus           eligible  120.5 ms (7700 km) hash 8df4ec2f37f7fe98
@@ -222,8 +309,15 @@ fn sticky_region_holds_while_eligible_and_releases_when_not() {
           westeurope       eligible  144.3 ms (9286 km) hash e9cb9224531f9365
           southeastasia    eligible  84.8 ms (5320 km) hash 6fce63056aae0501
         chosen westus: remembered for this client and still eligible
-    "#]]);
-    check(&cfg, "198.51.100.7", Some(tokyo()), "duuu", Some("westus"), expect![[r#"
+    "#]],
+    );
+    check(
+        &cfg,
+        "198.51.100.7",
+        Some(tokyo()),
+        "duuu",
+        Some("westus"),
+        expect![[r#"
         name registry.example.test policy performance client 198.51.100.0/24
         location Tokyo (35.68, 139.69) country JP continent AS
           westus           unhealthy 120.5 ms (7700 km) hash 8df4ec2f37f7fe98
@@ -231,13 +325,20 @@ fn sticky_region_holds_while_eligible_and_releases_when_not() {
           westeurope       eligible  144.3 ms (9286 km) hash e9cb9224531f9365
         * southeastasia    eligible  84.8 ms (5320 km) hash 6fce63056aae0501
         chosen southeastasia: lowest estimated latency
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
 fn priority_takes_the_first_answerable() {
     let cfg = config(&format!("{PERF}\npolicy = \"priority\"\norder = [\"eastus\", \"westus\", \"westeurope\", \"southeastasia\"]"));
-    check(&cfg, "198.51.100.7", Some(tokyo()), "uuuu", None, expect![[r#"
+    check(
+        &cfg,
+        "198.51.100.7",
+        Some(tokyo()),
+        "uuuu",
+        None,
+        expect![[r#"
         name registry.example.test policy priority client 198.51.100.0/24
         location Tokyo (35.68, 139.69) country JP continent AS
           westus           eligible  rank 2 hash 8df4ec2f37f7fe98
@@ -245,8 +346,15 @@ fn priority_takes_the_first_answerable() {
           westeurope       eligible  rank 3 hash e9cb9224531f9365
           southeastasia    eligible  rank 4 hash 6fce63056aae0501
         chosen eastus: first answerable region in priority order
-    "#]]);
-    check(&cfg, "198.51.100.7", Some(tokyo()), "udxu", None, expect![[r#"
+    "#]],
+    );
+    check(
+        &cfg,
+        "198.51.100.7",
+        Some(tokyo()),
+        "udxu",
+        None,
+        expect![[r#"
         name registry.example.test policy priority client 198.51.100.0/24
         location Tokyo (35.68, 139.69) country JP continent AS
         * westus           eligible  rank 2 hash 8df4ec2f37f7fe98
@@ -254,13 +362,22 @@ fn priority_takes_the_first_answerable() {
           westeurope       disabled  rank 3 hash e9cb9224531f9365
           southeastasia    eligible  rank 4 hash 6fce63056aae0501
         chosen westus: first answerable region in priority order
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
 fn weighted_is_stable_per_client() {
-    let cfg = config(&format!("{PERF}\npolicy = \"weighted\"\nweights = {{ westus = 3, eastus = 1 }}"));
-    check(&cfg, "198.51.100.7", None, "uuuu", None, expect![[r#"
+    let cfg = config(&format!(
+        "{PERF}\npolicy = \"weighted\"\nweights = {{ westus = 3, eastus = 1 }}"
+    ));
+    check(
+        &cfg,
+        "198.51.100.7",
+        None,
+        "uuuu",
+        None,
+        expect![[r#"
         name registry.example.test policy weighted client 198.51.100.0/24
         location unknown
         * westus           eligible  weight 3 score 5.088 hash 8df4ec2f37f7fe98
@@ -268,7 +385,8 @@ fn weighted_is_stable_per_client() {
           westeurope       eligible  weight 0 score -inf hash e9cb9224531f9365
           southeastasia    eligible  weight 0 score -inf hash 6fce63056aae0501
         chosen westus: highest weighted rendezvous score
-    "#]]);
+    "#]],
+    );
 }
 
 #[test]
@@ -276,7 +394,13 @@ fn geographic_maps_country_then_continent_then_fallback() {
     let cfg = config(&format!(
         "{PERF}\npolicy = \"geographic\"\ngeo_map = {{ JP = \"westus\", AS = \"southeastasia\", EU = \"westeurope\" }}\ngeo_fallback = [\"eastus\"]"
     ));
-    check(&cfg, "198.51.100.7", Some(tokyo()), "uuuu", None, expect![[r#"
+    check(
+        &cfg,
+        "198.51.100.7",
+        Some(tokyo()),
+        "uuuu",
+        None,
+        expect![[r#"
         name registry.example.test policy geographic client 198.51.100.0/24
         location Tokyo (35.68, 139.69) country JP continent AS
         * westus           eligible  mapped by JP hash 8df4ec2f37f7fe98
@@ -284,8 +408,15 @@ fn geographic_maps_country_then_continent_then_fallback() {
           westeurope       eligible  - hash e9cb9224531f9365
           southeastasia    eligible  mapped by AS hash 6fce63056aae0501
         chosen westus: geographic map
-    "#]]);
-    check(&cfg, "198.51.100.7", Some(tokyo()), "xuuu", None, expect![[r#"
+    "#]],
+    );
+    check(
+        &cfg,
+        "198.51.100.7",
+        Some(tokyo()),
+        "xuuu",
+        None,
+        expect![[r#"
         name registry.example.test policy geographic client 198.51.100.0/24
         location Tokyo (35.68, 139.69) country JP continent AS
           westus           disabled  mapped by JP hash 8df4ec2f37f7fe98
@@ -293,8 +424,15 @@ fn geographic_maps_country_then_continent_then_fallback() {
           westeurope       eligible  - hash e9cb9224531f9365
         * southeastasia    eligible  mapped by AS hash 6fce63056aae0501
         chosen southeastasia: geographic map
-    "#]]);
-    check(&cfg, "203.0.113.7", Some(loc(-23.55, -46.63, "BR", "SA", "Sao Paulo")), "uuuu", None, expect![[r#"
+    "#]],
+    );
+    check(
+        &cfg,
+        "203.0.113.7",
+        Some(loc(-23.55, -46.63, "BR", "SA", "Sao Paulo")),
+        "uuuu",
+        None,
+        expect![[r#"
         name registry.example.test policy geographic client 203.0.113.0/24
         location Sao Paulo (-23.55, -46.63) country BR continent SA
           westus           eligible  - hash 6582f85028786cfd
@@ -302,22 +440,28 @@ fn geographic_maps_country_then_continent_then_fallback() {
           westeurope       eligible  - hash ed2a59c80c4d8fdb
           southeastasia    eligible  - hash d08a9be07dd71268
         chosen eastus: geographic map
-    "#]]);
+    "#]],
+    );
 }
 
 fn arb_states() -> impl Strategy<Value = Vec<RegionState>> {
-    proptest::collection::vec((any::<bool>(), any::<bool>()), 4)
-        .prop_map(|v| v.into_iter().map(|(enabled, healthy)| RegionState { enabled, healthy }).collect())
+    proptest::collection::vec((any::<bool>(), any::<bool>()), 4).prop_map(|v| {
+        v.into_iter()
+            .map(|(enabled, healthy)| RegionState { enabled, healthy })
+            .collect()
+    })
 }
 
 fn arb_location() -> impl Strategy<Value = Option<Location>> {
-    proptest::option::of((-90.0f64..90.0, -180.0f64..180.0).prop_map(|(lat, lon)| Location {
-        latitude: lat,
-        longitude: lon,
-        country: Some("JP".into()),
-        continent: Some("AS".into()),
-        city: None,
-    }))
+    proptest::option::of(
+        (-90.0f64..90.0, -180.0f64..180.0).prop_map(|(lat, lon)| Location {
+            latitude: lat,
+            longitude: lon,
+            country: Some("JP".into()),
+            continent: Some("AS".into()),
+            city: None,
+        }),
+    )
 }
 
 proptest! {
@@ -373,8 +517,14 @@ fn ties_and_weights_spread_clients_in_proportion() {
         let mut n = [0usize; 4];
         for i in 0..4000u32 {
             let addr = IpAddr::from([(i >> 8) as u8 + 1, i as u8, 7, 1]);
-            let q = Query { key: ClientKey::new(addr, 24), location, sticky: None };
-            n[decide(cfg, rn, &[RegionState::UP; 4], &q).region.expect("answer")] += 1;
+            let q = Query {
+                key: ClientKey::new(addr, 24),
+                location,
+                sticky: None,
+            };
+            n[decide(cfg, rn, &[RegionState::UP; 4], &q)
+                .region
+                .expect("answer")] += 1;
         }
         n
     };
@@ -382,9 +532,17 @@ fn ties_and_weights_spread_clients_in_proportion() {
     let mid = loc(42.0, -100.0, "US", "NA", "Middle");
     let n = count(&tie, Some(&mid));
     assert_eq!(n[2] + n[3], 0, "{n:?}");
-    assert!((1600..=2400).contains(&n[0]) && (1600..=2400).contains(&n[1]), "{n:?}");
-    let weighted = config(&format!("{PERF}\npolicy = \"weighted\"\nweights = {{ westus = 3, eastus = 1 }}"));
+    assert!(
+        (1600..=2400).contains(&n[0]) && (1600..=2400).contains(&n[1]),
+        "{n:?}"
+    );
+    let weighted = config(&format!(
+        "{PERF}\npolicy = \"weighted\"\nweights = {{ westus = 3, eastus = 1 }}"
+    ));
     let n = count(&weighted, None);
     assert_eq!(n[2] + n[3], 0, "{n:?}");
-    assert!((2800..=3200).contains(&n[0]), "3:1 weights give about 3000 of 4000: {n:?}");
+    assert!(
+        (2800..=3200).contains(&n[0]),
+        "3:1 weights give about 3000 of 4000: {n:?}"
+    );
 }

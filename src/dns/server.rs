@@ -81,7 +81,12 @@ fn udp_loop(sock: UdpSocket, live: Arc<Live>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let (len, src) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 continue
             }
             Err(e) => {
@@ -115,14 +120,15 @@ impl RequestHandler for TcpHandler {
             Ok(m) => m,
             Err(_) => {
                 let builder = MessageResponseBuilder::from_message_request(request);
-                let resp = builder.error_msg(
-                    &request.metadata,
-                    hickory_proto::op::ResponseCode::FormErr,
-                );
+                let resp =
+                    builder.error_msg(&request.metadata, hickory_proto::op::ResponseCode::FormErr);
                 return send(&mut response_handle, resp, request).await;
             }
         };
         let out = respond(&self.live, &snap, &message, request.src().ip());
+        self.live
+            .metrics
+            .query(true, out.metadata.response_code.low());
         let builder = MessageResponseBuilder::new(&request.queries, out.edns.as_ref());
         let resp = builder.build(
             out.metadata,

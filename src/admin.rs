@@ -1,0 +1,371 @@
+//! The admin API and metrics, on their own listener (demo: 127.0.0.1:9180). JSON throughout.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/api/v1/regions` | every region: flag, health, last error, probe latency, answers |
+//! | GET | `/api/v1/regions/{name}` | one region |
+//! | PUT | `/api/v1/regions/{name}` | `{"endpoint_enabled": false}`: set the operator flag |
+//! | GET | `/api/v1/route?client=ADDRESS&name=NAME` | a decision and its explanation |
+//! | POST | `/api/v1/reload` | reload config, zones, GeoIP; 422 with the error if rejected |
+//! | GET | `/api/v1/events?after=SEQ` | recent events (health flips, flags, reloads, fail-open) |
+//! | GET | `/metrics` | Prometheus text |
+//!
+//! Changes (PUT, POST) need `Authorization: Bearer <token>`; reads are open to loopback
+//! clients and need the token from anywhere else. Errors are `{"error": "..."}`.
+//! Not here: what a flag or a reload does (that is [`crate::live`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::live::{HealthInfo, Live};
+use crate::routing::{Eligibility, Source};
+
+#[derive(Clone)]
+struct Ctx {
+    live: Arc<Live>,
+    /// The bearer token for changes; None refuses every change.
+    token: Option<Arc<str>>,
+}
+
+/// The API's router; `serve` it with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn router(live: Arc<Live>, token: Option<String>) -> Router {
+    let ctx = Ctx {
+        live,
+        token: token.map(Arc::from),
+    };
+    Router::new()
+        .route("/api/v1/regions", get(regions))
+        .route("/api/v1/regions/{name}", get(region).put(set_region))
+        .route("/api/v1/route", get(route))
+        .route("/api/v1/reload", post(reload))
+        .route("/api/v1/events", get(events))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(middleware::from_fn_with_state(ctx.clone(), auth))
+        .with_state(ctx)
+}
+
+/// Serve the API on an already-bound listener until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    live: Arc<Live>,
+    token: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(live, token).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Compare without an early exit, so response timing does not leak the token's prefix.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let change = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let loopback = match peer.ip() {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    if !change && loopback {
+        return next.run(req).await;
+    }
+    let Some(token) = &ctx.token else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "changes are disabled: no admin token is configured (admin.token_env or admin.token_file)",
+        );
+    };
+    let given = bearer(req.headers());
+    if given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+        return next.run(req).await;
+    }
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        if given.is_some() {
+            "wrong bearer token"
+        } else {
+            "this needs Authorization: Bearer <admin token>"
+        },
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"berth-admin\""),
+    );
+    resp
+}
+
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
+}
+
+/// One region as the API shows it.
+#[derive(Serialize)]
+pub struct RegionView {
+    pub name: String,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub upstream: Option<String>,
+    pub endpoint_enabled: bool,
+    /// "unknown", "up" or "down".
+    pub health: &'static str,
+    pub healthy: bool,
+    /// Enabled and healthy: answerable without failing open.
+    pub eligible: bool,
+    pub last_error: Option<String>,
+    pub probe_latency_ms: Option<f64>,
+    /// Routed DNS answers served with this region since start.
+    pub answers: u64,
+}
+
+fn region_view(live: &Live, id: usize) -> RegionView {
+    let snap = live.snapshot.load();
+    let r = &snap.config.regions[id];
+    let h: HealthInfo = live.health(&r.name);
+    let enabled = live.is_enabled(&r.name);
+    RegionView {
+        name: r.name.clone(),
+        latitude: r.latitude,
+        longitude: r.longitude,
+        upstream: r.upstream.clone(),
+        endpoint_enabled: enabled,
+        health: h.state,
+        healthy: h.healthy,
+        eligible: enabled && h.healthy,
+        last_error: h.last_error,
+        probe_latency_ms: h.probe_latency_ms,
+        answers: live.metrics.region_answers(id),
+    }
+}
+
+async fn regions(State(ctx): State<Ctx>) -> Response {
+    let snap = ctx.live.snapshot.load_full();
+    let regions: Vec<RegionView> = (0..snap.config.regions.len())
+        .map(|id| region_view(&ctx.live, id))
+        .collect();
+    let names: Vec<_> = snap
+        .config
+        .routed_names
+        .iter()
+        .map(|n| {
+            json!({
+                "name": n.name,
+                "policy": n.policy.name(),
+                "ttl": n.ttl,
+                "regions": n.regions.iter().map(|id| &snap.config.regions[*id].name).collect::<Vec<_>>(),
+                "fail_open": snap.fail_open(n),
+            })
+        })
+        .collect();
+    let rcodes = ctx.live.metrics.queries_by_rcode();
+    Json(json!({
+        "generation": snap.generation,
+        "regions": regions,
+        "routed_names": names,
+        "sticky_entries": ctx.live.sticky.len(),
+        "queries": {
+            "NOERROR": rcodes[0], "FORMERR": rcodes[1], "SERVFAIL": rcodes[2],
+            "NXDOMAIN": rcodes[3], "NOTIMP": rcodes[4], "REFUSED": rcodes[5],
+        },
+        "last_reload": ctx.live.last_reload(),
+    }))
+    .into_response()
+}
+
+async fn region(State(ctx): State<Ctx>, Path(name): Path<String>) -> Response {
+    match ctx.live.snapshot.load().config.region_id(&name) {
+        Some(id) => Json(region_view(&ctx.live, id)).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no region is named {name:?}"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetRegion {
+    endpoint_enabled: bool,
+}
+
+async fn set_region(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    body: Result<Json<SetRegion>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"endpoint_enabled\": true|false}}: {}",
+                    e.body_text()
+                ),
+            )
+        }
+    };
+    let live = ctx.live.clone();
+    // The state file is fsynced: keep that off the async workers.
+    let result = tokio::task::spawn_blocking(move || {
+        live.set_enabled(&name, body.endpoint_enabled).map(|_| name)
+    })
+    .await;
+    match result {
+        Ok(Ok(name)) => {
+            let id = ctx.live.snapshot.load().config.region_id(&name);
+            match id {
+                Some(id) => Json(region_view(&ctx.live, id)).into_response(),
+                None => error(StatusCode::CONFLICT, "the region went away in a reload"),
+            }
+        }
+        Ok(Err(crate::live::ControlError::UnknownRegion(n))) => {
+            error(StatusCode::NOT_FOUND, format!("no region is named {n:?}"))
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, crate::report(&e)),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct RouteQuery {
+    client: String,
+    name: Option<String>,
+}
+
+/// A decision as JSON: what `berth route --admin` prints and the dashboard's "why" box shows.
+async fn route(State(ctx): State<Ctx>, Query(q): Query<RouteQuery>) -> Response {
+    let Ok(addr) = q.client.trim().parse::<IpAddr>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("client {:?} is not an IP address", q.client),
+        );
+    };
+    let snap = ctx.live.snapshot.load_full();
+    let index = match &q.name {
+        Some(n) => {
+            let n = n.trim_end_matches('.').to_ascii_lowercase();
+            snap.config.routed_names.iter().position(|r| r.name == n)
+        }
+        None => (!snap.config.routed_names.is_empty()).then_some(0),
+    };
+    let Some(index) = index else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{} is not a routed name",
+                q.name.as_deref().unwrap_or("(none)")
+            ),
+        );
+    };
+    let rn = &snap.config.routed_names[index];
+    let key = crate::routing::ClientKey::new(addr, rn.client_prefix(&addr));
+    // Show what the server would answer now, memory included, without changing the memory.
+    let remembered = ctx.live.sticky.get(&(index, key), ctx.live.now());
+    let routed = snap.route_with(rn, addr, remembered);
+    let d = &routed.decision;
+    let cands: Vec<_> = d
+        .candidates
+        .iter()
+        .map(|c| {
+            let (source, detail) = match &c.source {
+                Source::Table(net) => ("latency-table", json!(net.to_string())),
+                Source::Distance { km } => ("distance", json!(km)),
+                Source::Rank(r) => ("rank", if *r == usize::MAX { json!(null) } else { json!(r + 1) }),
+                Source::Weight { weight, score } => ("weight", json!({"weight": weight, "score": if score.is_finite() { json!(score) } else { json!(null) }})),
+                Source::Geo { code, rank } => ("geo", json!({"code": code, "rank": rank + 1})),
+                Source::Unmapped => ("unmapped", json!(null)),
+            };
+            json!({
+                "region": snap.config.regions[c.region].name,
+                "eligibility": match c.eligibility {
+                    Eligibility::Eligible => "eligible",
+                    Eligibility::Unhealthy => "unhealthy",
+                    Eligibility::Disabled => "disabled",
+                },
+                "estimate_ms": c.ms,
+                "source": source,
+                "detail": detail,
+                "chosen": Some(c.region) == d.region,
+            })
+        })
+        .collect();
+    Json(json!({
+        "name": rn.name,
+        "client": addr.to_string(),
+        "client_key": d.key.to_string(),
+        "region": d.region.map(|r| snap.config.regions[r].name.clone()),
+        "fail_open": d.fail_open,
+        "sticky": remembered.map(|r| snap.config.regions[r].name.clone()),
+        "location": routed.geo.as_ref().map(|g| json!({
+            "city": g.location.city, "country": g.location.country, "continent": g.location.continent,
+            "latitude": g.location.latitude, "longitude": g.location.longitude, "network": g.network.to_string(),
+        })),
+        "candidates": cands,
+        "explanation": snap.explain(rn, &routed),
+    }))
+    .into_response()
+}
+
+async fn reload(State(ctx): State<Ctx>) -> Response {
+    let live = ctx.live.clone();
+    match tokio::task::spawn_blocking(move || live.reload()).await {
+        Ok(Ok(generation)) => Json(json!({ "ok": true, "generation": generation })).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "ok": false,
+                "error": crate::report(&e),
+                "generation": ctx.live.snapshot.load().generation,
+            })),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<u64>,
+}
+
+async fn events(State(ctx): State<Ctx>, Query(q): Query<EventsQuery>) -> Response {
+    Json(json!({ "events": ctx.live.events(q.after.unwrap_or(0)) })).into_response()
+}
+
+async fn metrics(State(ctx): State<Ctx>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        ctx.live.render_metrics(),
+    )
+        .into_response()
+}
