@@ -14,10 +14,12 @@
 //! - [`live`]: what the front ends share at run time: current snapshot, sticky table, clock.
 //! - [`dns`]: the DNS front end (UDP fast path, hickory-server for TCP).
 //! - [`admin`]: the admin API and `/metrics` on their own listener.
+//! - [`client`]: the CLI's client for a running server's admin API.
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
 
 pub mod admin;
 pub mod app;
+pub mod client;
 pub mod config;
 pub mod dns;
 pub mod flags;

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -88,6 +89,8 @@ pub struct Live {
     config_path: PathBuf,
     /// Zero of the sticky table's clock.
     epoch: Instant,
+    /// When not `u64::MAX`, the sticky clock is frozen here ([`Live::set_clock`]).
+    frozen: AtomicU64,
 }
 
 const MAX_EVENTS: usize = 200;
@@ -126,6 +129,7 @@ impl Live {
             control: Mutex::new(control),
             config_path: config_path.to_path_buf(),
             epoch: Instant::now(),
+            frozen: AtomicU64::new(u64::MAX),
         };
         Arc::new(live)
     }
@@ -137,7 +141,16 @@ impl Live {
     }
 
     pub fn now(&self) -> Millis {
-        self.epoch.elapsed().as_millis() as Millis
+        match self.frozen.load(Ordering::Relaxed) {
+            u64::MAX => self.epoch.elapsed().as_millis() as Millis,
+            t => t,
+        }
+    }
+
+    /// Freeze the sticky clock at `at` ms: tests replay minutes of queries through the real
+    /// DNS path this way, deterministically.
+    pub fn set_clock(&self, at: Millis) {
+        self.frozen.store(at, Ordering::Relaxed);
     }
 
     /// Route `addr` for routed name number `index` of `snap`, remembering the answer.
@@ -211,8 +224,7 @@ impl Live {
             let snap = self.snapshot.load_full();
             if let Some(id) = snap.config.region_id(region) {
                 if !c.health[region].healthy && id < crate::metrics::MAX_REGIONS {
-                    self.metrics.region_down_events[id]
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.region_down_events[id].fetch_add(1, Ordering::Relaxed);
                 }
             }
             self.republish(&mut c, &snap);
@@ -267,9 +279,7 @@ impl Live {
                     self.sticky.remap(name, region);
                     self.metrics.remap(name, region);
                 }
-                self.metrics
-                    .reloads_ok
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 c.last_reload = Some(ReloadStatus {
                     ok: true,
                     generation,
@@ -287,9 +297,7 @@ impl Live {
             }
             Err(e) => {
                 let text = crate::report(&e);
-                self.metrics
-                    .reloads_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 c.last_reload = Some(ReloadStatus {
                     ok: false,
                     generation: prev.generation,
@@ -334,7 +342,7 @@ impl Live {
                 if now {
                     self.metrics
                         .fail_open_events
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 let kind = if now {
                     "fail-open-start"

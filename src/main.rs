@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use berth::client::{encode, render_regions, AdminClient, TOKEN_ENV};
 use berth::config::Config;
 use berth::snapshot::Snapshot;
 
@@ -29,7 +30,8 @@ enum Command {
     },
     /// Validate a config and everything it names (zones, GeoIP); exit 1 on the first error.
     CheckConfig { file: PathBuf },
-    /// Print the routing decision and its explanation for a client address.
+    /// Print the routing decision and its explanation for a client address: from the config
+    /// (no health, no flags), or with --admin from a running server (live health and flags).
     Route {
         address: IpAddr,
         /// The routed name (default: the config's first).
@@ -37,12 +39,32 @@ enum Command {
         name: Option<String>,
         #[arg(long, default_value = "config/demo.toml")]
         config: PathBuf,
+        /// A running server's admin API, e.g. http://127.0.0.1:9180
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Look at and steer the regions of a running server (token from BERTH_ADMIN_TOKEN).
+    Region {
+        #[command(subcommand)]
+        command: RegionCommand,
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9180")]
+        admin: String,
     },
     /// GeoIP database tools.
     Geoip {
         #[command(subcommand)]
         command: GeoipCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum RegionCommand {
+    /// Every region: flag, health, probe latency, answers, last error.
+    List,
+    /// Take a region out of routing for new clients (it keeps being probed).
+    Disable { name: String },
+    /// Put a region back into routing.
+    Enable { name: String },
 }
 
 #[derive(Subcommand)]
@@ -105,7 +127,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Route {
             address,
             name,
+            admin: Some(admin),
+            ..
+        } => {
+            let c = AdminClient::new(&admin, std::env::var(TOKEN_ENV).ok());
+            let mut path = format!("/api/v1/route?client={}", encode(&address.to_string()));
+            if let Some(n) = name {
+                path.push_str(&format!("&name={}", encode(&n)));
+            }
+            let v = c.get(&path)?;
+            print!("{}", v["explanation"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Region { command, admin } => {
+            let c = AdminClient::new(&admin, std::env::var(TOKEN_ENV).ok());
+            match command {
+                RegionCommand::List => print!("{}", render_regions(&c.get("/api/v1/regions")?)),
+                RegionCommand::Disable { ref name } | RegionCommand::Enable { ref name } => {
+                    let enabled = matches!(command, RegionCommand::Enable { .. });
+                    let v = c.put(
+                        &format!("/api/v1/regions/{}", encode(name)),
+                        &serde_json::json!({ "endpoint_enabled": enabled }),
+                    )?;
+                    println!(
+                        "{}: endpoint_enabled {}, health {}",
+                        v["name"].as_str().unwrap_or(name),
+                        v["endpoint_enabled"],
+                        v["health"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Route {
+            address,
+            name,
             config,
+            admin: None,
         } => {
             let snap = Snapshot::load(Config::load(&config)?, 0)?;
             let rn =

@@ -2,135 +2,34 @@
 //! hickory-resolver) and by hand-made packets for the malformed cases.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use berth::app::Running;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The demo config with every path absolute and the listener on a free port.
-fn demo_config(dir: &Path, extra: &str) -> PathBuf {
-    let text = std::fs::read_to_string(repo().join("config/demo.toml")).expect("demo config");
-    let text = text
-        .replace("127.0.0.1:1053", "127.0.0.1:0")
-        .replace("../geoip/", &format!("{}/geoip/", repo().display()))
-        .replace("../zones/", &format!("{}/zones/", repo().display()));
-    let path = dir.join("berth.toml");
-    std::fs::write(&path, format!("{text}\n{extra}")).expect("write config");
-    path
-}
+mod support;
+use support::{demo_config, Berth, Dig};
 
 struct Server {
-    running: Option<Running>,
+    berth: Berth,
     addr: SocketAddr,
-    rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = demo_config(dir.path(), "");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let running = rt.block_on(Running::start(&path)).expect("berth starts");
-        let addr = running.dns_addrs[0];
+        let path = demo_config(dir.path(), &[], "");
+        let berth = Berth::start(&path);
+        let addr = berth.dns;
         Server {
-            running: Some(running),
+            berth,
             addr,
-            rt,
             _dir: dir,
         }
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            self.rt.block_on(r.stop());
-        }
-    }
-}
-
-/// What dig printed, picked apart.
-#[derive(Debug)]
-struct Dig {
-    status: String,
-    flags: Vec<String>,
-    answer: Vec<String>,
-    authority: Vec<String>,
-    ecs: Option<String>,
-    raw: String,
-}
-
-impl Dig {
-    fn answer_data(&self) -> Vec<String> {
-        self.answer
-            .iter()
-            .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
-            .collect()
-    }
-}
-
-fn dig(server: &Server, args: &[&str]) -> Dig {
-    let out = Command::new("dig")
-        .arg(format!("@{}", server.addr.ip()))
-        .args([
-            "-p",
-            &server.addr.port().to_string(),
-            "+norecurse",
-            "+time=2",
-            "+tries=1",
-        ])
-        .args(args)
-        .output()
-        .expect("dig runs (apt-get install dnsutils)");
-    let raw = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut d = Dig {
-        status: String::new(),
-        flags: vec![],
-        answer: vec![],
-        authority: vec![],
-        ecs: None,
-        raw: raw.clone(),
-    };
-    let mut section = "";
-    for line in raw.lines() {
-        if let Some(rest) = line.split("status: ").nth(1) {
-            d.status = rest.split(',').next().unwrap_or("").to_string();
-        } else if let Some(rest) = line.strip_prefix(";; flags: ") {
-            d.flags = rest
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .map(String::from)
-                .collect();
-        } else if let Some(rest) = line.strip_prefix("; CLIENT-SUBNET: ") {
-            d.ecs = Some(rest.trim().to_string());
-        } else if line.starts_with(";; ANSWER SECTION") {
-            section = "answer";
-        } else if line.starts_with(";; AUTHORITY SECTION") {
-            section = "authority";
-        } else if line.starts_with(";;") || line.trim().is_empty() {
-            section = "";
-        } else if !line.starts_with(';') {
-            match section {
-                "answer" => d.answer.push(line.to_string()),
-                "authority" => d.authority.push(line.to_string()),
-                _ => {}
-            }
-        }
-    }
-    assert!(!d.status.is_empty(), "dig got no answer:\n{raw}");
-    d
+fn dig(s: &Server, args: &[&str]) -> Dig {
+    support::dig(s.addr, args)
 }
 
 #[test]
@@ -270,7 +169,7 @@ fn hickory_resolver_gets_the_source_address_answer() {
     use hickory_resolver::Resolver;
     let s = Server::start();
     let addr = s.addr;
-    s.rt.block_on(async move {
+    s.berth.rt.block_on(async move {
         let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
         for c in ns.connections.iter_mut() {
             c.port = addr.port();

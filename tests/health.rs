@@ -5,143 +5,16 @@
 //! `REGISTRY_BIN` to use another binary.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth::config::{ProbeConfig, ProbeKind, Region};
+use berth::config::{ProbeConfig, ProbeKind};
 use berth::health::{probe, Health, Monitor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::time::{sleep, Instant};
 
-/// How long a registry may take to answer `/v2/` after it was started.
-const START_DEADLINE: Duration = Duration::from_secs(20);
-/// Pause between two readiness or state checks; the deadline bounds the total.
-const POLL: Duration = Duration::from_millis(20);
-
-/// One `docker-registry serve` process with its own config, storage and log in a tempdir.
-struct Registry {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Registry {
-    /// Write the config for a free loopback port; nothing runs until [`Registry::start`].
-    fn new() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        // Bind port 0 to let the kernel pick a free port, then release it for the registry.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = format!(
-            "version: 0.1\n\
-             log:\n  level: warn\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("storage").display()
-        );
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        Registry {
-            dir,
-            port,
-            child: None,
-        }
-    }
-
-    fn upstream(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("registry.log")
-    }
-
-    /// Start the process and wait until `/v2/` answers 200.
-    async fn start(&mut self) {
-        let bin = std::env::var("REGISTRY_BIN").unwrap_or_else(|_| "docker-registry".into());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .unwrap();
-        let child = Command::new(&bin)
-            .arg("serve")
-            .arg(self.dir.path().join("config.yml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {bin} (apt-get install -y docker-registry): {e}")
-            });
-        self.child = Some(child);
-
-        let region = region("ready", &self.upstream(), ProbeKind::Http);
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            let out = probe(&region).await;
-            if out.ok {
-                assert_eq!(out.status, Some(200));
-                return;
-            }
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().unwrap());
-            if exited.is_some() || Instant::now() > deadline {
-                panic!(
-                    "registry on port {} did not come up ({:?}; last probe: {:?}); log:\n{}",
-                    self.port,
-                    exited,
-                    out.error,
-                    std::fs::read_to_string(self.log()).unwrap_or_default()
-                );
-            }
-            sleep(POLL).await;
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn region(name: &str, upstream: &str, kind: ProbeKind) -> Region {
-    Region {
-        name: name.to_string(),
-        latitude: 0.0,
-        longitude: 0.0,
-        a: vec!["192.0.2.10".parse().unwrap()],
-        aaaa: vec![],
-        cname: None,
-        upstream: Some(upstream.to_string()),
-        probe: ProbeConfig {
-            kind,
-            timeout: Duration::from_secs(2),
-            ..ProbeConfig::default()
-        },
-    }
-}
-
-/// Wait until `check` holds, failing with `what` after `deadline`.
-async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    while !check() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        sleep(POLL).await;
-    }
-}
+mod support;
+use support::{eventually, region, Registry};
 
 #[tokio::test]
 async fn probes_of_a_live_then_a_stopped_registry() {

@@ -1,0 +1,301 @@
+//! Shared test harness: real `docker-registry` replicas, a Berth started on loopback port 0,
+//! and `dig` picked apart. Each test binary uses the parts it needs.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use berth::app::Running;
+use berth::config::{ProbeConfig, ProbeKind, Region};
+use berth::health::probe;
+use tokio::time::{sleep, Instant};
+
+/// How long a registry may take to answer `/v2/` after it was started.
+pub const START_DEADLINE: Duration = Duration::from_secs(20);
+/// Pause between two readiness or state checks; the deadline bounds the total.
+pub const POLL: Duration = Duration::from_millis(20);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free loopback port: bind port 0, read it, release it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One `docker-registry serve` process (Debian's, distribution 2.8) with its own config,
+/// storage and log in a tempdir, on a free loopback port; killed on drop.
+pub struct Registry {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Registry {
+    /// Write the config; nothing runs until [`Registry::start`].
+    pub fn new() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\n\
+             log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("storage").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).expect("write config");
+        Registry {
+            dir,
+            port,
+            child: None,
+        }
+    }
+
+    pub fn upstream(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// Start the process and wait until `/v2/` answers 200.
+    pub async fn start(&mut self) {
+        let bin = std::env::var("REGISTRY_BIN").unwrap_or_else(|_| "docker-registry".into());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("log file");
+        let child = Command::new(&bin)
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {bin} (apt-get install -y docker-registry): {e}")
+            });
+        self.child = Some(child);
+
+        let region = region("ready", &self.upstream(), ProbeKind::Http);
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let out = probe(&region).await;
+            if out.ok {
+                assert_eq!(out.status, Some(200));
+                return;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("try_wait"));
+            if exited.is_some() || Instant::now() > deadline {
+                panic!(
+                    "registry on port {} did not come up ({:?}; last probe: {:?}); log:\n{}",
+                    self.port,
+                    exited,
+                    out.error,
+                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                );
+            }
+            sleep(POLL).await;
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn region(name: &str, upstream: &str, kind: ProbeKind) -> Region {
+    Region {
+        name: name.to_string(),
+        latitude: 0.0,
+        longitude: 0.0,
+        a: vec!["192.0.2.10".parse().expect("literal")],
+        aaaa: vec![],
+        cname: None,
+        upstream: Some(upstream.to_string()),
+        probe: ProbeConfig {
+            kind,
+            timeout: Duration::from_secs(2),
+            ..ProbeConfig::default()
+        },
+    }
+}
+
+/// Wait until `check` holds, failing with `what` after `deadline`.
+pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !check() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        sleep(POLL).await;
+    }
+}
+
+/// The demo config with absolute paths, listeners on free ports, and `extra` TOML appended
+/// (or substituted: each `(from, to)` pair is replaced first).
+pub fn demo_config(dir: &Path, replace: &[(&str, &str)], extra: &str) -> PathBuf {
+    let mut text = std::fs::read_to_string(repo().join("config/demo.toml")).expect("demo config");
+    for (from, to) in replace {
+        assert!(text.contains(from), "demo.toml lacks {from:?}");
+        text = text.replace(from, to);
+    }
+    let text = text
+        .replace("127.0.0.1:1053", "127.0.0.1:0")
+        .replace("127.0.0.1:9180", "127.0.0.1:0")
+        .replace("../geoip/", &format!("{}/geoip/", repo().display()))
+        .replace("../zones/", &format!("{}/zones/", repo().display()));
+    let path = dir.join("berth.toml");
+    std::fs::write(&path, format!("{text}\n{extra}")).expect("write config");
+    path
+}
+
+/// A Berth on its own runtime, stopped on drop.
+pub struct Berth {
+    pub running: Option<Running>,
+    pub dns: SocketAddr,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Berth {
+    pub fn start(config: &Path) -> Berth {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let running = rt.block_on(Running::start(config)).expect("berth starts");
+        let dns = running.dns_addrs[0];
+        Berth {
+            running: Some(running),
+            dns,
+            rt,
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
+    pub fn admin(&self) -> String {
+        format!(
+            "http://{}",
+            self.running().admin_addr.expect("admin listener")
+        )
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            self.rt.block_on(r.stop());
+        }
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What dig printed, picked apart.
+#[derive(Debug)]
+pub struct Dig {
+    pub status: String,
+    pub flags: Vec<String>,
+    pub answer: Vec<String>,
+    pub authority: Vec<String>,
+    pub ecs: Option<String>,
+    pub raw: String,
+}
+
+impl Dig {
+    /// The last field of each answer line: the address, target or text.
+    pub fn answer_data(&self) -> Vec<String> {
+        self.answer
+            .iter()
+            .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+pub fn dig(server: SocketAddr, args: &[&str]) -> Dig {
+    let out = Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .args([
+            "-p",
+            &server.port().to_string(),
+            "+norecurse",
+            "+time=2",
+            "+tries=1",
+        ])
+        .args(args)
+        .output()
+        .expect("dig runs (apt-get install dnsutils)");
+    let raw = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut d = Dig {
+        status: String::new(),
+        flags: vec![],
+        answer: vec![],
+        authority: vec![],
+        ecs: None,
+        raw: raw.clone(),
+    };
+    let mut section = "";
+    for line in raw.lines() {
+        if let Some(rest) = line.split("status: ").nth(1) {
+            d.status = rest.split(',').next().unwrap_or("").to_string();
+        } else if let Some(rest) = line.strip_prefix(";; flags: ") {
+            d.flags = rest
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+        } else if let Some(rest) = line.strip_prefix("; CLIENT-SUBNET: ") {
+            d.ecs = Some(rest.trim().to_string());
+        } else if line.starts_with(";; ANSWER SECTION") {
+            section = "answer";
+        } else if line.starts_with(";; AUTHORITY SECTION") {
+            section = "authority";
+        } else if line.starts_with(";;") || line.trim().is_empty() {
+            section = "";
+        } else if !line.starts_with(';') {
+            match section {
+                "answer" => d.answer.push(line.to_string()),
+                "authority" => d.authority.push(line.to_string()),
+                _ => {}
+            }
+        }
+    }
+    assert!(!d.status.is_empty(), "dig got no answer:\n{raw}");
+    d
+}
+
+/// The A answer `dig` gets for `registry.example.test` from a client in `subnet`.
+pub fn routed_a(server: SocketAddr, subnet: &str) -> Vec<String> {
+    dig(
+        server,
+        &["registry.example.test", "A", &format!("+subnet={subnet}")],
+    )
+    .answer_data()
+}
