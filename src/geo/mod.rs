@@ -7,9 +7,10 @@
 //! - [`build_from_csv`]: the offline builder behind `berth geoip build CSV OUT.mmdb`.
 //!
 //! It deliberately does not own what a location means for routing (the latency model, region
-//! choice, ECS scope policy): that is `routing`'s job. It does no IO after [`GeoDb::open`], never
-//! reads the clock and has no shared mutable state, so one `GeoDb` can sit in a snapshot and be
-//! read by every query thread. Reloading means opening a new `GeoDb` and swapping the snapshot.
+//! choice, ECS scope policy): that is `routing`'s job. A [`GeoDb`] does no IO after
+//! [`GeoDb::open`], never reads the clock and has no mutable state, so one can sit in a snapshot
+//! and be read by every query thread; reloading means opening a new one and swapping the
+//! snapshot. Only the offline builder writes files.
 
 mod build;
 mod reader;
