@@ -67,10 +67,9 @@ struct Image {
 }
 
 fn manifest_digest_in(layout: &Path, tag: &str) -> String {
-    let index: Value = serde_json::from_slice(
-        &std::fs::read(layout.join("index.json")).expect("index.json"),
-    )
-    .expect("index json");
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("index json");
     index["manifests"]
         .as_array()
         .expect("manifests")
@@ -125,7 +124,9 @@ impl Skopeo {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("skopeo runs (apt-get install skopeo)")
+        self.command(args)
+            .output()
+            .expect("skopeo runs (apt-get install skopeo)")
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -263,7 +264,13 @@ fn has(port: u16, path: &str, auth: Option<&str>) -> bool {
 
 /// Which replicas (by index) hold the manifest `repo:tag`; each one that does must hold every
 /// blob too (never a manifest without its blobs). Replicas in `down` are not asked.
-fn holders(regs: &[Registry], repo: &str, tag: &str, img: &Image, auth: Option<&str>) -> Vec<usize> {
+fn holders(
+    regs: &[Registry],
+    repo: &str,
+    tag: &str,
+    img: &Image,
+    auth: Option<&str>,
+) -> Vec<usize> {
     let mut out = vec![];
     for (i, r) in regs.iter().enumerate() {
         if !has(r.port, &format!("/v2/{repo}/manifests/{tag}"), auth) {
@@ -400,7 +407,10 @@ fn forwarder(
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let end = std::time::Instant::now() + DEADLINE;
     while !check() {
-        assert!(std::time::Instant::now() < end, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(support::POLL);
     }
 }
@@ -420,9 +430,16 @@ fn push_and_pull_through_berth_land_in_one_region() {
     let sk = Skopeo::new();
 
     let app = image("app-1.0");
-    assert_ok(&sk.push("app-1.0", &format!("{proxy}/team/app:1.0"), &[]), "push");
+    assert_ok(
+        &sk.push("app-1.0", &format!("{proxy}/team/app:1.0"), &[]),
+        "push",
+    );
     let where_app = holders(&regs, "team/app", "1.0", &app, None);
-    assert_eq!(where_app.len(), 1, "manifest in exactly one replica: {where_app:?}");
+    assert_eq!(
+        where_app.len(),
+        1,
+        "manifest in exactly one replica: {where_app:?}"
+    );
     assert_eq!(
         blob_holders(&regs, "team/app", &app),
         where_app,
@@ -437,23 +454,35 @@ fn push_and_pull_through_berth_land_in_one_region() {
     let tool = image("tool-1.0");
     let region = DEMO_REGIONS[where_app[0]];
     let sent_before = region_stat(&berth, region, "bytes_in");
-    assert_ok(&sk.push("tool-1.0", &format!("{proxy}/team/tool:1.0"), &[]), "push tool");
+    assert_ok(
+        &sk.push("tool-1.0", &format!("{proxy}/team/tool:1.0"), &[]),
+        "push tool",
+    );
     let sent = region_stat(&berth, region, "bytes_in") - sent_before;
     let base = app.sizes[1];
-    assert_eq!(tool.blobs[1], app.blobs[1], "tool and app share the base layer");
+    assert_eq!(
+        tool.blobs[1], app.blobs[1],
+        "tool and app share the base layer"
+    );
     assert!(
         sent < tool.sizes.iter().sum::<u64>() - base + 64 * 1024,
         "the shared base layer ({base} bytes) was mounted, not sent again: {sent} bytes sent"
     );
     assert_eq!(holders(&regs, "team/tool", "1.0", &tool, None), where_app);
     assert_eq!(
-        sk.pull(&format!("{proxy}/team/tool:1.0"), &[]).expect("pull tool"),
+        sk.pull(&format!("{proxy}/team/tool:1.0"), &[])
+            .expect("pull tool"),
         tool.manifest
     );
 
     // What operators see.
     let v = admin_json(&berth, "/api/v1/regions");
-    assert!(v["proxy"]["affinity_entries"].as_u64().expect("affinity gauge") <= 2);
+    assert!(
+        v["proxy"]["affinity_entries"]
+            .as_u64()
+            .expect("affinity gauge")
+            <= 2
+    );
     assert!(region_stat(&berth, region, "bytes_out") > app.sizes.iter().sum::<u64>());
     let metrics = agent()
         .get(format!("{}/metrics", berth.admin()))
@@ -468,7 +497,10 @@ fn push_and_pull_through_berth_land_in_one_region() {
         )),
         "{metrics}"
     );
-    assert!(metrics.contains("berth_proxy_affinity_entries"), "{metrics}");
+    assert!(
+        metrics.contains("berth_proxy_affinity_entries"),
+        "{metrics}"
+    );
 }
 
 /// Two Berth instances with one config and secret, and a push whose requests alternate
@@ -550,12 +582,21 @@ fn pull_from_a_client_whose_region_lacks_the_image_falls_back() {
     let sk = Skopeo::new();
     let app = image("app-1.0");
     assert_ok(
-        &sk.push("app-1.0", &format!("{}/team/app:1.0", proxy_addr(&berth)), &[]),
+        &sk.push(
+            "app-1.0",
+            &format!("{}/team/app:1.0", proxy_addr(&berth)),
+            &[],
+        ),
         "push",
     );
     assert_eq!(holders(&regs, "team/app", "1.0", &app, None), vec![0]);
 
-    let far = forwarder(&rt, vec![proxy_addr(&berth)], Some([127, 0, 0, 2].into()), None);
+    let far = forwarder(
+        &rt,
+        vec![proxy_addr(&berth)],
+        Some([127, 0, 0, 2].into()),
+        None,
+    );
     let pulled = Skopeo::new()
         .pull(&format!("{}/team/app:1.0", far.addr), &[])
         .expect("pull from the other client");
@@ -611,7 +652,10 @@ fn replica_stopped_mid_push() {
     };
 
     let out = push_and_kill("team/fail", &[], &mut regs);
-    assert!(!out.status.success(), "push survived a dead region without retries");
+    assert!(
+        !out.status.success(),
+        "push survived a dead region without retries"
+    );
     let msg = text(&out);
     assert!(
         // Depending on where the push was: an upload session lost with its region, or the
@@ -672,14 +716,27 @@ fn basic_auth_passes_through() {
 
     let app = image("app-1.0");
     let out = Skopeo::new().push("app-1.0", &format!("{proxy}/team/app:1.0"), &[]);
-    assert!(!out.status.success(), "a push without credentials is refused");
-    assert!(text(&out).contains("unauthorized") || text(&out).contains("401"), "{}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a push without credentials is refused"
+    );
+    assert!(
+        text(&out).contains("unauthorized") || text(&out).contains("401"),
+        "{}",
+        text(&out)
+    );
 
     let sk = Skopeo::new();
     let creds = ["--dest-creds", "testuser:testpassword"];
-    assert_ok(&sk.push("app-1.0", &format!("{proxy}/team/app:1.0"), &creds), "push with creds");
+    assert_ok(
+        &sk.push("app-1.0", &format!("{proxy}/team/app:1.0"), &creds),
+        "push with creds",
+    );
     let basic = "Basic dGVzdHVzZXI6dGVzdHBhc3N3b3Jk";
-    assert_eq!(holders(&regs, "team/app", "1.0", &app, Some(basic)).len(), 1);
+    assert_eq!(
+        holders(&regs, "team/app", "1.0", &app, Some(basic)).len(),
+        1
+    );
     let pulled = sk
         .pull(
             &format!("{proxy}/team/app:1.0"),
@@ -687,4 +744,361 @@ fn basic_auth_passes_through() {
         )
         .expect("pull with creds");
     assert_eq!(pulled, app.manifest);
+}
+
+fn probe_fast(regs: &[Registry]) -> Vec<(String, String)> {
+    regs.iter()
+        .map(|r| {
+            let up = format!("upstream = \"{}\"", r.upstream());
+            let with = format!(
+                "{up}\nprobe = {{ interval = \"200ms\", timeout = \"150ms\", fall = 2, rise = 2 }}"
+            );
+            (up, with)
+        })
+        .collect()
+}
+
+fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+}
+
+fn location(resp: &ureq::http::Response<ureq::Body>) -> String {
+    resp.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("a Location")
+        .to_string()
+}
+
+fn body_json(resp: &mut ureq::http::Response<ureq::Body>) -> Value {
+    let t = resp.body_mut().read_to_string().expect("body");
+    serde_json::from_str(&t).unwrap_or(Value::String(t))
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(data);
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn set_enabled(b: &Berth, region: &str, enabled: bool) {
+    let resp = agent()
+        .put(format!("{}/api/v1/regions/{region}", b.admin()))
+        .header("Authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .content_type("application/json")
+        .send(format!("{{\"endpoint_enabled\": {enabled}}}"))
+        .expect("admin API");
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+/// Upload sessions: the token routes them, a forged one is refused in OCI JSON; disabling a
+/// region drains it (its sessions and pinned pushes finish, new ones go elsewhere); a session
+/// whose region is down gets BLOB_UPLOAD_UNKNOWN and is never sent elsewhere; a registry's own
+/// early 404 on PATCH reaches the client as it is.
+#[test]
+fn upload_sessions_tokens_draining_and_down_regions() {
+    let rt = runtime();
+    let mut regs = start_registries(&rt, 2, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fast = probe_fast(&regs);
+    let berth = Berth::start(&config(dir.path(), &regs, &pairs(&fast), ""));
+    let base = format!("http://{}", proxy_addr(&berth));
+    let a = agent();
+    let start = |repo: &str| {
+        let resp = a
+            .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .send(&[][..])
+            .expect("proxy");
+        assert_eq!(resp.status().as_u16(), 202);
+        location(&resp)
+    };
+
+    let l1 = start("team/d");
+    assert!(
+        l1.starts_with(&format!("{base}/v2/team/d/blobs/uploads/")),
+        "{l1}"
+    );
+    assert!(l1.contains("&_berth=westus."), "{l1}");
+    let chunk = vec![7u8; 4096];
+    let resp = a.patch(&l1).send(&chunk[..]).expect("proxy");
+    assert_eq!(resp.status().as_u16(), 202);
+    let l2 = location(&resp);
+    assert!(l2.contains("_berth=westus."), "{l2}");
+
+    // Forged: the token moved to another region.
+    let forged = l2.replace("_berth=westus.", "_berth=eastus.");
+    let mut resp = a.patch(&forged).send(&chunk[..]).expect("proxy");
+    assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(
+        body_json(&mut resp)["errors"][0]["code"],
+        "BLOB_UPLOAD_INVALID"
+    );
+
+    // Drain westus: its session and the push pinned to it go on; a new push goes elsewhere.
+    set_enabled(&berth, "westus", false);
+    assert!(
+        start("team/e").contains("_berth=eastus."),
+        "new affinity elsewhere"
+    );
+    let l3 = start("team/d");
+    assert!(l3.contains("_berth=westus."), "the pinned push stays: {l3}");
+    let digest = sha256(&chunk);
+    let resp = a
+        .put(format!("{l2}&digest={digest}"))
+        .send(&[][..])
+        .expect("proxy");
+    assert_eq!(
+        resp.status().as_u16(),
+        201,
+        "the session finishes while draining"
+    );
+    assert!(has(
+        regs[0].port,
+        &format!("/v2/team/d/blobs/{digest}"),
+        None
+    ));
+    set_enabled(&berth, "westus", true);
+
+    // westus goes down: its sessions are refused, never forwarded to eastus.
+    regs[0].stop();
+    wait_for("westus to be marked down", || {
+        let v = admin_json(&berth, "/api/v1/regions/westus");
+        v["healthy"] == false
+    });
+    let eastus_patches = requests(&berth, "eastus", "PATCH");
+    let mut resp = a.patch(&l3).send(&chunk[..]).expect("proxy");
+    assert_eq!(resp.status().as_u16(), 404);
+    let v = body_json(&mut resp);
+    assert_eq!(v["errors"][0]["code"], "BLOB_UPLOAD_UNKNOWN", "{v}");
+    assert!(
+        v["errors"][0]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("westus"),
+        "{v}"
+    );
+    assert_eq!(requests(&berth, "eastus", "PATCH"), eastus_patches);
+
+    // The registry refuses a PATCH (bad _state) before reading its 4 MiB body: the client
+    // gets the registry's 404 and error JSON, not a 502.
+    let l5 = start("team/e");
+    let bad = l5.replace("_state=", "_state=X");
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![1u8; 4 << 20]).expect("write");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/octet-stream",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", big.display()))
+        .args(["-w", "\n%{http_code}", &bad])
+        .output()
+        .expect("curl");
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = t.rsplit_once('\n').expect("status line");
+    assert_eq!(code, "404", "{t}");
+    assert!(
+        body.contains("BLOB_UPLOAD_INVALID"),
+        "the registry's own answer: {body}"
+    );
+}
+
+/// The manifest safety net: blobs in one region, the manifest PUT routed to another (the
+/// affinity expired and the client now maps elsewhere): Berth finds the region holding every
+/// blob and stores the manifest there.
+#[test]
+fn manifest_safety_net_finds_the_region_with_the_blobs() {
+    let rt = runtime();
+    let regs = start_registries(&rt, 2, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = config(dir.path(), &regs, &[], "");
+    let berth = Berth::start(&path);
+    let base = format!("http://{}", proxy_addr(&berth));
+    let a = agent();
+    let upload = |repo: &str, data: &[u8]| -> String {
+        let d = sha256(data);
+        let resp = a
+            .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .send(&[][..])
+            .expect("proxy");
+        assert_eq!(resp.status().as_u16(), 202);
+        let resp = a
+            .put(format!("{}&digest={d}", location(&resp)))
+            .content_type("application/octet-stream")
+            .send(data)
+            .expect("proxy");
+        assert_eq!(resp.status().as_u16(), 201, "upload in one PUT");
+        d
+    };
+    let config_blob =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let layer: Vec<u8> = (0..20_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let c = upload("team/s", config_blob);
+    let l = upload("team/s", &layer);
+    assert!(
+        has(regs[0].port, &format!("/v2/team/s/blobs/{l}"), None),
+        "blobs in westus"
+    );
+
+    // Now the client is nearest eastus, and its affinity has expired.
+    let near_east = "tie_band_ms = 5.0\n\n[[routed_name.latency]]\ncidr = \"127.0.0.0/8\"\n\
+                     ms = { eastus = 1, westus = 50 }";
+    assert_eq!(
+        config(dir.path(), &regs, &[("tie_band_ms = 5.0", near_east)], ""),
+        path
+    );
+    {
+        let _in_runtime = berth.rt.enter();
+        berth.running().reload().expect("reload");
+    }
+    let live = &berth.running().live;
+    live.set_clock(live.now() + 16 * 60 * 1000);
+
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{c}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{l}","size":{}}}]}}"#,
+        config_blob.len(),
+        layer.len()
+    );
+    let resp = a
+        .put(format!("{base}/v2/team/s/manifests/v1"))
+        .content_type("application/vnd.oci.image.manifest.v1+json")
+        .send(manifest.as_bytes())
+        .expect("proxy");
+    assert_eq!(resp.status().as_u16(), 201);
+    assert!(location(&resp).starts_with(&format!("{base}/v2/team/s/manifests/sha256:")));
+    assert!(
+        has(regs[0].port, "/v2/team/s/manifests/v1", None),
+        "stored with its blobs"
+    );
+    assert!(!has(regs[1].port, "/v2/team/s/manifests/v1", None));
+    assert_eq!(region_stat(&berth, "westus", "safety_net_retries"), 1);
+    // The affinity followed: reads of this client now go to westus first.
+    let resp = a
+        .get(format!("{base}/v2/team/s/manifests/v1"))
+        .header("Accept", MANIFEST_TYPES)
+        .call()
+        .expect("proxy");
+    assert_eq!(resp.status().as_u16(), 200);
+
+    // A manifest whose blobs are nowhere: the registry's refusal reaches the client.
+    let missing = manifest.replace(&l, &sha256(b"nowhere"));
+    let mut resp = a
+        .put(format!("{base}/v2/team/s/manifests/v2"))
+        .content_type("application/vnd.oci.image.manifest.v1+json")
+        .send(missing.as_bytes())
+        .expect("proxy");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(
+        body_json(&mut resp)["errors"][0]["code"],
+        "MANIFEST_BLOB_UNKNOWN"
+    );
+}
+
+/// A test CA and a server certificate for 127.0.0.1 and localhost, in PEM.
+fn test_ca(cn: &str) -> (String, String, String) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("key"))
+            .expect("CA");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("server cert");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// HTTPS: skopeo pushes and pulls through the TLS listener with only the test CA trusted;
+/// HTTP/2 is offered; a new certificate behind the same files is picked up on reload.
+#[test]
+fn tls_listener_with_skopeo_and_certificate_reload() {
+    let rt = runtime();
+    let regs = start_registries(&rt, 2, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = test_ca("berth test CA one");
+    let certs = dir.path().join("certs.d");
+    std::fs::create_dir(&certs).expect("mkdir");
+    std::fs::write(certs.join("ca.crt"), &ca).expect("ca");
+    std::fs::write(dir.path().join("berth.pem"), cert).expect("cert");
+    std::fs::write(dir.path().join("berth.key"), key).expect("key");
+    let tls = "threads = 2\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"berth.pem\"\ntls_key = \"berth.key\"";
+    let berth = Berth::start(&config(dir.path(), &regs, &[("threads = 2", tls)], ""));
+    let https = berth.running().proxy_tls_addr.expect("TLS listener");
+
+    let sk = Skopeo::new();
+    let src = format!("oci:{}:app-1.0", layout().display());
+    let dst = format!("docker://{https}/team/app:1.0");
+    let cert_dir = certs.display().to_string();
+    assert_ok(
+        &sk.run(&["copy", "--dest-cert-dir", &cert_dir, &src, &dst]),
+        "push over HTTPS",
+    );
+    let app = image("app-1.0");
+    assert_eq!(holders(&regs, "team/app", "1.0", &app, None).len(), 1);
+    let pulled = sk
+        .pull(
+            &format!("{https}/team/app:1.0"),
+            &["--src-tls-verify=true", "--src-cert-dir", &cert_dir],
+        )
+        .expect("pull over HTTPS");
+    assert_eq!(pulled, app.manifest);
+
+    let curl = |ca: &Path, args: &[&str]| -> String {
+        let out = Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(ca)
+            .args(args)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let ca_file = certs.join("ca.crt");
+    let v2 = format!("https://{https}/v2/");
+    assert_eq!(
+        curl(
+            &ca_file,
+            &["--http2", "-o", "/dev/null", "-w", "%{http_version}", &v2]
+        ),
+        "2"
+    );
+    let head = curl(
+        &ca_file,
+        &[
+            "-i",
+            "-X",
+            "POST",
+            &format!("https://{https}/v2/team/x/blobs/uploads/"),
+        ],
+    );
+    assert!(
+        head.to_ascii_lowercase().contains(&format!(
+            "location: https://{https}/v2/team/x/blobs/uploads/"
+        )),
+        "Location keeps the public https origin:\n{head}"
+    );
+
+    // A renewed certificate (from another CA) behind the same file names, then a reload.
+    let (ca2, cert2, key2) = test_ca("berth test CA two");
+    let ca2_file = dir.path().join("ca2.crt");
+    std::fs::write(&ca2_file, ca2).expect("ca2");
+    std::fs::write(dir.path().join("berth.pem"), cert2).expect("cert");
+    std::fs::write(dir.path().join("berth.key"), key2).expect("key");
+    {
+        let _in_runtime = berth.rt.enter();
+        berth.running().reload().expect("reload");
+    }
+    wait_for("the new certificate to be served", || {
+        curl(&ca2_file, &["-o", "/dev/null", "-w", "%{http_code}", &v2]) == "200"
+    });
 }

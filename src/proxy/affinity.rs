@@ -20,6 +20,8 @@ use crate::sticky::Millis;
 #[derive(Debug, Clone)]
 struct Entry {
     region: Arc<str>,
+    /// When this region was first given: how long a drain has been honouring it.
+    since: Millis,
     /// Last use: bounds the entry's life, orders eviction.
     seen: Millis,
 }
@@ -44,15 +46,16 @@ impl<K: std::hash::Hash + Eq + Clone> Expiring<K> {
         now.saturating_sub(e.seen) < self.ttl
     }
 
-    fn get(&self, key: &K, now: Millis) -> Option<Arc<str>> {
+    fn get(&self, key: &K, now: Millis) -> Option<(Arc<str>, Millis)> {
         let e = self.map.get(key)?;
-        self.live(&e, now).then(|| e.region.clone())
+        self.live(&e, now).then(|| (e.region.clone(), e.since))
     }
 
     fn record(&self, key: K, region: &str, now: Millis) {
         if let Some(mut e) = self.map.get_mut(&key) {
-            if &*e.region != region {
+            if &*e.region != region || !self.live(&e, now) {
                 e.region = Arc::from(region);
+                e.since = now;
             }
             e.seen = now;
             return;
@@ -64,6 +67,7 @@ impl<K: std::hash::Hash + Eq + Clone> Expiring<K> {
             key,
             Entry {
                 region: Arc::from(region),
+                since: now,
                 seen: now,
             },
         );
@@ -110,8 +114,8 @@ impl AffinityTable {
         }
     }
 
-    /// The region `client` used for `repo` within the last `ttl`.
-    pub fn get(&self, client: ClientKey, repo: &str, now: Millis) -> Option<Arc<str>> {
+    /// The region `client` used for `repo` within the last `ttl`, and since when it has.
+    pub fn get(&self, client: ClientKey, repo: &str, now: Millis) -> Option<(Arc<str>, Millis)> {
         self.inner.get(&(client, Box::from(repo)), now)
     }
 
@@ -186,25 +190,41 @@ mod tests {
 
     const MIN15: Duration = Duration::from_secs(900);
 
+    fn at(t: &AffinityTable, c: ClientKey, repo: &str, now: Millis) -> Option<String> {
+        t.get(c, repo, now).map(|(r, _)| r.to_string())
+    }
+
+    #[test]
+    fn since_is_kept_while_the_region_stays() {
+        let t = AffinityTable::new(10, MIN15);
+        t.record(client(1), "a", "westus", 100);
+        t.record(client(1), "a", "westus", 200);
+        assert_eq!(t.get(client(1), "a", 300).map(|e| e.1), Some(100));
+        t.record(client(1), "a", "eastus", 400);
+        assert_eq!(t.get(client(1), "a", 500).map(|e| e.1), Some(400));
+    }
+
     #[test]
     fn pins_per_client_and_repository_until_idle() {
         let t = AffinityTable::new(100, MIN15);
         t.record(client(1), "team/app", "westus", 0);
         t.record(client(1), "team/tool", "eastus", 0);
-        assert_eq!(t.get(client(1), "team/app", 10).as_deref(), Some("westus"));
-        assert_eq!(t.get(client(1), "team/tool", 10).as_deref(), Some("eastus"));
-        assert_eq!(t.get(client(2), "team/app", 10), None, "another client");
+        assert_eq!(at(&t, client(1), "team/app", 10).as_deref(), Some("westus"));
+        assert_eq!(
+            at(&t, client(1), "team/tool", 10).as_deref(),
+            Some("eastus")
+        );
+        assert_eq!(at(&t, client(2), "team/app", 10), None, "another client");
         // Each request refreshes: a push of an hour stays on one region.
         for m in 1..=6 {
             t.record(client(1), "team/app", "westus", m * 600_000);
         }
         assert_eq!(
-            t.get(client(1), "team/app", 6 * 600_000 + 899_999)
-                .as_deref(),
+            at(&t, client(1), "team/app", 6 * 600_000 + 899_999).as_deref(),
             Some("westus")
         );
-        assert_eq!(t.get(client(1), "team/app", 6 * 600_000 + 900_000), None);
-        assert_eq!(t.get(client(1), "team/tool", 900_000), None);
+        assert_eq!(at(&t, client(1), "team/app", 6 * 600_000 + 900_000), None);
+        assert_eq!(at(&t, client(1), "team/tool", 900_000), None);
         t.purge(6 * 600_000 + 900_000);
         assert!(t.is_empty());
     }
@@ -214,7 +234,7 @@ mod tests {
         let t = AffinityTable::new(100, MIN15);
         t.record(client(1), "a", "westus", 0);
         t.record(client(1), "a", "eastus", 5);
-        assert_eq!(t.get(client(1), "a", 6).as_deref(), Some("eastus"));
+        assert_eq!(at(&t, client(1), "a", 6).as_deref(), Some("eastus"));
         assert_eq!(t.len(), 1);
     }
 
@@ -226,9 +246,9 @@ mod tests {
         }
         t.record(client(100), "r", "westus", 20);
         assert!(t.len() <= 10);
-        assert_eq!(t.get(client(0), "r", 21), None, "least recent evicted");
-        assert_eq!(t.get(client(9), "r", 21).as_deref(), Some("westus"));
-        assert_eq!(t.get(client(100), "r", 21).as_deref(), Some("westus"));
+        assert_eq!(at(&t, client(0), "r", 21), None, "least recent evicted");
+        assert_eq!(at(&t, client(9), "r", 21).as_deref(), Some("westus"));
+        assert_eq!(at(&t, client(100), "r", 21).as_deref(), Some("westus"));
 
         let t = AffinityTable::new(3, MIN15);
         t.record(client(1), "r", "westus", 0);
@@ -236,7 +256,7 @@ mod tests {
         t.record(client(3), "r", "westus", 1_000_001);
         t.record(client(4), "r", "westus", 1_000_002);
         for i in 2..=4 {
-            assert!(t.get(client(i), "r", 1_000_003).is_some(), "{i} kept");
+            assert!(at(&t, client(i), "r", 1_000_003).is_some(), "{i} kept");
         }
     }
 

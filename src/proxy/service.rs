@@ -379,12 +379,22 @@ impl BerthProxy {
         let chosen = match route.repo() {
             Some(repo) => {
                 let key = ClientKey::new(ctx.client, rn.client_prefix(&ctx.client));
+                let drain = cfg.push_affinity.as_millis() as u64;
                 let pinned = self
                     .shared
                     .affinity
                     .get(key, repo, now)
-                    .and_then(|name| snap.config.region_id(&name))
-                    .filter(|id| rn.regions.contains(id) && usable(snap, rn, *id));
+                    .and_then(|(name, since)| Some((snap.config.region_id(&name)?, since)))
+                    .filter(|(id, since)| {
+                        rn.regions.contains(id)
+                            && (usable(snap, rn, *id)
+                                // Draining: a disabled region that is still healthy keeps
+                                // the pushes already pinned to it, for one affinity period,
+                                // so they finish where their blobs are.
+                                || (snap.states.get(*id).is_some_and(|s| s.healthy)
+                                    && now.saturating_sub(*since) < drain))
+                    })
+                    .map(|(id, _)| id);
                 let region = pinned.or_else(|| next_region(snap, rn, ctx.client, &[]));
                 if let Some(id) = region {
                     self.shared
