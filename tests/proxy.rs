@@ -425,8 +425,19 @@ fn push_and_pull_through_berth_land_in_one_region() {
     let rt = runtime();
     let regs = start_registries(&rt, 3, "");
     let dir = tempfile::tempdir().expect("tempdir");
-    let berth = Berth::start(&config(dir.path(), &regs, &[], ""));
+    // westus by host name: resolved in the background (here from /etc/hosts).
+    let by_name = (
+        format!("upstream = \"{}\"", regs[0].upstream()),
+        format!("upstream = \"http://localhost:{}\"", regs[0].port),
+    );
+    let berth = Berth::start(&config(dir.path(), &regs, &pairs(&[by_name]), ""));
     let proxy = proxy_addr(&berth);
+    wait_for("the upstream host name to resolve", || {
+        agent()
+            .get(format!("http://{proxy}/v2/"))
+            .call()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    });
     let sk = Skopeo::new();
 
     let app = image("app-1.0");
@@ -1101,4 +1112,74 @@ fn tls_listener_with_skopeo_and_certificate_reload() {
     wait_for("the new certificate to be served", || {
         curl(&ca2_file, &["-o", "/dev/null", "-w", "%{http_code}", &v2]) == "200"
     });
+}
+
+/// The `[proxy]` section: defaults, and errors that name the key and the problem.
+#[test]
+fn proxy_config_defaults_and_errors() {
+    use berth::config::Config;
+    let base =
+        std::fs::read_to_string(support::repo().join("config/demo.toml")).expect("demo config");
+    let parse = |text: &str| Config::parse(text, Path::new("/etc/berth/berth.toml"));
+    let c = parse(&base).expect("the demo config");
+    let p = &c.proxy;
+    assert_eq!(p.listen, Some("127.0.0.1:8080".parse().expect("addr")));
+    assert_eq!(p.push_affinity, Duration::from_secs(900));
+    assert_eq!(p.manifest_buffer_limit, 4 << 20);
+    assert_eq!(p.read_fallback_max, 2);
+    assert_eq!(p.routed_name, 0);
+    let with = |extra: &str| base.replace("[proxy]\n", &format!("[proxy]\n{extra}\n"));
+    let c = parse(&with(
+        "manifest_buffer_limit = \"1MiB\"\ntrusted_proxies = [\"10.1.2.3/8\", \"192.0.2.1\"]",
+    ))
+    .expect("valid");
+    assert_eq!(c.proxy.manifest_buffer_limit, 1 << 20);
+    assert_eq!(
+        c.proxy
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>(),
+        vec!["10.0.0.0/8", "192.0.2.1/32"]
+    );
+    for (extra, expect) in [
+        (
+            "name = \"other.example.test\"",
+            "proxy.name: other.example.test is not a routed name",
+        ),
+        (
+            "tls_listen = \"127.0.0.1:8443\"",
+            "proxy.tls_listen: needs tls_cert and tls_key (PEM files)",
+        ),
+        (
+            "secret_file = \"s\"",
+            "proxy.secret_file: give secret_env or secret_file, not both",
+        ),
+        (
+            "manifest_buffer_limit = \"4 parsecs\"",
+            "proxy.manifest_buffer_limit: \"4 parsecs\" has an unknown unit (B, KiB, MiB or GiB)",
+        ),
+        (
+            "push_affinity = \"15\"",
+            "proxy.push_affinity: \"15\" has no unit",
+        ),
+        (
+            "trusted_proxies = [\"nope\"]",
+            "proxy.trusted_proxies[0]: \"nope\" is not a network",
+        ),
+        ("lisen = \"x\"", "unknown field `lisen`"),
+    ] {
+        let e = parse(&with(extra)).expect_err(extra).to_string();
+        assert!(e.contains(expect), "{extra}: {e}");
+    }
+    let e = parse(&base.replace(
+        "upstream = \"http://127.0.0.1:5002\"",
+        "upstream = \"http://127.0.0.1:5002/registry\"",
+    ))
+    .expect_err("a path")
+    .to_string();
+    assert!(
+        e.contains("region[1] (eastus).upstream: \"http://127.0.0.1:5002/registry\" has a path"),
+        "{e}"
+    );
 }

@@ -41,13 +41,32 @@ async fn exchange(
     req: RequestHeader,
     body: Option<Bytes>,
 ) -> std::result::Result<(Reply, String), String> {
-    let (peer, url) = peer_for(shared, snap, id).map_err(|r| r.message)?;
-    let (mut s, _reused) = shared
+    // A pooled connection the registry has closed fails at once: then try a new one.
+    for _ in 0..3 {
+        match exchange_once(shared, snap, id, req.clone(), body.clone()).await {
+            Err((msg, true)) => tracing::debug!(error = %msg, "reused connection failed; again"),
+            Err((msg, false)) => return Err(msg),
+            Ok(r) => return Ok(r),
+        }
+    }
+    Err("the region's connections keep failing".to_string())
+}
+
+/// One attempt; on failure, whether it was on a reused connection.
+async fn exchange_once(
+    shared: &Shared,
+    snap: &Snapshot,
+    id: RegionId,
+    req: RequestHeader,
+    body: Option<Bytes>,
+) -> std::result::Result<(Reply, String), (String, bool)> {
+    let (peer, url) = peer_for(shared, snap, id).map_err(|r| (r.message, false))?;
+    let (mut s, reused) = shared
         .connector
         .get_http_session(&peer)
         .await
-        .map_err(|e| e.to_string())?;
-    let io = |e: Box<pingora::Error>| e.to_string();
+        .map_err(|e| (e.to_string(), false))?;
+    let io = |e: Box<pingora::Error>| (e.to_string(), reused);
     s.write_request_header(Box::new(req)).await.map_err(io)?;
     if let Some(b) = body {
         s.write_request_body(b, true).await.map_err(io)?;
@@ -57,7 +76,7 @@ async fn exchange(
     let header = s
         .response_header()
         .cloned()
-        .ok_or_else(|| "no response header".to_string())?;
+        .ok_or_else(|| ("no response header".to_string(), false))?;
     let mut out = BytesMut::new();
     while let Some(chunk) = s.read_response_body().await.map_err(io)? {
         if out.len() + chunk.len() <= MAX_REPLY_BODY {

@@ -652,12 +652,34 @@ impl ProxyHttp for BerthProxy {
         if ctx.next.is_some() {
             // Our own read fallback: retry on the next region.
             e.set_retry(true);
-        } else if !session.req_header().method.is_idempotent()
-            || session.as_ref().retry_buffer_truncated()
-        {
+            return e;
+        }
+        // Sending it again is safe when nothing reached the client yet and the request can be
+        // repeated whole: idempotent, or starting an upload (a second start only leaves an
+        // unused session behind), with its body still in the retry buffer.
+        let method = &session.req_header().method;
+        let repeatable = session.response_written().is_none()
+            && (method.is_idempotent() || ctx.kind == Kind::UploadStart)
+            && !session.as_ref().retry_buffer_truncated()
+            && *e.esource() == ErrorSource::Upstream;
+        if !repeatable {
             e.set_retry(false);
+        } else if client_reused {
+            // Most likely a keep-alive connection the registry had closed: same region.
+            e.set_retry(true);
         } else {
-            e.retry.decide_reuse(client_reused);
+            // A fresh connection failed mid-request: the region is going away. A session stays
+            // (and is refused in fail_to_proxy); anything else moves on.
+            let next = match ctx.binding {
+                Binding::Affinity | Binding::Client => {
+                    let snap = ctx.snap();
+                    routed(&snap).and_then(|rn| next_region(&snap, rn, ctx.client, &ctx.tried))
+                }
+                Binding::Session | Binding::None => None,
+            };
+            ctx.failover = next.is_some();
+            ctx.next = next;
+            e.set_retry(next.is_some());
         }
         e
     }
