@@ -1,13 +1,13 @@
 //! The proxy front end: an OCI-aware HTTP reverse proxy (pingora) in front of the regions'
 //! registry replicas, so every request of one push lands in one region (design section 5).
 //!
-//! Flow of a request ([`service`]): client key from the TCP peer (or a trusted
+//! Flow of a request (`service`): client key from the TCP peer (or a trusted
 //! `X-Forwarded-For`) -> the path parsed ([`oci`]) -> a region: an upload session's signed
 //! token ([`token`]) names it; a repository request uses the (client key, repository)
 //! affinity ([`affinity`]) or, for a new one, the routing core's decision; other paths get the
 //! client's region -> forwarded with the token stripped and `X-Forwarded-Host/Proto` set ->
 //! the answer's `Location` gets a fresh token. Manifest PUTs are buffered and go through the
-//! safety net ([`manifest`]); 404 reads fall back to other regions.
+//! safety net (`manifest`); 404 reads fall back to other regions.
 //!
 //! Owns: the listeners, the proxy's runtime, tokens, affinity, the proxy metrics' numbers.
 //! Does not own: which region a client should use (the routing core), health, flags, config.
