@@ -263,3 +263,80 @@ fn big_answers_truncate_on_udp_and_come_whole_over_tcp() {
     assert!(!d.flags.contains(&"tc".to_string()));
     assert!(d.answer.len() >= 10, "{}", d.raw);
 }
+
+mod fuzz {
+    use std::net::IpAddr;
+    use std::sync::{Arc, OnceLock};
+
+    use berth::dns::{answer, Transport};
+    use berth::live::Live;
+    use hickory_proto::op::Message;
+    use proptest::prelude::*;
+
+    fn live() -> Arc<Live> {
+        static LIVE: OnceLock<(Arc<Live>, tempfile::TempDir)> = OnceLock::new();
+        LIVE.get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = super::demo_config(dir.path(), &[], "");
+            (Live::load(&path).expect("demo loads"), dir)
+        })
+        .0
+        .clone()
+    }
+
+    /// A valid query with ECS, the seed the mutations start from.
+    const SEED: &[u8] = &[
+        0xab, 0xcd, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 8, b'r', b'e', b'g', b'i', b's', b't', b'r',
+        b'y', 7, b'e', b'x', b'a', b'm', b'p', b'l', b'e', 4, b't', b'e', b's', b't', 0, 0, 1, 0,
+        1, 0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7, 0, 1, 24, 0, 198, 51, 100,
+    ];
+
+    fn check(packet: &[u8]) -> Result<(), TestCaseError> {
+        let live = live();
+        let src: IpAddr = "127.0.0.1".parse().expect("literal");
+        for transport in [Transport::Udp, Transport::Tcp] {
+            if let Some(out) = answer(&live, packet, src, transport) {
+                prop_assert!(out.len() >= 12);
+                prop_assert_eq!(&out[..2], &packet[..2], "answer keeps the query ID");
+                prop_assert_eq!(out[2] & 0x80, 0x80, "QR set");
+                if transport == Transport::Udp {
+                    prop_assert!(out.len() <= 1232, "UDP answer within our payload");
+                }
+                prop_assert!(Message::from_vec(&out).is_ok(), "our answer parses");
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn random_packets_never_panic(packet in proptest::collection::vec(any::<u8>(), 0..300)) {
+            check(&packet)?;
+        }
+
+        #[test]
+        fn mutated_queries_never_panic(flips in proptest::collection::vec((0..SEED.len(), any::<u8>()), 1..6), cut in 12..=SEED.len()) {
+            let mut p = SEED.to_vec();
+            for (i, b) in flips {
+                p[i] = b;
+            }
+            p.truncate(cut);
+            check(&p)?;
+        }
+    }
+
+    #[test]
+    fn the_seed_is_a_valid_routed_query() {
+        let live = live();
+        let out = answer(
+            &live,
+            SEED,
+            "127.0.0.1".parse().expect("literal"),
+            Transport::Udp,
+        )
+        .expect("answer");
+        let m = Message::from_vec(&out).expect("parses");
+        assert_eq!(m.answers.len(), 1, "{m:?}");
+    }
+}
