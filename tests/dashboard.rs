@@ -554,3 +554,64 @@ fn the_page_says_it_is_stale_while_the_api_is_away_and_recovers() {
     assert_eq!(row(&page, "westus")["state"], "healthy");
     berth.stop();
 }
+
+/// From a non-loopback peer (simulated: the router sees 203.0.113.9 as the peer address), the
+/// page's files are served without a token, while the API's reads still want it.
+#[test]
+fn off_loopback_the_page_needs_no_token_but_its_data_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = support::demo_config(dir.path(), &[], "");
+    let live = berth::live::Live::load(&config).expect("demo config loads");
+    let peer: std::net::SocketAddr = "203.0.113.9:40000".parse().expect("literal");
+    let router = berth::admin::router(live, Some(TOKEN.to_string()))
+        .layer(axum::extract::connect_info::MockConnectInfo(peer));
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    rt.spawn(async move { axum::serve(listener, router.into_make_service()).await });
+
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = agent.get(&format!("{base}{path}"));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = req.call().expect("server answers");
+        let kind = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let csp = resp.headers().contains_key("content-security-policy");
+        let body = resp.body_mut().read_to_string().expect("body");
+        (resp.status().as_u16(), kind, csp, body)
+    };
+    let (status, kind, csp, body) = get("/", None);
+    assert_eq!(
+        (status, kind.as_str(), csp),
+        (200, "text/html; charset=utf-8", true)
+    );
+    assert!(body.contains("<script src=\"/dashboard/app.js\""), "{body}");
+    for (path, media) in [
+        ("/dashboard/app.js", "text/javascript; charset=utf-8"),
+        ("/dashboard/style.css", "text/css; charset=utf-8"),
+        ("/dashboard/world.svg", "image/svg+xml"),
+    ] {
+        let (status, kind, _, body) = get(path, None);
+        assert_eq!((status, kind.as_str()), (200, media), "{path}");
+        assert!(!body.is_empty(), "{path}");
+    }
+    let (status, _, _, body) = get("/api/v1/regions", None);
+    assert_eq!(status, 401, "{body}");
+    let (status, _, _, _) = get("/api/v1/regions", Some(TOKEN));
+    assert_eq!(status, 200);
+    // Nothing else is public: an unknown path under /dashboard/ is not a file.
+    let (status, _, _, _) = get("/dashboard/secret", None);
+    assert_eq!(status, 401);
+}
