@@ -13,7 +13,7 @@
 //! - [`metrics`]: hot-path counters and their Prometheus rendering.
 //! - [`live`]: what the front ends share at run time: current snapshot, sticky table, clock.
 //! - [`dns`]: the DNS front end (UDP fast path, hickory-server for TCP).
-//! - [`admin`]: the admin API and `/metrics` on their own listener.
+//! - [`admin`]: the admin API, `/metrics` and the dashboard page on their own listener.
 //! - [`client`]: the CLI's client for a running server's admin API.
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
 
