@@ -9,9 +9,11 @@
 //! | POST | `/api/v1/reload` | reload config, zones, GeoIP; 422 with the error if rejected |
 //! | GET | `/api/v1/events?after=SEQ` | recent events (health flips, flags, reloads, fail-open) |
 //! | GET | `/metrics` | Prometheus text |
+//! | GET | `/`, `/dashboard/...` | the dashboard page and its assets ([`dashboard`]) |
 //!
 //! Changes (PUT, POST) need `Authorization: Bearer <token>`; reads are open to loopback
-//! clients and need the token from anywhere else. Errors are `{"error": "..."}`.
+//! clients and need the token from anywhere else, except the dashboard's static files, which
+//! hold no data. Errors are `{"error": "..."}`.
 //! Not here: what a flag or a reload does (that is [`crate::live`]).
 
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +30,8 @@ use serde_json::json;
 
 use crate::live::{HealthInfo, Live};
 use crate::routing::{Eligibility, Source};
+
+pub mod dashboard;
 
 #[derive(Clone)]
 struct Ctx {
@@ -49,6 +53,7 @@ pub fn router(live: Arc<Live>, token: Option<String>) -> Router {
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/events", get(events))
         .route("/metrics", get(metrics))
+        .merge(dashboard::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
         .with_state(ctx)
@@ -91,7 +96,7 @@ async fn auth(
             v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
     };
-    if !change && loopback {
+    if !change && (loopback || dashboard::is_asset(req.uri().path())) {
         return next.run(req).await;
     }
     let Some(token) = &ctx.token else {

@@ -105,13 +105,25 @@ impl Running {
         let mut tcp_listeners = Vec::new();
         let mut dns_addrs = Vec::new();
         for addr in &dns.listen {
-            let socks = bind_udp(*addr, threads)
-                .with_context(|| format!("cannot bind DNS UDP socket {addr}"))?;
-            let bound = socks[0].local_addr()?;
-            // TCP on the very port UDP got, so port 0 gives one port for both.
-            let tcp = tokio::net::TcpListener::bind(bound)
-                .await
-                .with_context(|| format!("cannot bind DNS TCP socket {bound}"))?;
+            // TCP on the very port UDP got, so port 0 gives one port for both. With port 0 the
+            // TCP side of the kernel's pick may be taken: then pick again, a few times.
+            let mut attempt = 0;
+            let (socks, tcp, bound) = loop {
+                attempt += 1;
+                let socks = bind_udp(*addr, threads)
+                    .with_context(|| format!("cannot bind DNS UDP socket {addr}"))?;
+                let bound = socks[0].local_addr()?;
+                match tokio::net::TcpListener::bind(bound).await {
+                    Ok(tcp) => break (socks, tcp, bound),
+                    Err(e) if addr.port() == 0 && attempt < 20 => {
+                        tracing::debug!(error = %e, %bound, "TCP port taken, picking another");
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("cannot bind DNS TCP socket {bound}")))
+                    }
+                }
+            };
             udp.push(UdpWorkers::start(socks, live.clone())?);
             tcp_listeners.push(tcp);
             dns_addrs.push(bound);

@@ -9,6 +9,7 @@
 //! (no async runtime between the socket and the answer), TCP through hickory-server's
 //! connection handling. Not here: how a region is chosen ([`crate::routing`]).
 
+mod fast;
 pub mod server;
 
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, HINFO};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 
 use crate::config::Config;
 use crate::live::Live;
@@ -42,10 +44,16 @@ pub struct Tables {
 #[derive(Debug, Clone)]
 struct RoutedEntry {
     name: Name,
+    /// Lowercase wire form of `name`, what the fast path compares.
+    wire: Vec<u8>,
     /// Index into `Config::routed_names`.
     index: usize,
     /// For each region id: the CNAME target in CNAME mode.
     cname: Vec<Option<Name>>,
+    /// Every region of this name answers with addresses: the fast path may answer it.
+    fast: bool,
+    /// The SOA record for NODATA, encoded without compression (TTL capped by the routed TTL).
+    negative_soa: Vec<u8>,
 }
 
 impl Tables {
@@ -83,9 +91,32 @@ impl Tables {
                     None => None,
                 });
             }
-            routed.push(RoutedEntry { name, index, cname });
+            let soa = negative_soa(zone.negative_soa(), rn.ttl);
+            let mut negative = Vec::new();
+            let mut enc = BinEncoder::new(&mut negative);
+            enc.set_name_encoding(NameEncoding::Uncompressed);
+            soa.emit(&mut enc).map_err(|e| {
+                format!("routed name {}: cannot encode the zone's SOA: {e}", rn.name)
+            })?;
+            let fast = rn.regions.iter().all(|id| cname[*id].is_none());
+            let wire = name
+                .to_lowercase()
+                .to_bytes()
+                .map_err(|e| format!("routed name {}: {e}", rn.name))?;
+            routed.push(RoutedEntry {
+                name,
+                wire,
+                index,
+                cname,
+                fast,
+                negative_soa: negative,
+            });
         }
         Ok(Tables { routed })
+    }
+
+    fn find_wire(&self, wire: &[u8]) -> Option<&RoutedEntry> {
+        self.routed.iter().find(|r| r.wire == wire)
     }
 
     fn find(&self, qname: &Name) -> Option<&RoutedEntry> {
@@ -105,6 +136,12 @@ pub fn answer(live: &Live, packet: &[u8], src: IpAddr, transport: Transport) -> 
         return None;
     }
     let tcp = transport == Transport::Tcp;
+    if !tcp {
+        let snap = live.snapshot.load();
+        if let Some(out) = fast::answer(live, &snap, packet, src, snap.config.dns.max_udp_payload) {
+            return Some(out);
+        }
+    }
     let request = match Message::from_vec(packet) {
         Ok(m) => m,
         Err(_) => {
@@ -133,6 +170,20 @@ fn formerr(packet: &[u8]) -> Vec<u8> {
     out[2] = 0x80 | (packet[2] & 0x79);
     out[3] = ResponseCode::FormErr.low();
     out
+}
+
+/// The general path alone (no fast path): tests compare the two.
+#[doc(hidden)]
+pub fn answer_general(live: &Live, packet: &[u8], src: IpAddr) -> Option<Vec<u8>> {
+    let request = Message::from_vec(packet).ok()?;
+    let snap = live.snapshot.load();
+    let response = respond(live, &snap, &request, src);
+    Some(encode(
+        &response,
+        &request,
+        Transport::Udp,
+        snap.config.dns.max_udp_payload,
+    ))
 }
 
 /// The protocol logic on parsed messages; used by UDP and TCP alike.

@@ -15,7 +15,7 @@
 //! - [`dns`]: the DNS front end (UDP fast path, hickory-server for TCP).
 //! - [`proxy`]: the OCI-aware HTTP reverse proxy front end (pingora): affinity, upload tokens,
 //!   fallbacks.
-//! - [`admin`]: the admin API and `/metrics` on their own listener.
+//! - [`admin`]: the admin API, `/metrics` and the dashboard page on their own listener.
 //! - [`client`]: the CLI's client for a running server's admin API.
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
 

@@ -420,7 +420,11 @@ fn compute_states(config: &Config, c: &Control) -> Vec<RegionState> {
 fn push_event(c: &mut Control, kind: &'static str, region: Option<&str>, detail: String) {
     let seq = c.next_seq;
     c.next_seq += 1;
-    tracing::info!(event = kind, region = region.unwrap_or("-"), "{detail}");
+    if matches!(kind, "region-down" | "reload-rejected" | "fail-open-start") {
+        tracing::warn!(event = kind, region = region.unwrap_or("-"), "{detail}");
+    } else {
+        tracing::info!(event = kind, region = region.unwrap_or("-"), "{detail}");
+    }
     c.events.push_back(Event {
         seq,
         at_ms: unix_ms(),

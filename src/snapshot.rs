@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use dashmap::DashMap;
 use hickory_proto::rr::Name;
 
 use crate::config::{Config, ConfigError, RegionId, RoutedName};
@@ -53,12 +54,18 @@ pub struct Snapshot {
     pub dns: Arc<Tables>,
     /// Bumped on every published change, so logs and the API can say which one answered.
     pub generation: u64,
+    /// GeoIP answers by client key. A pure memo of `geo.lookup(key)`, so it is shared by
+    /// every snapshot with the same database and dropped with it; bounded by clearing.
+    geo_cache: Arc<DashMap<ClientKey, Option<Arc<GeoHit>>>>,
 }
+
+/// Most client keys whose GeoIP answers are memoized; past it the memo starts over.
+const GEO_CACHE_MAX: usize = 200_000;
 
 /// A decision plus the GeoIP answer it was made from (for explanations and ECS scope).
 pub struct Routed {
     pub decision: Decision,
-    pub geo: Option<GeoHit>,
+    pub geo: Option<Arc<GeoHit>>,
 }
 
 impl Snapshot {
@@ -106,6 +113,7 @@ impl Snapshot {
             states,
             dns: Arc::new(dns),
             generation,
+            geo_cache: Arc::new(DashMap::new()),
         })
     }
 
@@ -119,6 +127,7 @@ impl Snapshot {
             states,
             dns: self.dns.clone(),
             generation: self.generation,
+            geo_cache: self.geo_cache.clone(),
         }
     }
 
@@ -141,7 +150,7 @@ impl Snapshot {
     /// Route with the region this client was answered with before, if remembered. Pure.
     pub fn route_with(&self, name: &RoutedName, addr: IpAddr, sticky: Option<RegionId>) -> Routed {
         let key = ClientKey::new(addr, name.client_prefix(&addr));
-        let geo = self.geo.as_ref().and_then(|db| db.lookup(key.addr()));
+        let geo = self.geo_lookup(key);
         let query = Query {
             key,
             location: geo.as_ref().map(|g| &g.location),
@@ -149,6 +158,20 @@ impl Snapshot {
         };
         let decision = routing::decide(&self.config, name, &self.states, &query);
         Routed { decision, geo }
+    }
+
+    /// The GeoIP answer for a client key, memoized.
+    fn geo_lookup(&self, key: ClientKey) -> Option<Arc<GeoHit>> {
+        let db = self.geo.as_ref()?;
+        if let Some(hit) = self.geo_cache.get(&key) {
+            return hit.clone();
+        }
+        let hit = db.lookup(key.addr()).map(Arc::new);
+        if self.geo_cache.len() >= GEO_CACHE_MAX {
+            self.geo_cache.clear();
+        }
+        self.geo_cache.insert(key, hit.clone());
+        hit
     }
 
     /// The explanation `berth route` prints and the admin API serves.

@@ -15,44 +15,10 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use serde_json::Value;
 
 mod support;
-use support::{demo_config, dig, eventually, routed_a, Berth, Registry};
+use support::{bed, demo_config, dig, eventually, routed_a, Berth, TOKEN};
 
-const TOKEN: &str = "test-token-0123456789";
 const TOKYO: &str = "198.51.100.0/24";
 const DEADLINE: Duration = Duration::from_secs(15);
-
-/// Four real replicas and a Berth config that probes them fast.
-struct Bed {
-    regs: Vec<Registry>,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-fn bed(rt: &tokio::runtime::Runtime) -> Bed {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut regs: Vec<Registry> = (0..4).map(|_| Registry::new()).collect();
-    for r in regs.iter_mut() {
-        rt.block_on(r.start());
-    }
-    let probe = "probe = { interval = \"200ms\", timeout = \"150ms\", fall = 2, rise = 2 }";
-    let ups: Vec<(String, String)> = (0..4)
-        .map(|i| {
-            (
-                format!("upstream = \"http://127.0.0.1:{}\"", 5001 + i),
-                format!("upstream = \"{}\"\n{probe}", regs[i].upstream()),
-            )
-        })
-        .collect();
-    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token");
-    let mut replace: Vec<(&str, &str)> =
-        ups.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    replace.push((
-        "token_env = \"BERTH_ADMIN_TOKEN\"",
-        "token_file = \"token\"",
-    ));
-    let config = demo_config(dir.path(), &replace, "");
-    Bed { regs, dir, config }
-}
 
 fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -191,6 +191,49 @@ pub fn demo_config(dir: &Path, replace: &[(&str, &str)], extra: &str) -> PathBuf
     path
 }
 
+/// The admin token of a [`bed`]'s Berth (read from a token file).
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// Four real replicas, in the demo's region order (westus, eastus, westeurope, southeastasia),
+/// and a Berth config that probes them fast and reads its admin token from a file.
+pub struct Bed {
+    pub regs: Vec<Registry>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+/// A [`Bed`] on the demo config as it is (listeners on port 0).
+pub fn bed(rt: &tokio::runtime::Runtime) -> Bed {
+    bed_with(rt, &[])
+}
+
+/// A [`Bed`] whose demo config gets `replace` too (see [`demo_config`]).
+pub fn bed_with(rt: &tokio::runtime::Runtime, replace: &[(&str, &str)]) -> Bed {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut regs: Vec<Registry> = (0..4).map(|_| Registry::new()).collect();
+    for r in regs.iter_mut() {
+        rt.block_on(r.start());
+    }
+    let probe = "probe = { interval = \"200ms\", timeout = \"150ms\", fall = 2, rise = 2 }";
+    let ups: Vec<(String, String)> = (0..4)
+        .map(|i| {
+            (
+                format!("upstream = \"http://127.0.0.1:{}\"", 5001 + i),
+                format!("upstream = \"{}\"\n{probe}", regs[i].upstream()),
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token");
+    let mut all: Vec<(&str, &str)> = ups.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    all.push((
+        "token_env = \"BERTH_ADMIN_TOKEN\"",
+        "token_file = \"token\"",
+    ));
+    all.extend_from_slice(replace);
+    let config = demo_config(dir.path(), &all, "");
+    Bed { regs, dir, config }
+}
+
 /// A Berth on its own runtime, stopped on drop.
 pub struct Berth {
     pub running: Option<Running>,
