@@ -446,11 +446,7 @@ fn push_and_pull_through_berth_land_in_one_region() {
         "push",
     );
     let where_app = holders(&regs, "team/app", "1.0", &app, None);
-    assert_eq!(
-        where_app.len(),
-        1,
-        "manifest in exactly one replica: {where_app:?}"
-    );
+    assert_eq!(where_app, vec![0], "in westus (reached by host name) only");
     assert_eq!(
         blob_holders(&regs, "team/app", &app),
         where_app,
@@ -1182,4 +1178,73 @@ fn proxy_config_defaults_and_errors() {
         e.contains("region[1] (eastus).upstream: \"http://127.0.0.1:5002/registry\" has a path"),
         "{e}"
     );
+}
+
+/// HTTPS upstreams: verified against `upstream_ca_file`; without it (system roots) the same
+/// replica is refused, as a 502 in OCI error JSON.
+#[test]
+fn https_upstreams_are_verified_against_the_configured_ca() {
+    let rt = runtime();
+    let (ca, cert, key) = test_ca("berth test upstream CA");
+    // The registry's own TLS: these lines continue its `http:` section.
+    let tls = "  tls:\n    certificate: {dir}/tls.pem\n    key: {dir}/tls.key\n";
+    let mut regs: Vec<Registry> = (0..2).map(|_| Registry::with_yaml(tls)).collect();
+    for r in regs.iter_mut() {
+        std::fs::write(r.dir().join("tls.pem"), &cert).expect("cert");
+        std::fs::write(r.dir().join("tls.key"), &key).expect("key");
+        rt.block_on(r.start_expecting(&[400]));
+    }
+    let https: Vec<(String, String)> = regs
+        .iter()
+        .map(|r| {
+            (
+                format!("upstream = \"{}\"", r.upstream()),
+                format!("upstream = \"https://localhost:{}\"", r.port),
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("upstream-ca.pem"), &ca).expect("ca");
+    let mut with_ca = https.clone();
+    with_ca.push((
+        "threads = 2".into(),
+        "threads = 2\nupstream_ca_file = \"upstream-ca.pem\"".into(),
+    ));
+    let berth = Berth::start(&config(dir.path(), &regs, &pairs(&with_ca), ""));
+    let proxy = proxy_addr(&berth);
+    wait_for("the upstream host name to resolve", || {
+        agent()
+            .get(format!("http://{proxy}/v2/"))
+            .call()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    });
+    let sk = Skopeo::new();
+    let app = image("app-1.0");
+    assert_ok(
+        &sk.push("app-1.0", &format!("{proxy}/team/app:1.0"), &[]),
+        "push to HTTPS replicas",
+    );
+    assert_eq!(region_stat(&berth, "westus", "failovers"), 0);
+    assert!(region_stat(&berth, "westus", "bytes_in") > app.sizes.iter().sum::<u64>());
+    assert_eq!(
+        sk.pull(&format!("{proxy}/team/app:1.0"), &[])
+            .expect("pull"),
+        app.manifest
+    );
+
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let untrusting = Berth::start(&config(dir2.path(), &regs, &pairs(&https), ""));
+    let p2 = proxy_addr(&untrusting);
+    wait_for("an answer", || {
+        agent()
+            .get(format!("http://{p2}/v2/"))
+            .call()
+            .is_ok_and(|r| r.status().as_u16() != 503)
+    });
+    let mut resp = agent()
+        .get(format!("http://{p2}/v2/"))
+        .call()
+        .expect("proxy");
+    assert_eq!(resp.status().as_u16(), 502);
+    assert_eq!(body_json(&mut resp)["errors"][0]["code"], "UNAVAILABLE");
 }

@@ -83,7 +83,11 @@ impl Addresses {
                 }
                 let next = match resolver.lookup_ip(host.as_str()).await {
                     Ok(found) => {
-                        let addrs: Vec<IpAddr> = found.iter().collect();
+                        let mut addrs: Vec<IpAddr> = found.iter().collect();
+                        // IPv4 first (a stable sort keeps the resolver's order within each
+                        // family): `localhost` is both ::1 and 127.0.0.1, and services on
+                        // loopback usually listen on the IPv4 one.
+                        addrs.sort_by_key(|a| a.is_ipv6());
                         let ttl = found
                             .valid_until()
                             .saturating_duration_since(std::time::Instant::now())
