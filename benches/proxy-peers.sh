@@ -50,7 +50,7 @@ mkdir -p "$RESULTS_DIR"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  kill "$(cat "$WORK/nginx.pid" 2>/dev/null)" 2>/dev/null || true
   OCI_TESTBED_DIR=$WORK REG_SET=bench "$TESTBED/registries.sh" stop >/dev/null 2>&1 || true
   [ -n "${KEEP_WORK:-}" ] && log "work dir kept: $WORK" || rm -rf "$WORK"
 }
