@@ -403,6 +403,16 @@ fn forwarder(
     Forwarder { addr, connections }
 }
 
+/// Wait until the proxy answers `/v2/` with 200 (upstream host names resolve in the background).
+fn wait_until_served(proxy: SocketAddr) {
+    wait_for("the upstream host names to resolve", || {
+        agent()
+            .get(format!("http://{proxy}/v2/"))
+            .call()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    });
+}
+
 /// Wait until `check` holds, polling; panics with `what` after the deadline.
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let end = std::time::Instant::now() + DEADLINE;
@@ -432,12 +442,7 @@ fn push_and_pull_through_berth_land_in_one_region() {
     );
     let berth = Berth::start(&config(dir.path(), &regs, &pairs(&[by_name]), ""));
     let proxy = proxy_addr(&berth);
-    wait_for("the upstream host name to resolve", || {
-        agent()
-            .get(format!("http://{proxy}/v2/"))
-            .call()
-            .is_ok_and(|r| r.status().as_u16() == 200)
-    });
+    wait_until_served(proxy);
     let sk = Skopeo::new();
 
     let app = image("app-1.0");
@@ -1212,12 +1217,7 @@ fn https_upstreams_are_verified_against_the_configured_ca() {
     ));
     let berth = Berth::start(&config(dir.path(), &regs, &pairs(&with_ca), ""));
     let proxy = proxy_addr(&berth);
-    wait_for("the upstream host name to resolve", || {
-        agent()
-            .get(format!("http://{proxy}/v2/"))
-            .call()
-            .is_ok_and(|r| r.status().as_u16() == 200)
-    });
+    wait_until_served(proxy);
     let sk = Skopeo::new();
     let app = image("app-1.0");
     assert_ok(

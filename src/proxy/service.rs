@@ -217,6 +217,18 @@ pub(super) fn refusal_of(
     }
 }
 
+/// Where a request goes when its region fails it: the routing core's next region, except for
+/// an upload session, which lives in its region or nowhere.
+fn failover_target(ctx: &Ctx) -> Option<RegionId> {
+    match ctx.binding {
+        Binding::Affinity | Binding::Client => {
+            let snap = ctx.snap();
+            routed(&snap).and_then(|rn| next_region(&snap, rn, ctx.client, &ctx.tried))
+        }
+        Binding::Session | Binding::None => None,
+    }
+}
+
 /// The pingora peer for a region, or why there is none.
 pub(super) fn peer_for(
     shared: &Shared,
@@ -622,14 +634,7 @@ impl ProxyHttp for BerthProxy {
     ) -> Box<Error> {
         // A session lives in its region: never elsewhere. Anything else moves on to the next
         // region the routing core would pick, and its affinity follows.
-        let next = match ctx.binding {
-            Binding::Affinity | Binding::Client => {
-                let snap = ctx.snap();
-                routed(&snap).and_then(|rn| next_region(&snap, rn, ctx.client, &ctx.tried))
-            }
-            Binding::Session | Binding::None => None,
-        };
-        match next {
+        match failover_target(ctx) {
             Some(n) => {
                 ctx.next = Some(n);
                 ctx.failover = true;
@@ -670,13 +675,7 @@ impl ProxyHttp for BerthProxy {
         } else {
             // A fresh connection failed mid-request: the region is going away. A session stays
             // (and is refused in fail_to_proxy); anything else moves on.
-            let next = match ctx.binding {
-                Binding::Affinity | Binding::Client => {
-                    let snap = ctx.snap();
-                    routed(&snap).and_then(|rn| next_region(&snap, rn, ctx.client, &ctx.tried))
-                }
-                Binding::Session | Binding::None => None,
-            };
+            let next = failover_target(ctx);
             ctx.failover = next.is_some();
             ctx.next = next;
             e.set_retry(next.is_some());
