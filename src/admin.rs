@@ -2,7 +2,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | GET | `/api/v1/regions` | every region: flag, health, last error, probe latency, answers |
+//! | GET | `/api/v1/regions` | every region: flag, health, last error, probe latency, answers, proxy figures |
 //! | GET | `/api/v1/regions/{name}` | one region |
 //! | PUT | `/api/v1/regions/{name}` | `{"endpoint_enabled": false}`: set the operator flag |
 //! | GET | `/api/v1/route?client=ADDRESS&name=NAME` | a decision and its explanation |
@@ -147,6 +147,8 @@ pub struct RegionView {
     pub probe_latency_ms: Option<f64>,
     /// Routed DNS answers served with this region since start.
     pub answers: u64,
+    /// The proxy's requests, bytes, errors, sessions, fallbacks for this region.
+    pub proxy: crate::metrics::ProxyRegionStats,
 }
 
 fn region_view(live: &Live, id: usize) -> RegionView {
@@ -166,6 +168,7 @@ fn region_view(live: &Live, id: usize) -> RegionView {
         last_error: h.last_error,
         probe_latency_ms: h.probe_latency_ms,
         answers: live.metrics.region_answers(id),
+        proxy: live.metrics.proxy.region_stats(id),
     }
 }
 
@@ -194,6 +197,11 @@ async fn regions(State(ctx): State<Ctx>) -> Response {
         "regions": regions,
         "routed_names": names,
         "sticky_entries": ctx.live.sticky.len(),
+        "proxy": {
+            "running": ctx.live.metrics.proxy.running.load(std::sync::atomic::Ordering::Relaxed),
+            "affinity_entries": ctx.live.metrics.proxy.affinity_entries.load(std::sync::atomic::Ordering::Relaxed),
+            "refused_sessions": ctx.live.metrics.proxy.refused_sessions.load(std::sync::atomic::Ordering::Relaxed),
+        },
         "queries": {
             "NOERROR": rcodes[0], "FORMERR": rcodes[1], "SERVFAIL": rcodes[2],
             "NXDOMAIN": rcodes[3], "NOTIMP": rcodes[4], "REFUSED": rcodes[5],

@@ -17,7 +17,11 @@ use crate::live::{HealthInfo, Live};
 pub struct Running {
     pub dns_addrs: Vec<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
+    /// The proxy's plain HTTP and HTTPS listeners, if `[proxy]` names them.
+    pub proxy_addr: Option<SocketAddr>,
+    pub proxy_tls_addr: Option<SocketAddr>,
     pub live: Arc<Live>,
+    proxy: Option<crate::proxy::Proxy>,
     udp: Vec<UdpWorkers>,
     tcp: hickory_server::Server<TcpHandler>,
     monitor: Arc<Mutex<Option<MonitorHandle>>>,
@@ -179,9 +183,19 @@ impl Running {
             }));
         }
 
+        let proxy = if snap.config.proxy.enabled() {
+            let secret = crate::proxy::read_secret(&snap.config.proxy)?;
+            Some(crate::proxy::Proxy::start(live.clone(), &secret)?)
+        } else {
+            None
+        };
+
         Ok(Running {
             dns_addrs,
             admin_addr,
+            proxy_addr: proxy.as_ref().and_then(|p| p.addr),
+            proxy_tls_addr: proxy.as_ref().and_then(|p| p.tls_addr),
+            proxy,
             live,
             udp,
             tcp,
@@ -210,6 +224,9 @@ impl Running {
 
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
+        if let Some(p) = self.proxy {
+            p.stop().await;
+        }
         let mut tcp = self.tcp;
         let _ = tcp.shutdown_gracefully().await;
         if let Some(m) = self

@@ -48,6 +48,7 @@ struct RawConfig {
     geoip: Option<RawGeoip>,
     sticky: Option<RawSticky>,
     admin: Option<RawAdmin>,
+    proxy: Option<RawProxy>,
     #[serde(default, rename = "zone")]
     zones: Vec<RawZone>,
     #[serde(default, rename = "region")]
@@ -79,6 +80,36 @@ struct RawAdmin {
     token_env: Option<String>,
     token_file: Option<String>,
     state_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Option<String>,
+    tls_listen: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    name: Option<String>,
+    secret_env: Option<String>,
+    secret_file: Option<String>,
+    push_affinity: Option<String>,
+    affinity_capacity: Option<usize>,
+    manifest_buffer_limit: Option<RawSize>,
+    read_fallback_max: Option<usize>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    upstream_ca_file: Option<String>,
+    threads: Option<usize>,
+    connect_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+/// A size: bytes as an integer, or a string with a unit ("4MiB").
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +195,7 @@ pub struct Config {
     pub geoip: Option<PathBuf>,
     pub sticky: StickyConfig,
     pub admin: AdminConfig,
+    pub proxy: ProxyConfig,
     pub zones: Vec<ZoneConfig>,
     /// Regions in file order; a [`RegionId`] indexes this.
     pub regions: Vec<Region>,
@@ -192,6 +224,56 @@ pub struct AdminConfig {
     /// The operators' region flags; default: `<config stem>.state.json` beside the config.
     pub state_file: PathBuf,
 }
+
+/// The OCI-aware HTTP proxy front end (design section 5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// Plain HTTP listener; None (and no `tls`): no proxy.
+    pub listen: Option<SocketAddr>,
+    pub tls: Option<ProxyTls>,
+    /// Index in [`Config::routed_names`] of the name whose regions the proxy serves.
+    pub routed_name: usize,
+    /// The HMAC key for upload-session tokens, shared by every instance; None: a random
+    /// per-process key (sessions then only work through this instance).
+    pub secret: Option<TokenSource>,
+    /// How long (client key, repository) stays pinned to a region after its last request.
+    pub push_affinity: Duration,
+    /// Most affinities remembered; past it expired entries go first, then the least recent.
+    pub affinity_capacity: usize,
+    /// Largest manifest PUT body buffered for the safety net; larger ones are refused.
+    pub manifest_buffer_limit: usize,
+    /// Other regions a 404 read (GET/HEAD manifest, GET blob) is retried on; 0 turns it off.
+    pub read_fallback_max: usize,
+    /// Peers whose `X-Forwarded-For` / `X-Forwarded-Host` / `X-Forwarded-Proto` are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// CA bundle for HTTPS upstreams; None: the system roots.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Worker threads of the proxy's own runtime; 0 means one per core.
+    pub threads: usize,
+    /// Giving up on connecting to a region after this (then the next region, or an error).
+    pub connect_timeout: Duration,
+    /// On stop, requests in flight get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+/// The proxy's HTTPS listener: certificate chain and key in PEM files, read again on reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyTls {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ProxyConfig {
+    /// Is any proxy listener configured?
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some() || self.tls.is_some()
+    }
+}
+
+pub const DEFAULT_PUSH_AFFINITY: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_MANIFEST_BUFFER_LIMIT: usize = 4 << 20;
+pub const DEFAULT_READ_FALLBACK_MAX: usize = 2;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenSource {
@@ -395,6 +477,7 @@ impl Validator<'_> {
         let geoip = raw.geoip.map(|g| self.resolve(&g.database));
         let sticky = self.sticky(raw.sticky)?;
         let admin = self.admin(raw.admin)?;
+        let raw_proxy = raw.proxy;
 
         let mut zones = Vec::new();
         let mut seen = HashSet::new();
@@ -436,6 +519,7 @@ impl Validator<'_> {
             }
             routed_names.push(rn);
         }
+        let proxy = self.proxy(raw_proxy.unwrap_or_default(), &regions, &routed_names)?;
         if !routed_names.is_empty() && dns.listen.is_empty() {
             return Err(self.err(
                 "dns.listen",
@@ -449,6 +533,7 @@ impl Validator<'_> {
             geoip,
             sticky,
             admin,
+            proxy,
             zones,
             regions,
             routed_names,
@@ -490,6 +575,163 @@ impl Validator<'_> {
             listen,
             token,
             state_file,
+        })
+    }
+
+    fn proxy(
+        &self,
+        raw: RawProxy,
+        regions: &[Region],
+        routed_names: &[RoutedName],
+    ) -> Result<ProxyConfig, ConfigError> {
+        let addr = |key: &str, v: &Option<String>| -> Result<Option<SocketAddr>, ConfigError> {
+            match v {
+                Some(l) => Ok(Some(l.parse::<SocketAddr>().map_err(|_| {
+                    self.err(
+                        key,
+                        format!("{l:?} is not an address:port such as \"127.0.0.1:8080\""),
+                    )
+                })?)),
+                None => Ok(None),
+            }
+        };
+        let listen = addr("proxy.listen", &raw.listen)?;
+        let tls = match (
+            addr("proxy.tls_listen", &raw.tls_listen)?,
+            raw.tls_cert,
+            raw.tls_key,
+        ) {
+            (Some(listen), Some(cert), Some(key)) => Some(ProxyTls {
+                listen,
+                cert: self.resolve(&cert),
+                key: self.resolve(&key),
+            }),
+            (Some(_), _, _) => {
+                return Err(self.err("proxy.tls_listen", "needs tls_cert and tls_key (PEM files)"))
+            }
+            (None, Some(_), _) | (None, None, Some(_)) => {
+                return Err(self.err(
+                    "proxy.tls_cert",
+                    "tls_cert and tls_key only apply with tls_listen",
+                ))
+            }
+            (None, None, None) => None,
+        };
+        let secret = match (raw.secret_env, raw.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    "proxy.secret_file",
+                    "give secret_env or secret_file, not both",
+                ))
+            }
+            (Some(v), None) if v.is_empty() => {
+                return Err(self.err("proxy.secret_env", "names no environment variable"))
+            }
+            (Some(v), None) => Some(TokenSource::Env(v)),
+            (None, Some(f)) => Some(TokenSource::File(self.resolve(&f))),
+            (None, None) => None,
+        };
+        let push_affinity = match raw.push_affinity {
+            Some(t) => parse_duration(&t).map_err(|m| self.err("proxy.push_affinity", m))?,
+            None => DEFAULT_PUSH_AFFINITY,
+        };
+        let affinity_capacity = raw.affinity_capacity.unwrap_or(1_000_000);
+        if affinity_capacity == 0 {
+            return Err(self.err("proxy.affinity_capacity", "must be at least 1"));
+        }
+        let manifest_buffer_limit = match raw.manifest_buffer_limit {
+            None => DEFAULT_MANIFEST_BUFFER_LIMIT,
+            Some(RawSize::Bytes(b)) => usize::try_from(b).unwrap_or(usize::MAX),
+            Some(RawSize::Text(t)) => {
+                parse_size(&t).map_err(|m| self.err("proxy.manifest_buffer_limit", m))?
+            }
+        };
+        if manifest_buffer_limit < 4096 {
+            return Err(self.err(
+                "proxy.manifest_buffer_limit",
+                format!(
+                    "{manifest_buffer_limit} bytes is too small for a manifest (at least 4096)"
+                ),
+            ));
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, c) in raw.trusted_proxies.iter().enumerate() {
+            let net: IpNet = c
+                .parse()
+                .or_else(|_| c.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    self.err(
+                        format!("proxy.trusted_proxies[{i}]"),
+                        format!("{c:?} is not a network such as \"10.0.0.0/8\" or an address"),
+                    )
+                })?;
+            trusted_proxies.push(net.trunc());
+        }
+        let connect_timeout = match raw.connect_timeout {
+            Some(t) => parse_duration(&t).map_err(|m| self.err("proxy.connect_timeout", m))?,
+            None => Duration::from_secs(3),
+        };
+        let shutdown_grace = match raw.shutdown_grace {
+            Some(t) => parse_duration(&t).map_err(|m| self.err("proxy.shutdown_grace", m))?,
+            None => Duration::from_secs(10),
+        };
+        let enabled = listen.is_some() || tls.is_some();
+        let routed_name = match raw.name {
+            Some(n) => {
+                let n = n.trim_end_matches('.').to_ascii_lowercase();
+                routed_names
+                    .iter()
+                    .position(|r| r.name == n)
+                    .ok_or_else(|| self.err("proxy.name", format!("{n} is not a routed name")))?
+            }
+            None => 0,
+        };
+        if enabled {
+            let Some(rn) = routed_names.get(routed_name) else {
+                return Err(self.err(
+                    "proxy",
+                    "the proxy needs a routed name whose regions it serves; none is configured",
+                ));
+            };
+            for &id in &rn.regions {
+                let key = format!("region[{id}] ({}).upstream", regions[id].name);
+                let Some(u) = &regions[id].upstream else {
+                    return Err(self.err(
+                        key,
+                        format!(
+                            "the proxy serves {} and needs an upstream URL for each of its regions",
+                            rn.name
+                        ),
+                    ));
+                };
+                let url = UpstreamUrl::parse(u).ok_or_else(|| {
+                    self.err(
+                        &key,
+                        format!("{u:?} is not a URL such as \"http://127.0.0.1:5001\""),
+                    )
+                })?;
+                if !url.path.is_empty() {
+                    return Err(self.err(
+                        key,
+                        format!("{u:?} has a path; the proxy forwards /v2/ to the upstream's root"),
+                    ));
+                }
+            }
+        }
+        Ok(ProxyConfig {
+            listen,
+            tls,
+            routed_name,
+            secret,
+            push_affinity,
+            affinity_capacity,
+            manifest_buffer_limit,
+            read_fallback_max: raw.read_fallback_max.unwrap_or(DEFAULT_READ_FALLBACK_MAX),
+            trusted_proxies,
+            upstream_ca_file: raw.upstream_ca_file.map(|f| self.resolve(&f)),
+            threads: raw.threads.unwrap_or(0),
+            connect_timeout,
+            shutdown_grace,
         })
     }
 
@@ -1038,6 +1280,78 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} must be longer than zero"));
     }
     Ok(d)
+}
+
+/// The parts of a region's upstream URL the proxy needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub tls: bool,
+    /// Host as written, without brackets for an IPv6 literal: an address or a name to resolve.
+    pub host: String,
+    pub port: u16,
+    /// `host[:port]` as written: what a registry configured with `http.host` puts in URLs.
+    pub authority: String,
+    /// Any path after the authority, without a trailing '/' (the proxy wants none).
+    pub path: String,
+}
+
+impl UpstreamUrl {
+    /// `http[s]://host[:port][/path]`; None if it is not one.
+    pub fn parse(url: &str) -> Option<UpstreamUrl> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            (true, url.strip_prefix("https://")?)
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.is_empty() || authority.contains('@') {
+            return None;
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']')?;
+            let port = match after {
+                "" => default_port,
+                p => p.strip_prefix(':')?.parse().ok()?,
+            };
+            (host, port)
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h, p.parse().ok()?),
+                None => (authority, default_port),
+            }
+        };
+        if host.is_empty() {
+            return None;
+        }
+        Some(UpstreamUrl {
+            tls,
+            host: host.to_string(),
+            port,
+            authority: authority.to_string(),
+            path: path.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+/// "4MiB", "512KiB", "1GiB", "4096" (bytes): what an operator writes for a size.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as \"4MiB\""))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => return Err(format!("{s:?} has an unknown unit (B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_status_range(s: &str) -> Option<(u16, u16)> {

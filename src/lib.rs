@@ -13,6 +13,8 @@
 //! - [`metrics`]: hot-path counters and their Prometheus rendering.
 //! - [`live`]: what the front ends share at run time: current snapshot, sticky table, clock.
 //! - [`dns`]: the DNS front end (UDP fast path, hickory-server for TCP).
+//! - [`proxy`]: the OCI-aware HTTP reverse proxy front end (pingora): affinity, upload tokens,
+//!   fallbacks.
 //! - [`admin`]: the admin API, `/metrics` and the dashboard page on their own listener.
 //! - [`client`]: the CLI's client for a running server's admin API.
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
@@ -27,6 +29,7 @@ pub mod geo;
 pub mod health;
 pub mod live;
 pub mod metrics;
+pub mod proxy;
 pub mod routing;
 pub mod snapshot;
 pub mod sticky;

@@ -41,14 +41,21 @@ pub struct Registry {
 impl Registry {
     /// Write the config; nothing runs until [`Registry::start`].
     pub fn new() -> Registry {
+        Registry::with_yaml("")
+    }
+
+    /// As [`Registry::new`], with `extra` top-level YAML appended (`{dir}` is replaced by the
+    /// registry's own directory), e.g. an `auth:` section.
+    pub fn with_yaml(extra: &str) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = format!(
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("storage").display()
+             http:\n  addr: 127.0.0.1:{port}\n{}",
+            dir.path().join("storage").display(),
+            extra.replace("{dir}", &dir.path().display().to_string())
         );
         std::fs::write(dir.path().join("config.yml"), config).expect("write config");
         Registry {
@@ -56,6 +63,11 @@ impl Registry {
             port,
             child: None,
         }
+    }
+
+    /// The registry's own directory (config, storage, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn upstream(&self) -> String {
@@ -68,6 +80,11 @@ impl Registry {
 
     /// Start the process and wait until `/v2/` answers 200.
     pub async fn start(&mut self) {
+        self.start_expecting(&[200]).await;
+    }
+
+    /// Start the process and wait until `/v2/` answers one of `statuses` (401 with auth).
+    pub async fn start_expecting(&mut self, statuses: &[u16]) {
         let bin = std::env::var("REGISTRY_BIN").unwrap_or_else(|_| "docker-registry".into());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -91,7 +108,11 @@ impl Registry {
         loop {
             let out = probe(&region).await;
             if out.ok {
-                assert_eq!(out.status, Some(200));
+                assert!(
+                    out.status.is_some_and(|s| statuses.contains(&s)),
+                    "/v2/ answered {:?}",
+                    out.status
+                );
                 return;
             }
             let exited = self
@@ -162,6 +183,7 @@ pub fn demo_config(dir: &Path, replace: &[(&str, &str)], extra: &str) -> PathBuf
     let text = text
         .replace("127.0.0.1:1053", "127.0.0.1:0")
         .replace("127.0.0.1:9180", "127.0.0.1:0")
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
         .replace("../geoip/", &format!("{}/geoip/", repo().display()))
         .replace("../zones/", &format!("{}/zones/", repo().display()));
     let path = dir.join("berth.toml");

@@ -1,0 +1,264 @@
+//! Manifest PUTs, with the safety net. A manifest is small: it is read whole (up to
+//! `manifest_buffer_limit`) and sent to the request's region by Berth itself. If that region
+//! answers MANIFEST_BLOB_UNKNOWN (or cannot be reached), the blobs of this push are somewhere
+//! else: the other eligible regions are asked, in the routing core's order, whether they hold
+//! every blob (and child manifest) the manifest names, and the first that does gets the PUT.
+//! The affinity follows, so the rest of the client's work lands there too. If none does, the
+//! client gets the registry's own refusal: never a manifest without its blobs.
+
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::oci::{self, References};
+use super::service::{peer_for, refusal_of, respond, set_forwarding, Ctx};
+use super::{next_region, token, Shared};
+use crate::config::RegionId;
+use crate::routing::ClientKey;
+use crate::snapshot::Snapshot;
+
+/// Error bodies are small; more than this of one is not kept.
+const MAX_REPLY_BODY: usize = 1 << 20;
+
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// A whole answer from a region.
+struct Reply {
+    header: ResponseHeader,
+    body: Bytes,
+}
+
+/// Send one request to a region and read the whole answer.
+async fn exchange(
+    shared: &Shared,
+    snap: &Snapshot,
+    id: RegionId,
+    req: RequestHeader,
+    body: Option<Bytes>,
+) -> std::result::Result<(Reply, String), String> {
+    // A pooled connection the registry has closed fails at once: then try a new one.
+    for _ in 0..3 {
+        match exchange_once(shared, snap, id, req.clone(), body.clone()).await {
+            Err((msg, true)) => tracing::debug!(error = %msg, "reused connection failed; again"),
+            Err((msg, false)) => return Err(msg),
+            Ok(r) => return Ok(r),
+        }
+    }
+    Err("the region's connections keep failing".to_string())
+}
+
+/// One attempt; on failure, whether it was on a reused connection.
+async fn exchange_once(
+    shared: &Shared,
+    snap: &Snapshot,
+    id: RegionId,
+    req: RequestHeader,
+    body: Option<Bytes>,
+) -> std::result::Result<(Reply, String), (String, bool)> {
+    let (peer, url) = peer_for(shared, snap, id).map_err(|r| (r.message, false))?;
+    let (mut s, reused) = shared
+        .connector
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| (e.to_string(), false))?;
+    let io = |e: Box<pingora::Error>| (e.to_string(), reused);
+    s.write_request_header(Box::new(req)).await.map_err(io)?;
+    if let Some(b) = body {
+        s.write_request_body(b, true).await.map_err(io)?;
+    }
+    s.finish_request_body().await.map_err(io)?;
+    s.read_response_header().await.map_err(io)?;
+    let header = s
+        .response_header()
+        .cloned()
+        .ok_or_else(|| ("no response header".to_string(), false))?;
+    let mut out = BytesMut::new();
+    while let Some(chunk) = s.read_response_body().await.map_err(io)? {
+        if out.len() + chunk.len() <= MAX_REPLY_BODY {
+            out.extend_from_slice(&chunk);
+        }
+    }
+    shared
+        .connector
+        .release_http_session(s, &peer, peer.options.idle_timeout)
+        .await;
+    Ok((
+        Reply {
+            header,
+            body: out.freeze(),
+        },
+        url.authority,
+    ))
+}
+
+/// Does region `id` hold everything `refs` names (HEAD each, with the client's credentials)?
+async fn holds_all(
+    shared: &Shared,
+    snap: &Snapshot,
+    id: RegionId,
+    repo: &str,
+    refs: &References,
+    template: &RequestHeader,
+    ctx: &Ctx,
+) -> bool {
+    let paths = refs
+        .blobs
+        .iter()
+        .map(|d| format!("/v2/{repo}/blobs/{d}"))
+        .chain(
+            refs.manifests
+                .iter()
+                .map(|d| format!("/v2/{repo}/manifests/{d}")),
+        );
+    for path in paths {
+        let Ok(mut req) = RequestHeader::build(Method::HEAD, path.as_bytes(), Some(6)) else {
+            return false;
+        };
+        for name in ["host", "authorization", "user-agent"] {
+            if let Some(v) = template.headers.get(name) {
+                let _ = req.insert_header(name, v.clone());
+            }
+        }
+        let _ = req.insert_header("accept", MANIFEST_TYPES);
+        if set_forwarding(&mut req, ctx).is_err() {
+            return false;
+        }
+        match exchange(shared, snap, id, req, None).await {
+            Ok((r, _)) if r.header.status.as_u16() == 200 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Handle a manifest PUT whole; always answers (returns Ok(true) for pingora).
+pub(super) async fn put(shared: &Shared, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    let snap = ctx.snap();
+    let limit = snap.config.proxy.manifest_buffer_limit;
+    let mut body = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > limit {
+            ctx.answered_by_berth = true;
+            let r = refusal_of(
+                413,
+                "MANIFEST_INVALID",
+                "manifest invalid",
+                Some(format!(
+                    "larger than the proxy's manifest_buffer_limit of {limit} bytes"
+                )),
+            );
+            respond(session, &r).await?;
+            return Ok(true);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
+    ctx.bytes_in = body.len() as u64;
+
+    let mut req = session.req_header().clone();
+    req.set_version(http::Version::HTTP_11);
+    let pq = match &ctx.upstream_uri {
+        Some(u) => u.clone(),
+        None => req
+            .uri
+            .path_and_query()
+            .map_or("/".parse().expect("literal URI"), |p| {
+                p.as_str().parse().expect("a path and query re-parse")
+            }),
+    };
+    req.set_uri(pq);
+    for h in ["transfer-encoding", "expect", "connection", "keep-alive"] {
+        req.remove_header(h);
+    }
+    req.insert_header("content-length", body.len().to_string())?;
+    if req.headers.get("host").is_none() {
+        req.insert_header("host", ctx.public_host.as_str())?;
+    }
+    set_forwarding(&mut req, ctx)?;
+
+    let first = ctx.region.expect("request_filter chose a region");
+    ctx.tried.push(first);
+    let mut reply = exchange(shared, &snap, first, req.clone(), Some(body.clone())).await;
+    let refused = match &reply {
+        Ok((r, _)) => {
+            r.header.status.as_u16() == 400 && oci::has_error_code(&r.body, "MANIFEST_BLOB_UNKNOWN")
+        }
+        Err(e) => {
+            tracing::warn!(region = %snap.config.regions[first].name, error = %e, "manifest PUT: region unreachable");
+            shared.live.metrics.proxy.failover(first);
+            true
+        }
+    };
+    if refused {
+        if let (Some(refs), Some(repo), Some(rn)) = (
+            oci::references(&body),
+            ctx.repo.clone(),
+            snap.config.routed_names.get(snap.config.proxy.routed_name),
+        ) {
+            while let Some(id) = next_region(&snap, rn, ctx.client, &ctx.tried) {
+                ctx.tried.push(id);
+                if !holds_all(shared, &snap, id, &repo, &refs, &req, ctx).await {
+                    continue;
+                }
+                let name = &snap.config.regions[id].name;
+                tracing::info!(region = %name, repo = %repo, "manifest safety net: the blobs are here, storing the manifest here");
+                let second = exchange(shared, &snap, id, req.clone(), Some(body.clone())).await;
+                if second.is_ok() {
+                    shared.live.metrics.proxy.safety_net(id);
+                    let key = ClientKey::new(ctx.client, rn.client_prefix(&ctx.client));
+                    shared.affinity.record(key, &repo, name, shared.live.now());
+                    ctx.region = Some(id);
+                    reply = second;
+                    break;
+                }
+            }
+        }
+    }
+    match reply {
+        Ok((r, authority)) => {
+            let mut header = r.header;
+            for h in ["transfer-encoding", "connection", "keep-alive"] {
+                header.remove_header(h);
+            }
+            header.insert_header("content-length", r.body.len().to_string())?;
+            if let Some(loc) = header
+                .headers
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+            {
+                if let Some(new) =
+                    token::rewrite_location(&loc, &authority, &ctx.public_origin(), None)
+                {
+                    header.insert_header("location", new)?;
+                }
+            }
+            ctx.bytes_out = r.body.len() as u64;
+            let empty = r.body.is_empty();
+            session
+                .write_response_header(Box::new(header), empty)
+                .await?;
+            if !empty {
+                session.write_response_body(Some(r.body), true).await?;
+            }
+        }
+        Err(e) => {
+            let name = &snap.config.regions[first].name;
+            let r = refusal_of(
+                400,
+                "MANIFEST_BLOB_UNKNOWN",
+                "blob unknown to registry",
+                Some(format!(
+                    "the blobs of this push are in region {name}, which cannot be reached ({e}), and no other region holds them all; push again"
+                )),
+            );
+            respond(session, &r).await?;
+        }
+    }
+    Ok(true)
+}
