@@ -56,7 +56,7 @@ pub struct Snapshot {
     pub generation: u64,
     /// GeoIP answers by client key. A pure memo of `geo.lookup(key)`, so it is shared by
     /// every snapshot with the same database and dropped with it; bounded by clearing.
-    geo_cache: Arc<DashMap<ClientKey, Option<Arc<GeoHit>>>>,
+    geo_cache: Arc<DashMap<ClientKey, Option<Arc<GeoHit>>, foldhash::fast::RandomState>>,
 }
 
 /// Most client keys whose GeoIP answers are memoized; past it the memo starts over.
@@ -113,7 +113,7 @@ impl Snapshot {
             states,
             dns: Arc::new(dns),
             generation,
-            geo_cache: Arc::new(DashMap::new()),
+            geo_cache: Arc::new(DashMap::with_hasher(foldhash::fast::RandomState::default())),
         })
     }
 

@@ -31,8 +31,12 @@ struct Entry {
 /// Identifies one remembered client: which routed name (index in the config) and who.
 pub type StickyKey = (usize, ClientKey);
 
+/// foldhash: several times cheaper than SipHash on these small keys, and still seeded at
+/// random per process, so clients cannot aim their keys at one shard.
+type Hasher = foldhash::fast::RandomState;
+
 pub struct StickyTable {
-    map: DashMap<StickyKey, Entry>,
+    map: DashMap<StickyKey, Entry, Hasher>,
     capacity: usize,
     idle: Millis,
     max_age: Millis,
@@ -41,7 +45,7 @@ pub struct StickyTable {
 impl StickyTable {
     pub fn new(capacity: usize, idle: Duration, max_age: Duration) -> StickyTable {
         StickyTable {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(Hasher::default()),
             capacity: capacity.max(1),
             idle: idle.as_millis() as Millis,
             max_age: max_age.as_millis() as Millis,
