@@ -97,23 +97,7 @@ impl StickyTable {
     /// recently seen down to 90% of capacity (batches keep eviction off most inserts).
     fn evict(&self, now: Millis) {
         self.map.retain(|_, e| self.live(e, now));
-        let target = self.capacity - self.capacity / 10 - 1;
-        if self.map.len() <= target {
-            return;
-        }
-        let mut seen: Vec<Millis> = self.map.iter().map(|e| e.seen).collect();
-        let drop = self.map.len() - target;
-        let (_, cutoff, _) = seen.select_nth_unstable(drop - 1);
-        let cutoff = *cutoff;
-        let mut dropped = 0;
-        self.map.retain(|_, e| {
-            if dropped < drop && e.seen <= cutoff {
-                dropped += 1;
-                false
-            } else {
-                true
-            }
-        });
+        evict_least_recent(&self.map, self.capacity, |e| e.seen);
     }
 
     pub fn len(&self) -> usize {
@@ -141,6 +125,35 @@ impl StickyTable {
             }
         }
     }
+}
+
+/// Drop the least recently seen entries of `map` down to 90% of `capacity`, in one batch, so
+/// eviction runs on few inserts. Shared by the sticky and the proxy's affinity tables.
+pub(crate) fn evict_least_recent<K, V, S>(
+    map: &DashMap<K, V, S>,
+    capacity: usize,
+    seen: impl Fn(&V) -> Millis,
+) where
+    K: std::hash::Hash + Eq,
+    S: std::hash::BuildHasher + Clone,
+{
+    let target = capacity - capacity / 10 - 1;
+    if map.len() <= target {
+        return;
+    }
+    let mut times: Vec<Millis> = map.iter().map(|e| seen(e.value())).collect();
+    let drop = map.len() - target;
+    let (_, cutoff, _) = times.select_nth_unstable(drop - 1);
+    let cutoff = *cutoff;
+    let mut dropped = 0;
+    map.retain(|_, v| {
+        if dropped < drop && seen(v) <= cutoff {
+            dropped += 1;
+            false
+        } else {
+            true
+        }
+    });
 }
 
 #[cfg(test)]

@@ -77,23 +77,7 @@ impl<K: std::hash::Hash + Eq + Clone> Expiring<K> {
     /// down to 90% of capacity (batches keep eviction off most inserts).
     fn evict(&self, now: Millis) {
         self.purge(now);
-        let target = self.capacity - self.capacity / 10 - 1;
-        if self.map.len() <= target {
-            return;
-        }
-        let mut seen: Vec<Millis> = self.map.iter().map(|e| e.seen).collect();
-        let drop = self.map.len() - target;
-        let (_, cutoff, _) = seen.select_nth_unstable(drop - 1);
-        let cutoff = *cutoff;
-        let mut dropped = 0;
-        self.map.retain(|_, e| {
-            if dropped < drop && e.seen <= cutoff {
-                dropped += 1;
-                false
-            } else {
-                true
-            }
-        });
+        crate::sticky::evict_least_recent(&self.map, self.capacity, |e| e.seen);
     }
 
     fn purge(&self, now: Millis) {
