@@ -19,7 +19,7 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-fn key(i: u32) -> (usize, ClientKey) {
+fn key(i: u32) -> (u64, ClientKey) {
     let b = i.to_be_bytes();
     (0, ClientKey::new(IpAddr::from([b[1], b[2], b[3], 0]), 24))
 }
@@ -33,7 +33,7 @@ fn bench(c: &mut Criterion) {
     );
     let before = rss_bytes();
     for i in 0..N {
-        table.record(key(i), Some((i % 4) as usize), u64::from(i));
+        table.record(key(i), Some(u64::from(i % 4)), u64::from(i));
     }
     let after = rss_bytes();
     println!(
@@ -53,7 +53,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("sticky/record-refresh-1M", |b| {
         b.iter(|| {
             i = (i + 7919) % N;
-            table.record(key(i), Some((i % 4) as usize), u64::from(N));
+            table.record(key(i), Some(u64::from(i % 4)), u64::from(N));
         })
     });
 }

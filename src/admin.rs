@@ -151,8 +151,9 @@ pub struct RegionView {
     pub proxy: crate::metrics::ProxyRegionStats,
 }
 
-fn region_view(live: &Live, id: usize) -> RegionView {
-    let snap = live.snapshot.load();
+/// Region `id` of `snap` (one snapshot for the whole answer: a reload between two regions
+/// must not shift the ids under us).
+fn region_view(live: &Live, snap: &crate::snapshot::Snapshot, id: usize) -> RegionView {
     let r = &snap.config.regions[id];
     let h: HealthInfo = live.health(&r.name);
     let enabled = live.is_enabled(&r.name);
@@ -167,15 +168,19 @@ fn region_view(live: &Live, id: usize) -> RegionView {
         eligible: enabled && h.healthy,
         last_error: h.last_error,
         probe_latency_ms: h.probe_latency_ms,
-        answers: live.metrics.region_answers(id),
-        proxy: live.metrics.proxy.region_stats(id),
+        answers: snap.counters.region_answers(id),
+        proxy: snap
+            .counters
+            .region(id)
+            .map(|c| c.proxy.stats())
+            .unwrap_or_default(),
     }
 }
 
 async fn regions(State(ctx): State<Ctx>) -> Response {
     let snap = ctx.live.snapshot.load_full();
     let regions: Vec<RegionView> = (0..snap.config.regions.len())
-        .map(|id| region_view(&ctx.live, id))
+        .map(|id| region_view(&ctx.live, &snap, id))
         .collect();
     let names: Vec<_> = snap
         .config
@@ -212,8 +217,9 @@ async fn regions(State(ctx): State<Ctx>) -> Response {
 }
 
 async fn region(State(ctx): State<Ctx>, Path(name): Path<String>) -> Response {
-    match ctx.live.snapshot.load().config.region_id(&name) {
-        Some(id) => Json(region_view(&ctx.live, id)).into_response(),
+    let snap = ctx.live.snapshot.load_full();
+    match snap.config.region_id(&name) {
+        Some(id) => Json(region_view(&ctx.live, &snap, id)).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             format!("no region is named {name:?}"),
@@ -252,9 +258,9 @@ async fn set_region(
     .await;
     match result {
         Ok(Ok(name)) => {
-            let id = ctx.live.snapshot.load().config.region_id(&name);
-            match id {
-                Some(id) => Json(region_view(&ctx.live, id)).into_response(),
+            let snap = ctx.live.snapshot.load_full();
+            match snap.config.region_id(&name) {
+                Some(id) => Json(region_view(&ctx.live, &snap, id)).into_response(),
                 None => error(StatusCode::CONFLICT, "the region went away in a reload"),
             }
         }
@@ -300,7 +306,11 @@ async fn route(State(ctx): State<Ctx>, Query(q): Query<RouteQuery>) -> Response 
     let rn = &snap.config.routed_names[index];
     let key = crate::routing::ClientKey::new(addr, rn.client_prefix(&addr));
     // Show what the server would answer now, memory included, without changing the memory.
-    let remembered = ctx.live.sticky.get(&(index, key), ctx.live.now());
+    let remembered = ctx
+        .live
+        .sticky
+        .get(&(snap.keys.names[index], key), ctx.live.now())
+        .and_then(|r| snap.keys.region_id(r));
     let routed = snap.route_with(rn, addr, remembered);
     let d = &routed.decision;
     let cands: Vec<_> = d

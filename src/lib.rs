@@ -46,3 +46,12 @@ pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
     }
     s
 }
+
+/// The text a panic was raised with (`panic!("...")` or a formatted message), for logs.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}

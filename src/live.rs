@@ -112,6 +112,9 @@ impl Live {
 
     /// A Live around a ready snapshot (tests build it directly).
     pub fn new(snapshot: Snapshot, flags: Flags, config_path: &Path) -> Arc<Live> {
+        let metrics = Metrics::default();
+        let counters = metrics.counters(&snapshot.config);
+        let snapshot = snapshot.with_counters(counters);
         let s = &snapshot.config.sticky;
         let sticky = StickyTable::new(s.capacity, s.idle, s.max_age);
         let control = Control {
@@ -125,7 +128,7 @@ impl Live {
         let live = Live {
             snapshot: ArcSwap::from_pointee(snapshot.with_states(states)),
             sticky,
-            metrics: Metrics::default(),
+            metrics,
             control: Mutex::new(control),
             config_path: config_path.to_path_buf(),
             epoch: Instant::now(),
@@ -161,12 +164,19 @@ impl Live {
     /// As [`Live::route`] at an explicit time (tests replay minutes of queries this way).
     pub fn route_at(&self, snap: &Snapshot, index: usize, addr: IpAddr, now: Millis) -> Routed {
         let rn = &snap.config.routed_names[index];
-        let key = ClientKey::new(addr, rn.client_prefix(&addr));
-        let remembered = self.sticky.get(&(index, key), now);
+        // Keyed by names, not ids: entries written from an older snapshot mean the same.
+        let key = (
+            snap.keys.names[index],
+            ClientKey::new(addr, rn.client_prefix(&addr)),
+        );
+        let remembered = self
+            .sticky
+            .get(&key, now)
+            .and_then(|r| snap.keys.region_id(r));
         let routed = snap.route_with(rn, addr, remembered);
-        self.sticky
-            .record((index, key), routed.decision.region, now);
-        self.metrics
+        let region = routed.decision.region.map(|r| snap.keys.regions[r]);
+        self.sticky.record(key, region, now);
+        snap.counters
             .answer(index, routed.decision.region, routed.decision.fail_open);
         routed
     }
@@ -222,9 +232,13 @@ impl Live {
         c.health.insert(region.to_string(), info);
         if flipped {
             let snap = self.snapshot.load_full();
-            if let Some(id) = snap.config.region_id(region) {
-                if !c.health[region].healthy && id < crate::metrics::MAX_REGIONS {
-                    self.metrics.region_down_events[id].fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = snap
+                .config
+                .region_id(region)
+                .and_then(|id| snap.counters.region(id))
+            {
+                if !c.health[region].healthy {
+                    r.down_events.fetch_add(1, Ordering::Relaxed);
                 }
             }
             self.republish(&mut c, &snap);
@@ -245,9 +259,20 @@ impl Live {
         let mut c = self.control();
         let prev = self.snapshot.load_full();
         let generation = prev.generation + 1;
-        let result = Config::load(&self.config_path)
-            .map_err(LoadError::from)
-            .and_then(|config| Snapshot::load(config, generation));
+        // A panic while loading is a bug, but must not take the server down with it (a
+        // SIGHUP reload runs on the main thread): it rejects this reload like a bad config.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Config::load(&self.config_path)
+                .map_err(LoadError::from)
+                .and_then(|config| Snapshot::load(config, generation))
+        }))
+        .unwrap_or_else(|panic| {
+            Err(LoadError::Internal(format!(
+                "loading {} panicked: {}; the previous config keeps serving (please report this)",
+                self.config_path.display(),
+                crate::panic_message(panic.as_ref())
+            )))
+        });
         match result {
             Ok(next) => {
                 if next.config.dns.listen != prev.config.dns.listen
@@ -257,28 +282,10 @@ impl Live {
                         "listen addresses changed: they take effect at the next restart"
                     );
                 }
-                let p = &prev.config;
-                let n = &next.config;
-                if !p
-                    .regions
-                    .iter()
-                    .map(|r| &r.name)
-                    .eq(n.regions.iter().map(|r| &r.name))
-                    || !p
-                        .routed_names
-                        .iter()
-                        .map(|r| &r.name)
-                        .eq(n.routed_names.iter().map(|r| &r.name))
-                {
-                    let name = |i: usize| {
-                        n.routed_names
-                            .iter()
-                            .position(|r| r.name == p.routed_names[i].name)
-                    };
-                    let region = |i: usize| n.region_id(&p.regions[i].name);
-                    self.sticky.remap(name, region);
-                    self.metrics.remap(name, region);
-                }
+                // Counters and sticky memory are keyed by names: nothing to remap, so
+                // publishing the snapshot is the whole of the switch.
+                let counters = self.metrics.counters(&next.config);
+                let next = next.with_counters(counters);
                 self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 c.last_reload = Some(ReloadStatus {
                     ok: true,
@@ -401,6 +408,7 @@ impl Live {
             sticky_entries: self.sticky.len(),
             generation: snap.generation,
             last_reload_ok: c.last_reload.as_ref().is_none_or(|r| r.ok),
+            counters: &snap.counters,
         };
         self.metrics.render(&g)
     }

@@ -1,49 +1,150 @@
 //! Counters the front ends bump on the hot path (plain atomics, no locks, no allocation), and
 //! their rendering as Prometheus text for `GET /metrics`.
 //!
-//! Counters are indexed by routed-name and region ids of the current config; a reload that
-//! renames or reorders them remaps the counters (see [`Metrics::remap`]), so a count never moves
-//! to another label. Gauges (health, flags, sticky size) are read from live state at render time.
+//! Counters with a routed-name or region label live in a registry keyed by *name*
+//! ([`Metrics::counters`]); each snapshot holds [`Counters`], handles to them indexed by that
+//! snapshot's own ids. A reload builds new handles to the same counters, so nothing is ever
+//! remapped: a DNS thread or a proxy request still holding the previous snapshot counts under
+//! the right label, and a region that is removed and added back keeps its counts. Gauges
+//! (health, flags, sticky size) are read from live state at render time.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-/// Most routed names and regions counted per routed name; config validation enforces it.
-pub const MAX_NAMES: usize = 32;
-pub const MAX_REGIONS: usize = 64;
+use crate::config::Config;
 
 pub struct Metrics {
     /// [transport][rcode]: every query answered. Transport 0 = UDP, 1 = TCP.
     queries: [[AtomicU64; 16]; 2],
-    /// [routed name][region]; the extra last column counts NODATA (no region answerable).
-    answers: Box<[[AtomicU64; MAX_REGIONS + 1]]>,
-    /// [routed name]: decisions made while failing open.
-    fail_open_answers: [AtomicU64; MAX_NAMES],
-    /// Health transitions from up to down, per region: each is a failover for its clients.
-    pub region_down_events: Box<[AtomicU64; MAX_REGIONS]>,
     pub fail_open_events: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     /// Queries dropped without an answer (too short, or a response).
     pub dropped: AtomicU64,
-    /// The HTTP proxy front end's counters and gauges.
+    /// The HTTP proxy front end's counters and gauges that have no region.
     pub proxy: ProxyMetrics,
+    /// Labelled counters by name, for every name any config has had.
+    registry: Mutex<Registry>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             queries: Default::default(),
-            answers: (0..MAX_NAMES)
-                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-                .collect(),
-            fail_open_answers: Default::default(),
-            region_down_events: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             fail_open_events: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             proxy: ProxyMetrics::default(),
+            registry: Mutex::new(Registry::default()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    names: HashMap<String, Arc<NameCounters>>,
+    /// (routed name, region) -> answers.
+    answers: HashMap<(String, String), Arc<AtomicU64>>,
+    regions: HashMap<String, Arc<RegionCounters>>,
+}
+
+/// One routed name's counters.
+#[derive(Default)]
+pub struct NameCounters {
+    /// Answers with no region (NODATA: nothing answerable).
+    nodata: AtomicU64,
+    /// Decisions made while failing open.
+    fail_open_answers: AtomicU64,
+}
+
+/// One region's counters.
+#[derive(Default)]
+pub struct RegionCounters {
+    /// Health transitions from up to down: each is a failover for its clients.
+    pub down_events: AtomicU64,
+    pub proxy: ProxyCounters,
+}
+
+/// The counters one snapshot's ids index: handles into the registry (or detached ones for a
+/// snapshot no server publishes, such as `berth route`'s).
+pub struct Counters {
+    /// By routed-name id.
+    names: Vec<Arc<NameCounters>>,
+    /// [routed-name id][region id].
+    answers: Vec<Vec<Arc<AtomicU64>>>,
+    /// By region id.
+    regions: Vec<Arc<RegionCounters>>,
+}
+
+impl Counters {
+    /// Fresh counters nobody else sees.
+    pub fn detached(config: &Config) -> Counters {
+        Registry::default().handles(config)
+    }
+
+    /// Count a routed answer for name `name`: `region` None is NODATA.
+    pub fn answer(&self, name: usize, region: Option<usize>, fail_open: bool) {
+        let Some(n) = self.names.get(name) else {
+            return;
+        };
+        match region.and_then(|r| self.answers[name].get(r)) {
+            Some(c) => c.fetch_add(1, Ordering::Relaxed),
+            None => n.nodata.fetch_add(1, Ordering::Relaxed),
+        };
+        if fail_open {
+            n.fail_open_answers.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Answers served with `region`, over all routed names.
+    pub fn region_answers(&self, region: usize) -> u64 {
+        self.answers
+            .iter()
+            .filter_map(|row| row.get(region))
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn region(&self, id: usize) -> Option<&RegionCounters> {
+        self.regions.get(id).map(|r| &**r)
+    }
+}
+
+impl Registry {
+    fn handles(&mut self, config: &Config) -> Counters {
+        let names = config
+            .routed_names
+            .iter()
+            .map(|n| self.names.entry(n.name.clone()).or_default().clone())
+            .collect();
+        let answers = config
+            .routed_names
+            .iter()
+            .map(|n| {
+                config
+                    .regions
+                    .iter()
+                    .map(|r| {
+                        self.answers
+                            .entry((n.name.clone(), r.name.clone()))
+                            .or_default()
+                            .clone()
+                    })
+                    .collect()
+            })
+            .collect();
+        let regions = config
+            .regions
+            .iter()
+            .map(|r| self.regions.entry(r.name.clone()).or_default().clone())
+            .collect();
+        Counters {
+            names,
+            answers,
+            regions,
         }
     }
 }
@@ -51,55 +152,67 @@ impl Default for Metrics {
 /// Request methods the proxy counts separately; the last is everything else.
 pub const PROXY_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OTHER"];
 
-/// The proxy's counters, by region; row `MAX_REGIONS` counts requests Berth answered itself
-/// (no region: a refused token, no eligible region).
+/// The proxy's counters that belong to no region.
+#[derive(Default)]
 pub struct ProxyMetrics {
     /// Set when a proxy listener starts: only then is the proxy rendered.
     pub running: std::sync::atomic::AtomicBool,
-    requests: Box<[[AtomicU64; PROXY_METHODS.len()]]>,
-    /// Answers of 500 and above, and requests that failed without an answer.
-    errors: Box<[[AtomicU64; PROXY_METHODS.len()]]>,
-    /// Request body bytes sent to the region.
-    bytes_in: Box<[AtomicU64]>,
-    /// Response body bytes received from the region.
-    bytes_out: Box<[AtomicU64]>,
-    /// Reads this region served after another region answered 404 (read fallback).
-    fallbacks: Box<[AtomicU64]>,
-    /// Manifests the safety net stored in this region after another refused them.
-    safety_net: Box<[AtomicU64]>,
-    /// Requests moved away from this region because it refused connections.
-    failovers: Box<[AtomicU64]>,
+    /// Requests Berth answered itself (a refused token, no eligible region).
+    pub unrouted: ProxyCounters,
     /// Upload requests refused: forged token, or the session's region gone.
     pub refused_sessions: AtomicU64,
     /// Gauge: (client key, repository) affinities remembered.
     pub affinity_entries: AtomicU64,
-    /// Gauge: upload sessions seen lately and not finished, by region.
-    pub upload_sessions: Box<[AtomicU64]>,
 }
 
-fn counters(n: usize) -> Box<[AtomicU64]> {
-    (0..n).map(|_| AtomicU64::new(0)).collect()
+/// One region's proxy counters (or the unrouted row's).
+#[derive(Default)]
+pub struct ProxyCounters {
+    requests: [AtomicU64; PROXY_METHODS.len()],
+    /// Answers of 500 and above, and requests that failed without an answer.
+    errors: [AtomicU64; PROXY_METHODS.len()],
+    /// Request body bytes sent to the region.
+    bytes_in: AtomicU64,
+    /// Response body bytes received from the region.
+    bytes_out: AtomicU64,
+    /// Reads this region served after another region answered 404 (read fallback).
+    pub fallbacks: AtomicU64,
+    /// Manifests the safety net stored in this region after another refused them.
+    pub safety_net: AtomicU64,
+    /// Requests moved away from this region because it refused connections.
+    pub failovers: AtomicU64,
+    /// Gauge: upload sessions seen lately and not finished.
+    pub upload_sessions: AtomicU64,
 }
 
-impl Default for ProxyMetrics {
-    fn default() -> Self {
-        let table = || {
-            (0..=MAX_REGIONS)
-                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-                .collect()
-        };
-        ProxyMetrics {
-            running: std::sync::atomic::AtomicBool::new(false),
-            requests: table(),
-            errors: table(),
-            bytes_in: counters(MAX_REGIONS + 1),
-            bytes_out: counters(MAX_REGIONS + 1),
-            fallbacks: counters(MAX_REGIONS),
-            safety_net: counters(MAX_REGIONS),
-            failovers: counters(MAX_REGIONS),
-            refused_sessions: AtomicU64::new(0),
-            affinity_entries: AtomicU64::new(0),
-            upload_sessions: counters(MAX_REGIONS),
+impl ProxyCounters {
+    /// One finished request: its method index, whether it failed, its body bytes each way.
+    pub fn request(&self, method: usize, error: bool, bytes_in: u64, bytes_out: u64) {
+        let m = method.min(PROXY_METHODS.len() - 1);
+        self.requests[m].fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.errors[m].fetch_add(1, Ordering::Relaxed);
+        }
+        self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> ProxyRegionStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ProxyRegionStats {
+            requests: PROXY_METHODS
+                .iter()
+                .zip(self.requests.iter())
+                .filter(|(_, c)| load(c) > 0)
+                .map(|(m, c)| (*m, load(c)))
+                .collect(),
+            errors: self.errors.iter().map(load).sum(),
+            bytes_in: load(&self.bytes_in),
+            bytes_out: load(&self.bytes_out),
+            upload_sessions: load(&self.upload_sessions),
+            fallbacks: load(&self.fallbacks),
+            safety_net_retries: load(&self.safety_net),
+            failovers: load(&self.failovers),
         }
     }
 }
@@ -119,10 +232,6 @@ pub struct ProxyRegionStats {
 }
 
 impl ProxyMetrics {
-    fn row(region: Option<usize>) -> usize {
-        region.filter(|r| *r < MAX_REGIONS).unwrap_or(MAX_REGIONS)
-    }
-
     /// Index of a method in [`PROXY_METHODS`].
     pub fn method_index(method: &str) -> usize {
         PROXY_METHODS[..PROXY_METHODS.len() - 1]
@@ -131,193 +240,106 @@ impl ProxyMetrics {
             .unwrap_or(PROXY_METHODS.len() - 1)
     }
 
-    /// One finished request: where it went (None: answered by Berth), its method index, whether
-    /// it failed, and its body bytes each way.
-    pub fn request(
-        &self,
+    /// The row for region `region` of the snapshot whose `counters` these are; None (or a
+    /// request without a snapshot): Berth's own row.
+    pub fn row<'a>(
+        &'a self,
+        counters: Option<&'a Counters>,
         region: Option<usize>,
-        method: usize,
-        error: bool,
-        bytes_in: u64,
-        bytes_out: u64,
-    ) {
-        let r = Self::row(region);
-        let m = method.min(PROXY_METHODS.len() - 1);
-        self.requests[r][m].fetch_add(1, Ordering::Relaxed);
-        if error {
-            self.errors[r][m].fetch_add(1, Ordering::Relaxed);
-        }
-        self.bytes_in[r].fetch_add(bytes_in, Ordering::Relaxed);
-        self.bytes_out[r].fetch_add(bytes_out, Ordering::Relaxed);
+    ) -> &'a ProxyCounters {
+        counters
+            .zip(region)
+            .and_then(|(c, r)| c.region(r))
+            .map_or(&self.unrouted, |r| &r.proxy)
     }
 
-    pub fn fallback(&self, region: usize) {
-        if let Some(c) = self.fallbacks.get(region) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn safety_net(&self, region: usize) {
-        if let Some(c) = self.safety_net.get(region) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn failover(&self, from: usize) {
-        if let Some(c) = self.failovers.get(from) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn region_stats(&self, region: usize) -> ProxyRegionStats {
-        if region >= MAX_REGIONS {
-            return ProxyRegionStats::default();
-        }
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        ProxyRegionStats {
-            requests: PROXY_METHODS
-                .iter()
-                .zip(self.requests[region].iter())
-                .filter(|(_, c)| load(c) > 0)
-                .map(|(m, c)| (*m, load(c)))
-                .collect(),
-            errors: self.errors[region].iter().map(load).sum(),
-            bytes_in: load(&self.bytes_in[region]),
-            bytes_out: load(&self.bytes_out[region]),
-            upload_sessions: load(&self.upload_sessions[region]),
-            fallbacks: load(&self.fallbacks[region]),
-            safety_net_retries: load(&self.safety_net[region]),
-            failovers: load(&self.failovers[region]),
-        }
-    }
-
-    /// Move per-region counters to new region indices after a reload.
-    fn remap(&self, region: &impl Fn(usize) -> Option<usize>) {
-        let take = |c: &AtomicU64| c.swap(0, Ordering::Relaxed);
-        let rows: Vec<(Vec<u64>, Vec<u64>, [u64; 6])> = (0..MAX_REGIONS)
-            .map(|r| {
-                (
-                    self.requests[r].iter().map(take).collect(),
-                    self.errors[r].iter().map(take).collect(),
-                    [
-                        take(&self.bytes_in[r]),
-                        take(&self.bytes_out[r]),
-                        take(&self.fallbacks[r]),
-                        take(&self.safety_net[r]),
-                        take(&self.failovers[r]),
-                        take(&self.upload_sessions[r]),
-                    ],
-                )
-            })
-            .collect();
-        for (r, (req, err, scalars)) in rows.into_iter().enumerate() {
-            let Some(n) = region(r).filter(|x| *x < MAX_REGIONS) else {
-                continue;
-            };
-            for (m, v) in req.into_iter().enumerate() {
-                self.requests[n][m].fetch_add(v, Ordering::Relaxed);
-            }
-            for (m, v) in err.into_iter().enumerate() {
-                self.errors[n][m].fetch_add(v, Ordering::Relaxed);
-            }
-            let targets = [
-                &self.bytes_in[n],
-                &self.bytes_out[n],
-                &self.fallbacks[n],
-                &self.safety_net[n],
-                &self.failovers[n],
-                &self.upload_sessions[n],
-            ];
-            for (c, v) in targets.into_iter().zip(scalars) {
-                c.fetch_add(v, Ordering::Relaxed);
-            }
-        }
-    }
-
-    fn render(&self, o: &mut String, regions: &[RegionGauge<'_>]) {
+    fn render(&self, o: &mut String, regions: &[RegionGauge<'_>], counters: &Counters) {
         if !self.running.load(Ordering::Relaxed) {
             return;
         }
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut rows: Vec<(usize, &str)> = regions
+        // (label, counters, is a region): the regions of this config, then Berth's own row.
+        let mut rows: Vec<(&str, &ProxyCounters, bool)> = regions
             .iter()
             .enumerate()
-            .take(MAX_REGIONS)
-            .map(|(i, r)| (i, r.name))
+            .filter_map(|(i, r)| Some((r.name, &counters.region(i)?.proxy, true)))
             .collect();
-        rows.push((MAX_REGIONS, ""));
-        for (metric, help, table) in [
+        rows.push(("", &self.unrouted, false));
+        for (metric, help, errors) in [
             (
                 "berth_proxy_requests_total",
                 "Proxied requests by region and method (region=\"\": answered by Berth).",
-                &self.requests,
+                false,
             ),
             (
                 "berth_proxy_errors_total",
                 "Proxied requests that failed or got a 5xx, by region and method.",
-                &self.errors,
+                true,
             ),
         ] {
             let _ = writeln!(o, "# HELP {metric} {help}");
             let _ = writeln!(o, "# TYPE {metric} counter");
-            for (i, name) in &rows {
+            for (name, row, is_region) in &rows {
+                let table = if errors { &row.errors } else { &row.requests };
                 for (m, method) in PROXY_METHODS.iter().enumerate() {
-                    let v = load(&table[*i][m]);
-                    if v > 0 || (*i < MAX_REGIONS && m == 0) {
+                    let v = load(&table[m]);
+                    if v > 0 || (*is_region && m == 0) {
                         let _ =
                             writeln!(o, "{metric}{{region=\"{name}\",method=\"{method}\"}} {v}");
                     }
                 }
             }
         }
-        for (metric, help, list, with_none) in [
+        type Pick = fn(&ProxyCounters) -> &AtomicU64;
+        let scalars: [(&str, &str, Pick, bool); 5] = [
             (
                 "berth_proxy_request_bytes_total",
                 "Request body bytes sent to each region.",
-                &self.bytes_in,
+                |r| &r.bytes_in,
                 true,
             ),
             (
                 "berth_proxy_response_bytes_total",
                 "Response body bytes received from each region.",
-                &self.bytes_out,
+                |r| &r.bytes_out,
                 true,
             ),
             (
                 "berth_proxy_read_fallbacks_total",
                 "Reads a region served after another answered 404.",
-                &self.fallbacks,
+                |r| &r.fallbacks,
                 false,
             ),
             (
                 "berth_proxy_safety_net_retries_total",
                 "Manifests stored in a region by the safety net after another refused them.",
-                &self.safety_net,
+                |r| &r.safety_net,
                 false,
             ),
             (
                 "berth_proxy_failovers_total",
                 "Requests moved away from a region that refused connections.",
-                &self.failovers,
+                |r| &r.failovers,
                 false,
             ),
-        ] {
+        ];
+        for (metric, help, pick, with_none) in scalars {
             let _ = writeln!(o, "# HELP {metric} {help}");
             let _ = writeln!(o, "# TYPE {metric} counter");
-            for (i, name) in &rows {
-                if *i == MAX_REGIONS && !with_none {
+            for (name, row, is_region) in &rows {
+                if !*is_region && !with_none {
                     continue;
                 }
-                let _ = writeln!(o, "{metric}{{region=\"{name}\"}} {}", load(&list[*i]));
+                let _ = writeln!(o, "{metric}{{region=\"{name}\"}} {}", load(pick(row)));
             }
         }
         let _ = writeln!(o, "# HELP berth_proxy_upload_sessions Upload sessions seen lately and not finished, by region.");
         let _ = writeln!(o, "# TYPE berth_proxy_upload_sessions gauge");
-        for (i, name) in rows.iter().filter(|(i, _)| *i < MAX_REGIONS) {
+        for (name, row, _) in rows.iter().filter(|r| r.2) {
             let _ = writeln!(
                 o,
                 "berth_proxy_upload_sessions{{region=\"{name}\"}} {}",
-                load(&self.upload_sessions[*i])
+                load(&row.upload_sessions)
             );
         }
         let _ = writeln!(o, "# HELP berth_proxy_refused_sessions_total Upload requests refused: forged token or the session's region gone.");
@@ -341,31 +363,17 @@ impl ProxyMetrics {
 }
 
 impl Metrics {
+    /// Handles to the counters of every name in `config`, created on first sight. Called
+    /// off the hot path, when a snapshot is built.
+    pub fn counters(&self, config: &Config) -> Counters {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .handles(config)
+    }
+
     pub fn query(&self, tcp: bool, rcode: u8) {
         self.queries[usize::from(tcp)][usize::from(rcode & 0x0f)].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A routed answer for name `name`: `region` None is NODATA.
-    pub fn answer(&self, name: usize, region: Option<usize>, fail_open: bool) {
-        if name >= MAX_NAMES {
-            return;
-        }
-        let col = region.filter(|r| *r < MAX_REGIONS).unwrap_or(MAX_REGIONS);
-        self.answers[name][col].fetch_add(1, Ordering::Relaxed);
-        if fail_open {
-            self.fail_open_answers[name].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Answers served with `region`, over all routed names.
-    pub fn region_answers(&self, region: usize) -> u64 {
-        if region >= MAX_REGIONS {
-            return 0;
-        }
-        self.answers
-            .iter()
-            .map(|row| row[region].load(Ordering::Relaxed))
-            .sum()
     }
 
     pub fn queries_by_rcode(&self) -> [u64; 16] {
@@ -377,51 +385,6 @@ impl Metrics {
         }
         out
     }
-
-    /// Move counters to new indices after a reload; counters of names that are gone are dropped.
-    pub fn remap(
-        &self,
-        name: impl Fn(usize) -> Option<usize>,
-        region: impl Fn(usize) -> Option<usize>,
-    ) {
-        let old: Vec<Vec<u64>> = self
-            .answers
-            .iter()
-            .map(|row| row.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect())
-            .collect();
-        let old_fo: Vec<u64> = self
-            .fail_open_answers
-            .iter()
-            .map(|c| c.swap(0, Ordering::Relaxed))
-            .collect();
-        let old_down: Vec<u64> = self
-            .region_down_events
-            .iter()
-            .map(|c| c.swap(0, Ordering::Relaxed))
-            .collect();
-        for (n, row) in old.iter().enumerate() {
-            let Some(nn) = name(n).filter(|x| *x < MAX_NAMES) else {
-                continue;
-            };
-            self.fail_open_answers[nn].fetch_add(old_fo[n], Ordering::Relaxed);
-            for (r, v) in row.iter().enumerate() {
-                let col = if r == MAX_REGIONS {
-                    Some(MAX_REGIONS)
-                } else {
-                    region(r).filter(|x| *x < MAX_REGIONS)
-                };
-                if let Some(c) = col {
-                    self.answers[nn][c].fetch_add(*v, Ordering::Relaxed);
-                }
-            }
-        }
-        for (r, v) in old_down.iter().enumerate() {
-            if let Some(nr) = region(r).filter(|x| *x < MAX_REGIONS) {
-                self.region_down_events[nr].fetch_add(*v, Ordering::Relaxed);
-            }
-        }
-        self.proxy.remap(&region);
-    }
 }
 
 /// Live values the renderer needs that are not counters.
@@ -432,6 +395,8 @@ pub struct Gauges<'a> {
     pub sticky_entries: usize,
     pub generation: u64,
     pub last_reload_ok: bool,
+    /// The serving snapshot's counters.
+    pub counters: &'a Counters,
 }
 
 pub struct RegionGauge<'a> {
@@ -474,28 +439,34 @@ impl Metrics {
         );
         let _ = writeln!(o, "# HELP berth_routed_answers_total Routed-name answers by region (region=\"\" is NODATA).");
         let _ = writeln!(o, "# TYPE berth_routed_answers_total counter");
-        for (n, name) in g.names.iter().enumerate().take(MAX_NAMES) {
-            for (r, region) in g.regions.iter().enumerate().take(MAX_REGIONS) {
+        let c = g.counters;
+        for (n, name) in g.names.iter().enumerate() {
+            for (r, region) in g.regions.iter().enumerate() {
+                let v = c.answers.get(n).and_then(|row| row.get(r));
                 let _ = writeln!(
                     o,
                     "berth_routed_answers_total{{name=\"{name}\",region=\"{}\"}} {}",
                     region.name,
-                    self.answers[n][r].load(Ordering::Relaxed)
+                    v.map_or(0, |v| v.load(Ordering::Relaxed))
                 );
             }
             let _ = writeln!(
                 o,
                 "berth_routed_answers_total{{name=\"{name}\",region=\"\"}} {}",
-                self.answers[n][MAX_REGIONS].load(Ordering::Relaxed)
+                c.names
+                    .get(n)
+                    .map_or(0, |v| v.nodata.load(Ordering::Relaxed))
             );
         }
         let _ = writeln!(o, "# HELP berth_fail_open_answers_total Routed answers given while no enabled region was healthy.");
         let _ = writeln!(o, "# TYPE berth_fail_open_answers_total counter");
-        for (n, name) in g.names.iter().enumerate().take(MAX_NAMES) {
+        for (n, name) in g.names.iter().enumerate() {
             let _ = writeln!(
                 o,
                 "berth_fail_open_answers_total{{name=\"{name}\"}} {}",
-                self.fail_open_answers[n].load(Ordering::Relaxed)
+                c.names
+                    .get(n)
+                    .map_or(0, |v| v.fail_open_answers.load(Ordering::Relaxed))
             );
         }
         let _ = writeln!(
@@ -541,12 +512,13 @@ impl Metrics {
         }
         let _ = writeln!(o, "# HELP berth_region_down_events_total Health transitions to down (failovers of the region's clients).");
         let _ = writeln!(o, "# TYPE berth_region_down_events_total counter");
-        for (i, r) in g.regions.iter().enumerate().take(MAX_REGIONS) {
+        for (i, r) in g.regions.iter().enumerate() {
             let _ = writeln!(
                 o,
                 "berth_region_down_events_total{{region=\"{}\"}} {}",
                 r.name,
-                self.region_down_events[i].load(Ordering::Relaxed)
+                c.region(i)
+                    .map_or(0, |v| v.down_events.load(Ordering::Relaxed))
             );
         }
         let _ = writeln!(o, "# HELP berth_probe_latency_ms Smoothed probe latency.");
@@ -583,7 +555,7 @@ impl Metrics {
         let _ = writeln!(o, "# HELP berth_last_reload_ok 0 if the last reload was rejected (the previous config keeps serving).");
         let _ = writeln!(o, "# TYPE berth_last_reload_ok gauge");
         let _ = writeln!(o, "berth_last_reload_ok {}", u8::from(g.last_reload_ok));
-        self.proxy.render(&mut o, &g.regions);
+        self.proxy.render(&mut o, &g.regions, c);
         o
     }
 }

@@ -378,6 +378,14 @@ pub fn rendezvous(key: &ClientKey, region: &str) -> u64 {
     splitmix64(h.0)
 }
 
+/// A name's key in tables that outlive a config generation (sticky memory): the same name
+/// has the same key under every config, whatever its index. FNV-1a + splitmix64.
+pub fn stable_key(name: &str) -> u64 {
+    let mut h = Fnv::new();
+    h.write(name.as_bytes());
+    splitmix64(h.0)
+}
+
 struct Fnv(u64);
 
 impl Fnv {

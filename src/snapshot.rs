@@ -3,8 +3,8 @@
 //!
 //! Owns: loading what a config names (zone files, GeoIP database) and checking that the parts
 //! agree with each other; the one place that turns a client address into a routing
-//! [`Decision`] (GeoIP lookup, then [`routing::decide`]), so that DNS, `berth route` and later
-//! the proxy and admin API all route the same way. Does not own: the decision itself, nor any
+//! [`Decision`] (GeoIP lookup, then [`routing::decide`]), so that DNS, `berth route`, the
+//! proxy and the admin API all route the same way. Does not own: the decision itself, nor any
 //! mutable state: a change (health, flags, reload) builds a new snapshot.
 
 use std::net::IpAddr;
@@ -17,7 +17,8 @@ use hickory_proto::rr::Name;
 use crate::config::{Config, ConfigError, RegionId, RoutedName};
 use crate::dns::Tables;
 use crate::geo::{GeoDb, GeoError, GeoHit};
-use crate::routing::{self, ClientKey, Decision, Query, RegionState};
+use crate::metrics::Counters;
+use crate::routing::{self, stable_key, ClientKey, Decision, Query, RegionState};
 use crate::zone::{Zone, ZoneError, ZoneSet};
 
 /// Why a config could not become a snapshot. Each names the file at fault.
@@ -41,6 +42,9 @@ pub enum LoadError {
     /// The config and the zone data disagree (e.g. a routed name that also has zone records).
     #[error("{config}: {message}")]
     Inconsistent { config: PathBuf, message: String },
+    /// A bug met while loading (a panic caught at the reload boundary).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub struct Snapshot {
@@ -54,9 +58,39 @@ pub struct Snapshot {
     pub dns: Arc<Tables>,
     /// Bumped on every published change, so logs and the API can say which one answered.
     pub generation: u64,
+    /// Counters by this snapshot's ids (see `metrics`): a request counts under the labels of
+    /// the snapshot it was answered from, whatever reloads happen meanwhile.
+    pub counters: Arc<Counters>,
+    /// Stable keys of the routed names and regions, by id, for tables that outlive a
+    /// generation (sticky memory).
+    pub keys: Arc<StableKeys>,
     /// GeoIP answers by client key. A pure memo of `geo.lookup(key)`, so it is shared by
     /// every snapshot with the same database and dropped with it; bounded by clearing.
     geo_cache: Arc<DashMap<ClientKey, Option<Arc<GeoHit>>, foldhash::fast::RandomState>>,
+}
+
+/// [`routing::stable_key`] of every routed name and region, by id.
+pub struct StableKeys {
+    pub names: Vec<u64>,
+    pub regions: Vec<u64>,
+}
+
+impl StableKeys {
+    fn new(config: &Config) -> StableKeys {
+        StableKeys {
+            names: config
+                .routed_names
+                .iter()
+                .map(|n| stable_key(&n.name))
+                .collect(),
+            regions: config.regions.iter().map(|r| stable_key(&r.name)).collect(),
+        }
+    }
+
+    /// The id of the region whose stable key is `key`, if this config has it.
+    pub fn region_id(&self, key: u64) -> Option<RegionId> {
+        self.regions.iter().position(|k| *k == key)
+    }
 }
 
 /// Most client keys whose GeoIP answers are memoized; past it the memo starts over.
@@ -106,6 +140,8 @@ impl Snapshot {
             message,
         })?;
         let states = vec![RegionState::UP; config.regions.len()];
+        let counters = Arc::new(Counters::detached(&config));
+        let keys = Arc::new(StableKeys::new(&config));
         Ok(Snapshot {
             config: Arc::new(config),
             zones: Arc::new(zones),
@@ -113,6 +149,8 @@ impl Snapshot {
             states,
             dns: Arc::new(dns),
             generation,
+            counters,
+            keys,
             geo_cache: Arc::new(DashMap::with_hasher(foldhash::fast::RandomState::default())),
         })
     }
@@ -127,8 +165,16 @@ impl Snapshot {
             states,
             dns: self.dns.clone(),
             generation: self.generation,
+            counters: self.counters.clone(),
+            keys: self.keys.clone(),
             geo_cache: self.geo_cache.clone(),
         }
+    }
+
+    /// The same snapshot counting into `counters` (the server's registry, see `metrics`).
+    pub fn with_counters(mut self, counters: Counters) -> Snapshot {
+        self.counters = Arc::new(counters);
+        self
     }
 
     /// Is `name` failing open now: enabled regions, none of them healthy?

@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use berth::dns::{answer, Transport};
 use berth::live::{HealthInfo, Live};
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::Message;
+use hickory_proto::rr::{RData, RecordType};
 use serde_json::Value;
 
 mod support;
-use support::{bed, demo_config, dig, eventually, routed_a, Berth, TOKEN};
+use support::{bed, demo_config, dig, ecs_query as query, eventually, routed_a, Berth, TOKEN};
 
 const TOKYO: &str = "198.51.100.0/24";
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -477,17 +476,6 @@ fn admin_off_loopback_needs_a_token() {
 
 // ---------------------------------------------------------------------------------------------
 // A push's worth of queries, replayed through the DNS engine with a controlled clock.
-
-fn query(name: &str, qtype: RecordType, subnet: &str) -> Vec<u8> {
-    let mut m = Message::new(7, MessageType::Query, OpCode::Query);
-    m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
-    let mut e = Edns::new();
-    e.set_max_payload(1232);
-    let cs: ClientSubnet = subnet.parse().expect("subnet");
-    e.options_mut().insert(EdnsOption::Subnet(cs));
-    m.set_edns(e);
-    m.to_vec().expect("encode")
-}
 
 /// The region an answer points at, by its address or CNAME target.
 fn region_of(resp: &[u8]) -> String {

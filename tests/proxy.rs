@@ -318,19 +318,13 @@ fn region_stat(b: &Berth, region: &str, field: &str) -> u64 {
 }
 
 fn requests(b: &Berth, region: &str, method: &str) -> u64 {
-    let id = b
-        .running()
-        .live
-        .snapshot
-        .load()
-        .config
-        .region_id(region)
-        .expect("region");
-    b.running()
-        .live
-        .metrics
+    let snap = b.running().live.snapshot.load_full();
+    let id = snap.config.region_id(region).expect("region");
+    snap.counters
+        .region(id)
+        .expect("counters for every region")
         .proxy
-        .region_stats(id)
+        .stats()
         .requests
         .get(method)
         .copied()

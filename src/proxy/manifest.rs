@@ -11,6 +11,7 @@ use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
+use std::sync::atomic::Ordering;
 
 use super::oci::{self, References};
 use super::service::{peer_for, refusal_of, respond, set_forwarding, Ctx};
@@ -190,7 +191,9 @@ pub(super) async fn put(shared: &Shared, session: &mut Session, ctx: &mut Ctx) -
         }
         Err(e) => {
             tracing::warn!(region = %snap.config.regions[first].name, error = %e, "manifest PUT: region unreachable");
-            shared.live.metrics.proxy.failover(first);
+            if let Some(c) = snap.counters.region(first) {
+                c.proxy.failovers.fetch_add(1, Ordering::Relaxed);
+            }
             true
         }
     };
@@ -209,7 +212,9 @@ pub(super) async fn put(shared: &Shared, session: &mut Session, ctx: &mut Ctx) -
                 tracing::info!(region = %name, repo = %repo, "manifest safety net: the blobs are here, storing the manifest here");
                 let second = exchange(shared, &snap, id, req.clone(), Some(body.clone())).await;
                 if second.is_ok() {
-                    shared.live.metrics.proxy.safety_net(id);
+                    if let Some(c) = snap.counters.region(id) {
+                        c.proxy.safety_net.fetch_add(1, Ordering::Relaxed);
+                    }
                     let key = ClientKey::new(ctx.client, rn.client_prefix(&ctx.client));
                     shared.affinity.record(key, &repo, name, shared.live.now());
                     ctx.region = Some(id);

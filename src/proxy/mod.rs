@@ -303,13 +303,14 @@ async fn housekeeping(
         m.affinity_entries
             .store(shared.affinity.len() as u64, Ordering::Relaxed);
         let counts = shared.sessions.count_by_region(now);
-        for (id, g) in m.upload_sessions.iter().enumerate() {
-            let name = snap.config.regions.get(id).map(|r| r.name.as_str());
+        for (id, region) in snap.config.regions.iter().enumerate() {
             let c = counts
                 .iter()
-                .find(|(r, _)| Some(&**r) == name)
+                .find(|(r, _)| **r == *region.name)
                 .map_or(0, |(_, c)| *c);
-            g.store(c as u64, Ordering::Relaxed);
+            if let Some(g) = snap.counters.region(id) {
+                g.proxy.upload_sessions.store(c as u64, Ordering::Relaxed);
+            }
         }
         if snap.generation != generation {
             generation = snap.generation;

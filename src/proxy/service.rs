@@ -490,7 +490,9 @@ impl ProxyHttp for BerthProxy {
             if ctx.failover {
                 ctx.failover = false;
                 if let (Some(from), Some(rn)) = (ctx.region, routed(&snap)) {
-                    self.shared.live.metrics.proxy.failover(from);
+                    if let Some(c) = snap.counters.region(from) {
+                        c.proxy.failovers.fetch_add(1, Ordering::Relaxed);
+                    }
                     if let (Binding::Affinity, Some(repo)) = (ctx.binding, &ctx.repo) {
                         let key = ClientKey::new(ctx.client, rn.client_prefix(&ctx.client));
                         self.shared.affinity.record(
@@ -576,7 +578,9 @@ impl ProxyHttp for BerthProxy {
         }
         let id = ctx.region.expect("a peer was chosen");
         if ctx.fell_back && resp.status.is_success() {
-            self.shared.live.metrics.proxy.fallback(id);
+            if let Some(c) = snap.counters.region(id) {
+                c.proxy.fallbacks.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let region = snap.config.regions[id].name.as_str();
         let now = self.shared.live.now();
@@ -772,13 +776,15 @@ impl ProxyHttp for BerthProxy {
         } else {
             ctx.region
         };
-        self.shared.live.metrics.proxy.request(
-            region,
-            ctx.method,
-            e.is_some() || status >= 500 || status == 0,
-            ctx.bytes_in,
-            ctx.bytes_out,
-        );
+        let metrics = &self.shared.live.metrics.proxy;
+        metrics
+            .row(ctx.snap.as_ref().map(|s| &*s.counters), region)
+            .request(
+                ctx.method,
+                e.is_some() || status >= 500 || status == 0,
+                ctx.bytes_in,
+                ctx.bytes_out,
+            );
         let name = ctx
             .snap
             .as_ref()

@@ -361,3 +361,18 @@ pub fn routed_a(server: SocketAddr, subnet: &str) -> Vec<String> {
     )
     .answer_data()
 }
+
+/// A query for `name`/`qtype` with an EDNS Client Subnet option for `subnet` (id 7).
+pub fn ecs_query(name: &str, qtype: hickory_proto::rr::RecordType, subnet: &str) -> Vec<u8> {
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+    use hickory_proto::rr::Name;
+    let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+    let mut e = Edns::new();
+    e.set_max_payload(1232);
+    let cs: ClientSubnet = subnet.parse().expect("subnet");
+    e.options_mut().insert(EdnsOption::Subnet(cs));
+    m.set_edns(e);
+    m.to_vec().expect("encode")
+}
