@@ -80,7 +80,7 @@ OCI_TESTBED_DIR=$WORK IMG_LAYOUT=$LAYOUT "$TESTBED/make-images.sh" >/dev/null 2>
 sk() {
   if [ "$(id -u)" = 0 ]; then
     unshare -m --propagation private sh -c \
-      'mount -t tmpfs bic /var/lib/containers && exec skopeo --insecure-policy "$@"' sh "$@"
+      'mkdir -p /var/lib/containers && mount -t tmpfs bic /var/lib/containers && exec skopeo --insecure-policy "$@"' sh "$@"
   else
     XDG_DATA_HOME=$(mktemp -d "$WORK/xdg.XXXXXX") skopeo --insecure-policy "$@"
   fi

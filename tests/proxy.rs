@@ -134,7 +134,8 @@ impl Skopeo {
         let mut c = if root {
             let mut c = Command::new("unshare");
             c.args(["-m", "--propagation", "private", "sh", "-c"])
-                .arg("mount --bind \"$0\" /var/lib/containers && exec skopeo \"$@\"")
+                // A fresh machine has no /var/lib/containers until something creates it.
+                .arg("mkdir -p /var/lib/containers && mount --bind \"$0\" /var/lib/containers && exec skopeo \"$@\"")
                 .arg(self.cache.path());
             c
         } else {
