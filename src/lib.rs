@@ -8,6 +8,7 @@
 //! - [`zone`]: static zone data from RFC 1035 master files and the authoritative lookup.
 //! - [`health`]: probes of each region's upstream, rise/fall thresholds, the monitor loop.
 //! - [`snapshot`]: everything a query needs, built off the hot path and swapped in whole.
+//! - [`expiring`]: the bounded map with idle and age expiry behind sticky memory and affinity.
 //! - [`sticky`]: per-instance memory of which region each client was answered with.
 //! - [`flags`]: the operators' per-region `endpoint_enabled` flags, persisted atomically.
 //! - [`metrics`]: hot-path counters and their Prometheus rendering.
@@ -24,6 +25,7 @@ pub mod app;
 pub mod client;
 pub mod config;
 pub mod dns;
+pub mod expiring;
 pub mod flags;
 pub mod geo;
 pub mod health;

@@ -12,89 +12,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
-
+use crate::expiring::{Expiring, Millis};
 use crate::routing::ClientKey;
-use crate::sticky::Millis;
-
-#[derive(Debug, Clone)]
-struct Entry {
-    region: Arc<str>,
-    /// When this region was first given: how long a drain has been honouring it.
-    since: Millis,
-    /// Last use: bounds the entry's life, orders eviction.
-    seen: Millis,
-}
-
-/// A bounded map with per-entry idle expiry; the common core of both tables.
-struct Expiring<K: std::hash::Hash + Eq> {
-    map: DashMap<K, Entry>,
-    capacity: usize,
-    ttl: Millis,
-}
-
-impl<K: std::hash::Hash + Eq + Clone> Expiring<K> {
-    fn new(capacity: usize, ttl: Duration) -> Self {
-        Expiring {
-            map: DashMap::new(),
-            capacity: capacity.max(1),
-            ttl: ttl.as_millis() as Millis,
-        }
-    }
-
-    fn live(&self, e: &Entry, now: Millis) -> bool {
-        now.saturating_sub(e.seen) < self.ttl
-    }
-
-    fn get(&self, key: &K, now: Millis) -> Option<(Arc<str>, Millis)> {
-        let e = self.map.get(key)?;
-        self.live(&e, now).then(|| (e.region.clone(), e.since))
-    }
-
-    fn record(&self, key: K, region: &str, now: Millis) {
-        if let Some(mut e) = self.map.get_mut(&key) {
-            if &*e.region != region || !self.live(&e, now) {
-                e.region = Arc::from(region);
-                e.since = now;
-            }
-            e.seen = now;
-            return;
-        }
-        if self.map.len() >= self.capacity {
-            self.evict(now);
-        }
-        self.map.insert(
-            key,
-            Entry {
-                region: Arc::from(region),
-                since: now,
-                seen: now,
-            },
-        );
-    }
-
-    /// Drop expired entries; if that frees less than a tenth, drop the least recently used
-    /// down to 90% of capacity (batches keep eviction off most inserts).
-    fn evict(&self, now: Millis) {
-        self.purge(now);
-        crate::sticky::evict_least_recent(&self.map, self.capacity, |e| e.seen);
-    }
-
-    fn purge(&self, now: Millis) {
-        self.map
-            .retain(|_, e| now.saturating_sub(e.seen) < self.ttl);
-    }
-}
 
 /// (client key, repository) -> region name.
 pub struct AffinityTable {
-    inner: Expiring<(ClientKey, Box<str>)>,
+    inner: Expiring<(ClientKey, Box<str>), Arc<str>>,
 }
 
 impl AffinityTable {
     pub fn new(capacity: usize, ttl: Duration) -> AffinityTable {
         AffinityTable {
-            inner: Expiring::new(capacity, ttl),
+            inner: Expiring::new(capacity, ttl, Duration::MAX),
         }
     }
 
@@ -105,7 +34,8 @@ impl AffinityTable {
 
     /// `client` uses `region` for `repo` at `now` (refreshes or moves the affinity).
     pub fn record(&self, client: ClientKey, repo: &str, region: &str, now: Millis) {
-        self.inner.record((client, Box::from(repo)), region, now);
+        self.inner
+            .record((client, Box::from(repo)), Arc::from(region), now);
     }
 
     pub fn purge(&self, now: Millis) {
@@ -113,11 +43,11 @@ impl AffinityTable {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.map.len()
+        self.inner.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inner.map.is_empty()
+        self.inner.is_empty()
     }
 }
 
@@ -125,35 +55,32 @@ impl AffinityTable {
 /// region. Stateless routing does not need it; operators want the count per region (how much
 /// a drain still waits for).
 pub struct SessionTable {
-    inner: Expiring<Box<str>>,
+    inner: Expiring<Box<str>, Arc<str>>,
 }
 
 impl SessionTable {
     pub fn new(capacity: usize, ttl: Duration) -> SessionTable {
         SessionTable {
-            inner: Expiring::new(capacity, ttl),
+            inner: Expiring::new(capacity, ttl, Duration::MAX),
         }
     }
 
     pub fn touch(&self, uuid: &str, region: &str, now: Millis) {
-        self.inner.record(Box::from(uuid), region, now);
+        self.inner.record(Box::from(uuid), Arc::from(region), now);
     }
 
     /// The session completed or was cancelled.
     pub fn finish(&self, uuid: &str) {
-        self.inner.map.remove(uuid);
+        self.inner.remove(uuid);
     }
 
     /// Live sessions per region name.
     pub fn count_by_region(&self, now: Millis) -> Vec<(Arc<str>, usize)> {
         let mut out: Vec<(Arc<str>, usize)> = Vec::new();
-        for e in self.inner.map.iter() {
-            if !self.inner.live(&e, now) {
-                continue;
-            }
-            match out.iter_mut().find(|(r, _)| *r == e.region) {
+        for region in self.inner.fresh_values(now) {
+            match out.iter_mut().find(|(r, _)| *r == region) {
                 Some((_, n)) => *n += 1,
-                None => out.push((e.region.clone(), 1)),
+                None => out.push((region, 1)),
             }
         }
         out
