@@ -165,9 +165,54 @@ pub fn decide(
     states: &[RegionState],
     query: &Query<'_>,
 ) -> Decision {
+    let mut candidates = candidates(config, name, states, query);
+    let any_eligible = candidates
+        .iter()
+        .any(|c| c.eligibility == Eligibility::Eligible);
+    let any_enabled = candidates
+        .iter()
+        .any(|c| c.eligibility != Eligibility::Disabled);
+    // Fail open: with every enabled region down, answering one beats answering none.
+    let fail_open = !any_eligible && any_enabled;
+    let in_pool = |c: &Candidate| match c.eligibility {
+        Eligibility::Eligible => true,
+        Eligibility::Unhealthy => fail_open,
+        Eligibility::Disabled => false,
+    };
+
+    estimate(config, name, query, &mut candidates);
+
+    let sticky = query.sticky.filter(|s| {
+        candidates
+            .iter()
+            .any(|c| c.region == *s && c.eligibility == Eligibility::Eligible)
+    });
+    let (region, why) = if !any_enabled {
+        (None, Why::AllDisabled)
+    } else if let Some(s) = sticky {
+        (Some(s), Why::Sticky)
+    } else {
+        let pool: Vec<&Candidate> = candidates.iter().filter(|c| in_pool(c)).collect();
+        pick(name, &pool)
+    };
+    Decision {
+        region,
+        why,
+        fail_open,
+        key: query.key,
+        candidates,
+    }
+}
+
+/// Every region of `name` with its eligibility and tie-break hash; estimates come later.
+fn candidates(
+    config: &Config,
+    name: &RoutedName,
+    states: &[RegionState],
+    query: &Query<'_>,
+) -> Vec<Candidate> {
     let state = |id: RegionId| states.get(id).copied().unwrap_or(RegionState::UP);
-    let mut candidates: Vec<Candidate> = name
-        .regions
+    name.regions
         .iter()
         .map(|&id| {
             let s = state(id);
@@ -185,74 +230,36 @@ pub fn decide(
                 hash: rendezvous(&query.key, &config.regions[id].name),
             }
         })
-        .collect();
+        .collect()
+}
 
-    let any_eligible = candidates
-        .iter()
-        .any(|c| c.eligibility == Eligibility::Eligible);
-    let any_enabled = candidates
-        .iter()
-        .any(|c| c.eligibility != Eligibility::Disabled);
-    // Fail open: with every enabled region down, answering one beats answering none.
-    let fail_open = !any_eligible && any_enabled;
-    let in_pool = |c: &Candidate| match c.eligibility {
-        Eligibility::Eligible => true,
-        Eligibility::Unhealthy => fail_open,
-        Eligibility::Disabled => false,
-    };
-
-    estimate(config, name, query, &mut candidates);
-
-    let mut decision = Decision {
-        region: None,
-        why: Why::AllDisabled,
-        fail_open,
-        key: query.key,
-        candidates: Vec::new(),
-    };
-    if !any_enabled {
-        decision.candidates = candidates;
-        return decision;
-    }
-    if let Some(s) = query.sticky {
-        if candidates
-            .iter()
-            .any(|c| c.region == s && c.eligibility == Eligibility::Eligible)
-        {
-            decision.region = Some(s);
-            decision.why = Why::Sticky;
-            decision.candidates = candidates;
-            return decision;
-        }
-    }
-
-    let pool: Vec<&Candidate> = candidates.iter().filter(|c| in_pool(c)).collect();
-    let (region, why) = match &name.policy {
+/// The policy's choice among the pooled (answerable) candidates.
+fn pick(name: &RoutedName, pool: &[&Candidate]) -> (Option<RegionId>, Why) {
+    match &name.policy {
         Policy::Performance => {
             let best = pool
                 .iter()
                 .filter_map(|c| c.ms)
                 .fold(f64::INFINITY, f64::min);
-            if best.is_finite() {
-                let tied: Vec<&&Candidate> = pool
-                    .iter()
-                    .filter(|c| c.ms.is_some_and(|ms| ms <= best + name.tie_band_ms))
-                    .collect();
-                let pick = tied
-                    .iter()
-                    .max_by_key(|c| c.hash)
-                    .expect("the best estimate belongs to a pooled candidate");
-                let why = if tied.len() > 1 {
-                    Why::TieBreak { tied: tied.len() }
-                } else {
-                    Why::LowestLatency
-                };
-                (Some(pick.region), why)
-            } else {
-                (first_ranked(&pool), Why::DefaultOrder)
+            if !best.is_finite() {
+                return (first_ranked(pool), Why::DefaultOrder);
             }
+            let tied: Vec<&&Candidate> = pool
+                .iter()
+                .filter(|c| c.ms.is_some_and(|ms| ms <= best + name.tie_band_ms))
+                .collect();
+            let pick = tied
+                .iter()
+                .max_by_key(|c| c.hash)
+                .expect("the best estimate belongs to a pooled candidate");
+            let why = if tied.len() > 1 {
+                Why::TieBreak { tied: tied.len() }
+            } else {
+                Why::LowestLatency
+            };
+            (Some(pick.region), why)
         }
-        Policy::Priority { .. } => (first_ranked(&pool), Why::Priority),
+        Policy::Priority { .. } => (first_ranked(pool), Why::Priority),
         Policy::Weighted { .. } => {
             let pick = pool
                 .iter()
@@ -262,15 +269,11 @@ pub fn decide(
                 .or_else(|| pool.iter().max_by_key(|c| c.hash));
             (pick.map(|c| c.region), Why::Weighted)
         }
-        Policy::Geographic { .. } => match first_ranked(&pool) {
+        Policy::Geographic { .. } => match first_ranked(pool) {
             Some(r) => (Some(r), Why::Geographic),
             None => (None, Why::NoMappedRegion),
         },
-    };
-    decision.region = region;
-    decision.why = why;
-    decision.candidates = candidates;
-    decision
+    }
 }
 
 fn score(c: &Candidate) -> f64 {
