@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use hickory_proto::rr::Name;
 
 use crate::config::{Config, ConfigError, RegionId, RoutedName};
 use crate::dns::Tables;
@@ -113,13 +112,7 @@ impl Snapshot {
                 config: config.path.clone(),
                 source: Box::new(source),
             };
-            let origin = Name::from_ascii(format!("{}.", z.origin)).map_err(|e| {
-                LoadError::Inconsistent {
-                    config: config.path.clone(),
-                    message: format!("zone origin {:?}: {e}", z.origin),
-                }
-            })?;
-            zones.push(Zone::load(&z.file, &origin).map_err(zone_err)?);
+            zones.push(Zone::load_at(&z.file, &z.origin).map_err(zone_err)?);
         }
         let zones = ZoneSet::new(zones).map_err(|source| LoadError::Zone {
             origin: "(all)".to_string(),

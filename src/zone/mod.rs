@@ -76,6 +76,17 @@ impl Node {
 impl Zone {
     /// Load an RFC 1035 master file. `origin` is the zone apex from config; relative names in
     /// the file are relative to it, and relative `$INCLUDE`s to the file's directory.
+    /// As [`Zone::load`], with the origin as the config writes it (`example.test`).
+    pub fn load_at(path: &Path, origin: &str) -> Result<Zone, ZoneError> {
+        let name = Name::from_ascii(format!("{}.", origin.trim_end_matches('.'))).map_err(|e| {
+            ZoneError::BadOrigin {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        Zone::load(path, &name)
+    }
+
     pub fn load(path: &Path, origin: &Name) -> Result<Zone, ZoneError> {
         let text = std::fs::read_to_string(path).map_err(|source| ZoneError::Read {
             path: path.to_path_buf(),
@@ -244,6 +255,8 @@ pub enum ZoneError {
         #[source]
         source: SyntaxError,
     },
+    #[error("zone origin {origin:?} is not a domain name: {message}")]
+    BadOrigin { origin: String, message: String },
     #[error("{file}: no SOA record at the zone apex {origin}")]
     MissingSoa { file: String, origin: String },
     #[error("{file}: SOA record at {name} is not at the zone apex {origin}")]
