@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::{AdminConfig, Region, TokenSource};
-use crate::dns::server::{bind_udp, start_tcp, TcpHandler, UdpWorkers};
+use crate::dns::server::{bind_tcp, bind_udp, TcpLimits, TcpServer, UdpWorkers};
 use crate::health::{HealthReport, Monitor, MonitorHandle, RegionHealth};
 use crate::live::{HealthInfo, Live};
 
@@ -23,7 +23,7 @@ pub struct Running {
     pub live: Arc<Live>,
     proxy: Option<crate::proxy::Proxy>,
     udp: Vec<UdpWorkers>,
-    tcp: hickory_server::Server<TcpHandler>,
+    tcp: TcpServer,
     monitor: Arc<Mutex<Option<MonitorHandle>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -113,7 +113,7 @@ impl Running {
                 let socks = bind_udp(*addr, threads)
                     .with_context(|| format!("cannot bind DNS UDP socket {addr}"))?;
                 let bound = socks[0].local_addr()?;
-                match tokio::net::TcpListener::bind(bound).await {
+                match bind_tcp(bound) {
                     Ok(tcp) => break (socks, tcp, bound),
                     Err(e) if addr.port() == 0 && attempt < 20 => {
                         tracing::debug!(error = %e, %bound, "TCP port taken, picking another");
@@ -128,7 +128,15 @@ impl Running {
             tcp_listeners.push(tcp);
             dns_addrs.push(bound);
         }
-        let tcp = start_tcp(tcp_listeners, live.clone(), dns.tcp_idle_timeout);
+        let tcp = TcpServer::start(
+            tcp_listeners,
+            live.clone(),
+            TcpLimits {
+                idle_timeout: dns.tcp_idle_timeout,
+                max_connections: dns.tcp_max_connections,
+                max_connections_per_client: dns.tcp_max_connections_per_client,
+            },
+        );
         for a in &dns_addrs {
             tracing::info!(addr = %a, "serving DNS on UDP and TCP");
         }
@@ -227,8 +235,7 @@ impl Running {
         if let Some(p) = self.proxy {
             p.stop().await;
         }
-        let mut tcp = self.tcp;
-        let _ = tcp.shutdown_gracefully().await;
+        self.tcp.stop().await;
         if let Some(m) = self
             .monitor
             .lock()
@@ -249,6 +256,7 @@ impl Running {
 /// `berth serve`: run until SIGINT or SIGTERM; SIGHUP reloads.
 pub async fn serve(path: &Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    raise_open_files_limit();
     let running = Running::start(path).await?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -274,4 +282,50 @@ pub async fn serve(path: &Path) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+/// Raise the soft limit on open files to the hard limit: every DNS TCP connection, admin and
+/// proxy client holds a descriptor, and a soft limit of 1024 (a common default) is reached
+/// long before the connection caps are. Logged either way, so the real limit is on record.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "cannot read the open files limit (RLIMIT_NOFILE)");
+        return;
+    }
+    let mut target = lim.rlim_max;
+    #[cfg(target_os = "linux")]
+    if target == libc::RLIM_INFINITY {
+        // "Unlimited" is refused for RLIMIT_NOFILE; the kernel's ceiling is nr_open.
+        if let Some(n) = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            target = n;
+        }
+    }
+    if lim.rlim_cur >= target {
+        tracing::info!(limit = lim.rlim_cur, "open files limit (RLIMIT_NOFILE)");
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit reads one rlimit we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        tracing::info!(
+            from = lim.rlim_cur,
+            to = target,
+            "raised the open files limit (RLIMIT_NOFILE) to the hard limit"
+        );
+    } else {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, limit = lim.rlim_cur, hard = lim.rlim_max, "cannot raise the open files limit (RLIMIT_NOFILE)");
+    }
 }

@@ -12,7 +12,7 @@
 //! - [`flags`]: the operators' per-region `endpoint_enabled` flags, persisted atomically.
 //! - [`metrics`]: hot-path counters and their Prometheus rendering.
 //! - [`live`]: what the front ends share at run time: current snapshot, sticky table, clock.
-//! - [`dns`]: the DNS front end (UDP fast path, hickory-server for TCP).
+//! - [`dns`]: the DNS front end (UDP fast path and batched sockets, TCP with connection caps).
 //! - [`proxy`]: the OCI-aware HTTP reverse proxy front end (pingora): affinity, upload tokens,
 //!   fallbacks.
 //! - [`admin`]: the admin API, `/metrics` and the dashboard page on their own listener.

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub dropped: AtomicU64,
     /// The HTTP proxy front end's counters and gauges.
     pub proxy: ProxyMetrics,
+    /// DNS TCP connections closed at once: a per-listener or per-client cap was reached.
+    pub dns_tcp_refused: AtomicU64,
+    /// Pauses of a DNS TCP accept loop because the process ran out of file descriptors.
+    pub dns_tcp_accept_pauses: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -44,6 +48,8 @@ impl Default for Metrics {
             reloads_failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             proxy: ProxyMetrics::default(),
+            dns_tcp_refused: AtomicU64::new(0),
+            dns_tcp_accept_pauses: AtomicU64::new(0),
         }
     }
 }
@@ -584,6 +590,20 @@ impl Metrics {
         let _ = writeln!(o, "# TYPE berth_last_reload_ok gauge");
         let _ = writeln!(o, "berth_last_reload_ok {}", u8::from(g.last_reload_ok));
         self.proxy.render(&mut o, &g.regions);
+        let _ = writeln!(o, "# HELP berth_dns_tcp_refused_total DNS TCP connections closed at once: dns.tcp_max_connections or dns.tcp_max_connections_per_client reached.");
+        let _ = writeln!(o, "# TYPE berth_dns_tcp_refused_total counter");
+        let _ = writeln!(
+            o,
+            "berth_dns_tcp_refused_total {}",
+            self.dns_tcp_refused.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(o, "# HELP berth_dns_tcp_accept_pauses_total Pauses in accepting DNS TCP connections for lack of file descriptors.");
+        let _ = writeln!(o, "# TYPE berth_dns_tcp_accept_pauses_total counter");
+        let _ = writeln!(
+            o,
+            "berth_dns_tcp_accept_pauses_total {}",
+            self.dns_tcp_accept_pauses.load(Ordering::Relaxed)
+        );
         o
     }
 }

@@ -1,0 +1,222 @@
+//! The DNS sockets under an operator's worst day (issue 8): wildcard listen addresses,
+//! descriptor exhaustion and connection floods over TCP, workers that panic. A real Berth on
+//! loopback, real sockets from the client side.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+mod support;
+use support::{demo_config, Berth};
+
+/// An A query for the routed name, ID `id`, without EDNS.
+fn a_query(id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in ["registry", "example", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Check that `got` answers `a_query(id)`: same ID, QR set, NOERROR, one answer.
+fn assert_answers(got: &[u8], id: u16) {
+    assert!(got.len() > 12, "short answer {got:?}");
+    assert_eq!(&got[..2], &id.to_be_bytes(), "the query's ID");
+    assert_eq!(got[2] & 0x80, 0x80, "QR set");
+    assert_eq!(got[3] & 0x0f, 0, "NOERROR");
+    assert_eq!(
+        u16::from_be_bytes([got[6], got[7]]),
+        1,
+        "one answer: {got:?}"
+    );
+}
+
+fn ipv6_loopback() -> bool {
+    UdpSocket::bind("[::1]:0").is_ok()
+}
+
+/// Issue 8, defect 3: on a wildcard address a host with several addresses must answer from the
+/// one the query was sent to; resolvers drop an answer from another address.
+#[test]
+fn wildcard_listener_answers_from_the_address_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = if ipv6_loopback() {
+        "listen = [\"0.0.0.0:0\", \"[::]:0\"]"
+    } else {
+        "listen = [\"0.0.0.0:0\"]"
+    };
+    let path = demo_config(dir.path(), &[("listen = [\"127.0.0.1:1053\"]", listen)], "");
+    let berth = Berth::start(&path);
+    let addrs = berth.running().dns_addrs.clone();
+    let mut targets: Vec<SocketAddr> = Vec::new();
+    for a in &addrs {
+        let ips: &[&str] = if a.is_ipv4() {
+            // 127.0.0.2 is the one that matters: the kernel's own choice would be 127.0.0.1.
+            &["127.0.0.2", "127.0.0.1", "127.0.0.3"]
+        } else {
+            &["::1"]
+        };
+        for ip in ips {
+            targets.push(SocketAddr::new(ip.parse().expect("literal"), a.port()));
+        }
+    }
+    for (n, to) in targets.iter().enumerate() {
+        let local: SocketAddr = if to.is_ipv4() {
+            "127.0.0.1:0".parse().expect("literal")
+        } else {
+            "[::1]:0".parse().expect("literal")
+        };
+        let sock = UdpSocket::bind(local).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let id = 0x5100 + n as u16;
+        sock.send_to(&a_query(id), to).expect("send");
+        let mut buf = [0u8; 1500];
+        let (len, from) = sock
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("no answer to a query sent to {to}: {e}"));
+        assert_eq!(
+            from, *to,
+            "the answer to a query sent to {to} came from {from}"
+        );
+        assert_answers(&buf[..len], id);
+    }
+}
+
+/// A TCP connection to `to` from the local address `from` (a loopback address of its own, so
+/// the server sees another client).
+fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let local: SocketAddr = format!("{from}:0").parse().expect("literal");
+    sock.bind(&local.into()).expect("bind");
+    sock.connect(&to.into())
+        .unwrap_or_else(|e| panic!("connect {from} -> {to}: {e}"));
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s
+}
+
+/// Send `a_query(id)` over TCP and read one answer.
+fn tcp_query(s: &mut TcpStream, id: u16) -> std::io::Result<Vec<u8>> {
+    let q = a_query(id);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    s.write_all(&framed)?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)?;
+    let mut a = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut a)?;
+    Ok(a)
+}
+
+/// The connection was closed by the server without an answer (not left hanging: a read
+/// timeout is a failure).
+fn assert_closed(r: std::io::Result<Vec<u8>>, what: &str) {
+    use std::io::ErrorKind::*;
+    match r {
+        Ok(a) => panic!(
+            "{what}: answered ({} octets), expected the connection closed",
+            a.len()
+        ),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            ),
+            "{what}: expected the connection closed, got {e} ({:?})",
+            e.kind()
+        ),
+    }
+}
+
+/// Issue 8, defect 5: idle TCP connections from one client cannot take more than its share,
+/// nor all clients more than the listener's; a connection over a cap is closed at once while
+/// other clients keep being answered, and a slot given back is usable again.
+#[test]
+fn tcp_connections_are_capped_per_client_and_per_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = demo_config(
+        dir.path(),
+        &[(
+            "listen = [\"127.0.0.1:1053\"]",
+            "listen = [\"127.0.0.1:1053\"]\ntcp_max_connections = 6\ntcp_max_connections_per_client = 4",
+        )],
+        "",
+    );
+    let berth = Berth::start(&path);
+    let to = berth.dns;
+    // Four connections from 127.0.0.1, each answered once and then left idle.
+    let mut idle: Vec<TcpStream> = (0..4u16)
+        .map(|i| {
+            let mut s = connect_from("127.0.0.1", to);
+            let a = tcp_query(&mut s, 0x6000 + i).expect("an answer within the cap");
+            assert_answers(&a, 0x6000 + i);
+            s
+        })
+        .collect();
+    // A fifth from the same address: over the per-client cap.
+    let mut fifth = connect_from("127.0.0.1", to);
+    assert_closed(
+        tcp_query(&mut fifth, 0x6010),
+        "5th connection from 127.0.0.1",
+    );
+    // Another client is still served, on a connection it keeps.
+    let mut other = connect_from("127.0.0.3", to);
+    assert_answers(
+        &tcp_query(&mut other, 0x6020).expect("127.0.0.3 answered"),
+        0x6020,
+    );
+    let mut sixth = connect_from("127.0.0.4", to);
+    assert_answers(
+        &tcp_query(&mut sixth, 0x6030).expect("127.0.0.4 answered"),
+        0x6030,
+    );
+    // Six open: the listener is full, whoever asks.
+    let mut seventh = connect_from("127.0.0.5", to);
+    assert_closed(
+        tcp_query(&mut seventh, 0x6040),
+        "7th connection on the listener",
+    );
+    // The connections kept open still work.
+    assert_answers(
+        &tcp_query(&mut idle[0], 0x6050).expect("kept connection"),
+        0x6050,
+    );
+    // A client that closes one gets its slot back (the server notices the close soon).
+    drop(idle.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = connect_from("127.0.0.1", to);
+        match tcp_query(&mut s, 0x6060) {
+            Ok(a) => {
+                assert_answers(&a, 0x6060);
+                break;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the slot given back was never usable: {e}"
+            ),
+        }
+        std::thread::sleep(support::POLL);
+    }
+    let refused = berth
+        .running()
+        .live
+        .metrics
+        .dns_tcp_refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refused >= 2, "refusals counted: {refused}");
+    // UDP was never affected.
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    sock.send_to(&a_query(0x6070), to).expect("send");
+    let mut buf = [0u8; 1500];
+    let (n, _) = sock.recv_from(&mut buf).expect("UDP answer");
+    assert_answers(&buf[..n], 0x6070);
+}
