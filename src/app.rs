@@ -12,6 +12,7 @@ use crate::config::{AdminConfig, Region, TokenSource};
 use crate::dns::server::{bind_tcp, bind_udp, TcpLimits, TcpServer, UdpWorkers};
 use crate::health::{HealthReport, Monitor, MonitorHandle, RegionHealth};
 use crate::live::{HealthInfo, Live};
+use crate::supervise::{supervise_task, Kind, Unit};
 
 /// A running Berth: its listeners' real addresses (port 0 resolved) and its live state.
 pub struct Running {
@@ -46,7 +47,7 @@ fn apply(live: &Live, report: &HealthReport) {
 
 fn start_monitor(live: &Arc<Live>, regions: Vec<Region>) -> MonitorHandle {
     let weak = Arc::downgrade(live);
-    Monitor::start(regions, move |report| {
+    Monitor::start_supervised(regions, live.metrics.workers.clone(), move |report| {
         if let Some(live) = weak.upgrade() {
             apply(&live, &report);
         }
@@ -149,27 +150,15 @@ impl Running {
         ))));
         // Transitions publish at once; this also brings probe latency and errors up to date.
         {
-            let live = Arc::downgrade(&live);
+            let weak = Arc::downgrade(&live);
             let monitor = monitor.clone();
-            let mut stop = shutdown.subscribe();
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = stop.changed() => break,
-                    }
-                    let Some(live) = live.upgrade() else { break };
-                    let report = monitor
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_ref()
-                        .map(|m| m.report());
-                    if let Some(report) = report {
-                        apply(&live, &report);
-                    }
-                }
-            }));
+            let stop = shutdown.subscribe();
+            let unit = Unit::unlisted(Kind::Health, "health report");
+            tasks.push(tokio::spawn(supervise_task(
+                live.metrics.workers.clone(),
+                unit,
+                move || report_loop(weak.clone(), monitor.clone(), stop.clone()),
+            )));
         }
 
         let mut admin_addr = None;
@@ -179,16 +168,17 @@ impl Running {
                 .with_context(|| format!("cannot bind admin listener {addr}"))?;
             admin_addr = Some(listener.local_addr()?);
             tracing::info!(addr = %listener.local_addr()?, "serving the admin API");
-            let mut stop = shutdown.subscribe();
+            // Kept as a std socket so a replaced admin server (after a panic) listens on the
+            // same one: each run gets its own descriptor of it.
+            let listener = listener.into_std()?;
+            let stop = shutdown.subscribe();
             let live = live.clone();
-            tasks.push(tokio::spawn(async move {
-                let done = async move {
-                    let _ = stop.changed().await;
-                };
-                if let Err(e) = crate::admin::serve(listener, live, token, done).await {
-                    tracing::error!(error = %e, "admin listener failed");
-                }
-            }));
+            let unit = Unit::unlisted(Kind::Admin, format!("admin on {}", listener.local_addr()?));
+            tasks.push(tokio::spawn(supervise_task(
+                live.metrics.workers.clone(),
+                unit,
+                move || admin_run(&listener, live.clone(), token.clone(), stop.clone()),
+            )));
         }
 
         let proxy = if snap.config.proxy.enabled() {
@@ -231,6 +221,7 @@ impl Running {
     }
 
     pub async fn stop(self) {
+        self.live.metrics.workers.stopping();
         let _ = self.shutdown.send(true);
         if let Some(p) = self.proxy {
             p.stop().await;
@@ -249,6 +240,61 @@ impl Running {
         }
         for u in self.udp {
             tokio::task::spawn_blocking(move || u.stop()).await.ok();
+        }
+    }
+}
+
+/// Every second, bring probe latency and errors into the live state (transitions publish at
+/// once through the monitor's callback).
+async fn report_loop(
+    live: std::sync::Weak<Live>,
+    monitor: Arc<Mutex<Option<MonitorHandle>>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while !*stop.borrow_and_update() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let Some(live) = live.upgrade() else { break };
+        let report = monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|m| m.report());
+        if let Some(report) = report {
+            apply(&live, &report);
+        }
+    }
+}
+
+/// One run of the admin API on (a descriptor of) `listener`, until `stop`.
+fn admin_run(
+    listener: &std::net::TcpListener,
+    live: Arc<Live>,
+    token: Option<String>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let listener = listener
+        .try_clone()
+        .and_then(tokio::net::TcpListener::from_std);
+    async move {
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot use the admin listener again");
+                return;
+            }
+        };
+        if *stop.borrow_and_update() {
+            return;
+        }
+        let done = async move {
+            let _ = stop.changed().await;
+        };
+        if let Err(e) = crate::admin::serve(listener, live, token, done).await {
+            tracing::error!(error = %e, "admin listener failed");
         }
     }
 }

@@ -17,6 +17,7 @@
 //!   fallbacks.
 //! - [`admin`]: the admin API, `/metrics` and the dashboard page on their own listener.
 //! - [`client`]: the CLI's client for a running server's admin API.
+//! - [`supervise`]: the panic hook and the supervisors that replace a panicked worker.
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
 
 pub mod admin;
@@ -33,6 +34,7 @@ pub mod proxy;
 pub mod routing;
 pub mod snapshot;
 pub mod sticky;
+pub mod supervise;
 pub mod zone;
 
 /// An error with its whole `source()` chain, one cause per ": ", for logs and CLI output.

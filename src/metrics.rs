@@ -32,6 +32,8 @@ pub struct Metrics {
     pub dns_tcp_refused: AtomicU64,
     /// Pauses of a DNS TCP accept loop because the process ran out of file descriptors.
     pub dns_tcp_accept_pauses: AtomicU64,
+    /// The supervised workers: which run, their panics (`/readyz`, the dashboard).
+    pub workers: std::sync::Arc<crate::supervise::Workers>,
 }
 
 impl Default for Metrics {
@@ -50,6 +52,7 @@ impl Default for Metrics {
             proxy: ProxyMetrics::default(),
             dns_tcp_refused: AtomicU64::new(0),
             dns_tcp_accept_pauses: AtomicU64::new(0),
+            workers: Default::default(),
         }
     }
 }
@@ -604,6 +607,7 @@ impl Metrics {
             "berth_dns_tcp_accept_pauses_total {}",
             self.dns_tcp_accept_pauses.load(Ordering::Relaxed)
         );
+        self.workers.render(&mut o);
         o
     }
 }

@@ -220,3 +220,120 @@ fn tcp_connections_are_capped_per_client_and_per_listener() {
     let (n, _) = sock.recv_from(&mut buf).expect("UDP answer");
     assert_answers(&buf[..n], 0x6070);
 }
+
+/// GET `url`: status and body.
+fn get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().expect("body");
+    (status, body)
+}
+
+/// Poll `check` until it holds, failing with `what` after 10 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(support::POLL);
+    }
+}
+
+/// One UDP query to `to`: answered?
+fn udp_answered(to: SocketAddr, id: u16) -> bool {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    sock.send_to(&a_query(id), to).expect("send");
+    let mut buf = [0u8; 1500];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => {
+            assert_answers(&buf[..n], id);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Issue 8, defect 2 (second half): no worker dies silently. A DNS UDP thread and a TCP accept
+/// loop that panic are logged, counted and replaced on their sockets; queries go on being
+/// answered, and `/readyz`, `/metrics` and the API say what happened.
+#[test]
+fn a_panicking_dns_worker_is_counted_and_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One UDP thread: if it were not replaced, nothing would answer UDP.
+    let path = demo_config(
+        dir.path(),
+        &[(
+            "listen = [\"127.0.0.1:1053\"]",
+            "listen = [\"127.0.0.1:1053\"]\nudp_threads = 1",
+        )],
+        "",
+    );
+    let berth = Berth::start(&path);
+    let admin = berth.admin();
+    let workers = berth.running().live.metrics.workers.clone();
+    let (udp, tcp) = (
+        format!("dns-udp-0 on {}", berth.dns),
+        format!("dns-tcp on {}", berth.dns),
+    );
+    assert_eq!(workers.names(), vec![udp.clone(), tcp.clone()]);
+    eventually("ready at start", || {
+        get(&format!("{admin}/readyz")) == (200, "ready\n".into())
+    });
+
+    assert!(workers.inject_panic(&udp));
+    eventually("the UDP worker's panic counted", || workers.panics() == 1);
+    eventually("UDP answered after the panic", || {
+        udp_answered(berth.dns, 0x7000)
+    });
+    eventually("ready again", || get(&format!("{admin}/readyz")).0 == 200);
+    for id in 0x7001..0x7011 {
+        assert!(udp_answered(berth.dns, id), "query {id:#x} unanswered");
+    }
+
+    // The TCP accept loop: the connection it was accepting is lost, the next one is served.
+    assert!(workers.inject_panic(&tcp));
+    let mut first = connect_from("127.0.0.1", berth.dns);
+    assert_closed(
+        tcp_query(&mut first, 0x7100),
+        "the connection accepted by the panicking loop",
+    );
+    eventually("TCP answered after the panic", || {
+        let mut s = connect_from("127.0.0.1", berth.dns);
+        tcp_query(&mut s, 0x7101).is_ok()
+    });
+    assert_eq!(workers.panics(), 2);
+
+    let (status, metrics) = get(&format!("{admin}/metrics"));
+    assert_eq!(status, 200);
+    for line in [
+        "berth_worker_panics_total{worker=\"dns-udp\"} 1",
+        "berth_worker_panics_total{worker=\"dns-tcp\"} 1",
+        "berth_worker_panics_total{worker=\"health\"} 0",
+        "berth_ready 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+    let (_, regions) = get(&format!("{admin}/api/v1/regions"));
+    let v: serde_json::Value = serde_json::from_str(&regions).expect("json");
+    let w = &v["workers"];
+    assert_eq!(w["ready"], true, "{w}");
+    assert_eq!(w["panics"], 2, "{w}");
+    assert_eq!(w["panics_by_worker"]["dns-udp"], 1, "{w}");
+    assert_eq!(w["panics_by_worker"]["dns-tcp"], 1, "{w}");
+    let last = w["last_panic"].as_str().expect("last panic text");
+    assert!(last.starts_with(&tcp), "{last}");
+}

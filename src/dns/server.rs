@@ -19,6 +19,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::live::Live;
+use crate::supervise::{supervise_task, supervise_thread, Kind, Unit, Workers};
 
 use super::{answer, Transport};
 
@@ -58,19 +59,26 @@ pub struct UdpWorkers {
 }
 
 impl UdpWorkers {
-    /// Start one worker thread per socket.
+    /// Start one worker thread per socket. A worker that panics is logged, counted and run
+    /// again on its socket by its thread ([`supervise_thread`]); the queries of the batch it
+    /// was answering are lost, as if dropped on the way.
     pub fn start(sockets: Vec<UdpSocket>, live: Arc<Live>) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for (i, sock) in sockets.into_iter().enumerate() {
             // Wake up now and then to notice `stop`; queries don't wait on this.
             sock.set_read_timeout(Some(Duration::from_millis(250)))?;
+            let addr = sock.local_addr()?;
             let stop = stop.clone();
             let live = live.clone();
+            let workers: Arc<Workers> = live.metrics.workers.clone();
+            let unit = workers.register(Kind::DnsUdp, format!("dns-udp-{i} on {addr}"));
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("dns-udp-{i}"))
-                    .spawn(move || udp_loop(sock, live, stop))?,
+                    .spawn(move || {
+                        supervise_thread(&workers, &unit, || udp_loop(&sock, &live, &stop, &unit))
+                    })?,
             );
         }
         Ok(UdpWorkers { stop, threads })
@@ -85,21 +93,24 @@ impl UdpWorkers {
 }
 
 #[cfg(target_os = "linux")]
-fn udp_loop(sock: UdpSocket, live: Arc<Live>, stop: Arc<AtomicBool>) {
-    batch::run(sock, live, stop)
+fn udp_loop(sock: &UdpSocket, live: &Live, stop: &AtomicBool, unit: &Unit) {
+    batch::run(sock, live, stop, unit)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn udp_loop(sock: UdpSocket, live: Arc<Live>, stop: Arc<AtomicBool>) {
-    simple_loop(sock, live, stop)
+fn udp_loop(sock: &UdpSocket, live: &Live, stop: &AtomicBool, unit: &Unit) {
+    simple_loop(sock, live, stop, unit)
 }
 
-/// One packet per system call: the portable loop.
+/// One packet per system call: the portable loop. It answers from the address the kernel
+/// picks, so on these systems listen on specific addresses, not a wildcard.
 #[cfg_attr(target_os = "linux", allow(dead_code))]
-fn simple_loop(sock: UdpSocket, live: Arc<Live>, stop: Arc<AtomicBool>) {
+fn simple_loop(sock: &UdpSocket, live: &Live, stop: &AtomicBool, unit: &Unit) {
     let mut buf = [0u8; 65535];
     while !stop.load(Ordering::Relaxed) {
-        let (len, src) = match sock.recv_from(&mut buf) {
+        let received = sock.recv_from(&mut buf);
+        unit.injected_panic_point();
+        let (len, src) = match received {
             Ok(x) => x,
             Err(e)
                 if matches!(
@@ -115,7 +126,7 @@ fn simple_loop(sock: UdpSocket, live: Arc<Live>, stop: Arc<AtomicBool>) {
                 continue;
             }
         };
-        if let Some(out) = answer(&live, &buf[..len], src.ip(), Transport::Udp) {
+        if let Some(out) = answer(live, &buf[..len], src.ip(), Transport::Udp) {
             if let Err(e) = sock.send_to(&out, src) {
                 tracing::debug!(error = %e, %src, "udp send error");
             }
@@ -162,17 +173,32 @@ impl TcpServer {
         limits: TcpLimits,
     ) -> TcpServer {
         let (stop, _) = tokio::sync::watch::channel(false);
+        let workers: Arc<Workers> = live.metrics.workers.clone();
         let tasks = listeners
             .into_iter()
             .map(|l| {
+                let name = match l.local_addr() {
+                    Ok(a) => format!("dns-tcp on {a}"),
+                    Err(_) => "dns-tcp".to_string(),
+                };
+                let unit = workers.register(Kind::DnsTcp, name);
+                // Shared with the accept loop, so a replaced loop accepts on the same socket
+                // and counts the same connections.
+                let listener = Arc::new(l);
                 let slots = Arc::new(Slots::new(limits));
-                tokio::spawn(accept_loop(
-                    l,
-                    live.clone(),
-                    limits,
-                    slots,
-                    stop.subscribe(),
-                ))
+                let live = live.clone();
+                let stop = stop.subscribe();
+                let u = unit.clone();
+                tokio::spawn(supervise_task(workers.clone(), unit, move || {
+                    accept_loop(
+                        listener.clone(),
+                        live.clone(),
+                        limits,
+                        slots.clone(),
+                        stop.clone(),
+                        u.clone(),
+                    )
+                }))
             })
             .collect();
         TcpServer { stop, tasks }
@@ -274,27 +300,33 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 /// Longest pause in accepting after running out of descriptors.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Accept connections until `stop`; a connection's task lives in this loop's set, so the
+/// loop sees each one end (and count its panic), and ending the loop ends them.
 async fn accept_loop(
-    listener: tokio::net::TcpListener,
+    listener: Arc<tokio::net::TcpListener>,
     live: Arc<Live>,
     limits: TcpLimits,
     slots: Arc<Slots>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    unit: Arc<Unit>,
 ) {
     let mut conns = tokio::task::JoinSet::new();
     let mut backoff = Duration::ZERO;
-    loop {
+    while !*stop.borrow_and_update() {
         tokio::select! {
             _ = stop.changed() => break,
             Some(done) = conns.join_next(), if !conns.is_empty() => {
                 if let Err(e) = done {
                     if e.is_panic() {
-                        tracing::error!("a DNS TCP connection task panicked");
+                        // The connection is lost (its client retries); the listener goes on.
+                        let who = format!("{} connection", unit.name);
+                        live.metrics.workers.panicked(Kind::DnsTcp, &who, &*e.into_panic());
                     }
                 }
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    unit.injected_panic_point();
                     backoff = Duration::ZERO;
                     match slots.take(peer.ip()) {
                         Ok(slot) => {
@@ -403,10 +435,10 @@ mod batch {
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
 
     use crate::dns::{answer, Transport};
     use crate::live::Live;
+    use crate::supervise::Unit;
 
     pub const BATCH: usize = 32;
     /// Largest query read. DNS queries are far smaller; a longer datagram is cut (MSG_TRUNC)
@@ -516,7 +548,7 @@ mod batch {
         0
     }
 
-    pub fn run(sock: UdpSocket, live: Arc<Live>, stop: Arc<AtomicBool>) {
+    pub fn run(sock: &UdpSocket, live: &Live, stop: &AtomicBool, unit: &Unit) {
         let fd = sock.as_raw_fd();
         let mut bufs = vec![[0u8; BUF]; BATCH];
         // SAFETY: all-zero is a valid value for these plain C structs.
@@ -552,6 +584,7 @@ mod batch {
                     std::ptr::null_mut(),
                 )
             };
+            unit.injected_panic_point();
             if n <= 0 {
                 // EAGAIN from the receive timeout (time to look at `stop`), EINTR, or an ICMP
                 // error from an earlier send: none is fatal.
@@ -566,7 +599,7 @@ mod batch {
                     continue;
                 };
                 let len = msgs[i].msg_len as usize;
-                if let Some(out) = answer(&live, &bufs[i][..len], src.ip(), Transport::Udp) {
+                if let Some(out) = answer(live, &bufs[i][..len], src.ip(), Transport::Udp) {
                     outs.push((i, out));
                 }
             }
