@@ -299,6 +299,8 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 
 /// Longest pause in accepting after running out of descriptors.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Least time between two warnings about running out of descriptors.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Accept connections until `stop`; a connection's task lives in this loop's set, so the
 /// loop sees each one end (and count its panic), and ending the loop ends them.
@@ -312,6 +314,9 @@ async fn accept_loop(
 ) {
     let mut conns = tokio::task::JoinSet::new();
     let mut backoff = Duration::ZERO;
+    // When the shortage was last logged: once per episode is enough, and an episode that
+    // frees one descriptor at a time would otherwise log at every accept.
+    let mut warned: Option<tokio::time::Instant> = None;
     while !*stop.borrow_and_update() {
         tokio::select! {
             _ = stop.changed() => break,
@@ -344,7 +349,9 @@ async fn accept_loop(
                 Err(e) if out_of_descriptors(&e) => {
                     // The connection stays in the kernel's backlog; retrying now would spin.
                     // Pause, longer each time, until a connection closes and frees a descriptor.
-                    if backoff.is_zero() {
+                    let now = tokio::time::Instant::now();
+                    if warned.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+                        warned = Some(now);
                         tracing::warn!(error = %e, "DNS TCP accept: out of file descriptors, pausing accepts (raise ulimit -n or lower dns.tcp_max_connections)");
                     }
                     live.metrics.dns_tcp_accept_pauses.fetch_add(1, Ordering::Relaxed);
