@@ -557,6 +557,10 @@ mod batch {
 
     pub fn run(sock: &UdpSocket, live: &Live, stop: &AtomicBool, unit: &Unit) {
         let fd = sock.as_raw_fd();
+        // Only a wildcard socket asked for the destination addresses (see `bind_udp`); the
+        // others skip the control data both ways.
+        let pktinfo = sock.local_addr().is_ok_and(|a| a.ip().is_unspecified());
+        let ctrl_len = if pktinfo { size_of::<Ctrl>() } else { 0 };
         let mut bufs = vec![[0u8; BUF]; BATCH];
         // SAFETY: all-zero is a valid value for these plain C structs.
         let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
@@ -576,8 +580,12 @@ mod batch {
                 h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 h.msg_iov = &mut iovs[i];
                 h.msg_iovlen = 1;
-                h.msg_control = ctrls[i].0.as_mut_ptr().cast();
-                h.msg_controllen = size_of::<Ctrl>() as _;
+                h.msg_control = if pktinfo {
+                    ctrls[i].0.as_mut_ptr().cast()
+                } else {
+                    std::ptr::null_mut()
+                };
+                h.msg_controllen = ctrl_len as _;
                 h.msg_flags = 0;
                 msgs[i].msg_len = 0;
             }
