@@ -499,3 +499,32 @@ fn running_out_of_descriptors_pauses_tcp_accepts_and_recovers() {
         tcp_query(&mut s, 0x7201).is_ok()
     });
 }
+
+/// RFC 7766: queries pipelined on one connection (one write, then a split one) are all
+/// answered, in order.
+#[test]
+fn pipelined_tcp_queries_are_all_answered_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = demo_config(dir.path(), &[], "");
+    let berth = Berth::start(&path);
+    let mut s = connect_from("127.0.0.1", berth.dns);
+    let mut wire = Vec::new();
+    for id in 0x7300..0x7305u16 {
+        let q = a_query(id);
+        wire.extend_from_slice(&(q.len() as u16).to_be_bytes());
+        wire.extend_from_slice(&q);
+    }
+    // All but the last 10 octets now, the rest after: the last query arrives in two parts.
+    let (now, later) = wire.split_at(wire.len() - 10);
+    s.write_all(now).expect("write");
+    s.flush().expect("flush");
+    std::thread::sleep(support::POLL);
+    s.write_all(later).expect("write");
+    for id in 0x7300..0x7305u16 {
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).expect("length");
+        let mut a = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut a).expect("answer");
+        assert_answers(&a, id);
+    }
+}

@@ -659,3 +659,54 @@ mod batch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_an_ipv4_address_or_an_ipv6_64() {
+        let key = |s: &str| client_key(s.parse().expect("literal")).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn slots_are_capped_per_client_and_in_total_and_given_back_on_drop() {
+        let slots = Arc::new(Slots::new(TcpLimits {
+            idle_timeout: Duration::from_secs(1),
+            max_connections: 3,
+            max_connections_per_client: 2,
+        }));
+        let a: IpAddr = "192.0.2.1".parse().expect("literal");
+        let b: IpAddr = "192.0.2.2".parse().expect("literal");
+        let a1 = slots.take(a).expect("first");
+        let _a2 = slots.take(a).expect("second");
+        assert_eq!(slots.take(a).err(), Some(Refused::Client));
+        let _b1 = slots.take(b).expect("another client");
+        assert_eq!(slots.take(b).err(), Some(Refused::Listener));
+        drop(a1);
+        let _b2 = slots.take(b).expect("a slot given back");
+    }
+
+    #[test]
+    fn pipelined_messages_are_seen_whole_or_not_at_all() {
+        assert!(!whole_message_buffered(&[]));
+        assert!(!whole_message_buffered(&[0]));
+        assert!(!whole_message_buffered(&[0, 3, 1, 2]));
+        assert!(whole_message_buffered(&[0, 3, 1, 2, 3]));
+        assert!(whole_message_buffered(&[0, 0]));
+    }
+
+    #[test]
+    fn servfail_keeps_id_opcode_and_rd_and_drops_the_records() {
+        let q = [0xab, 0xcd, 0x29, 0x20, 0, 1, 0, 0, 0, 0, 0, 1, 0xff];
+        assert_eq!(
+            servfail(&q),
+            vec![0xab, 0xcd, 0xa9, 2, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+    }
+}
