@@ -9,6 +9,7 @@
 //! | POST | `/api/v1/reload` | reload config, zones, GeoIP; 422 with the error if rejected |
 //! | GET | `/api/v1/events?after=SEQ` | recent events (health flips, flags, reloads, fail-open) |
 //! | GET | `/metrics` | Prometheus text |
+//! | GET | `/readyz` | 200 `ready` while every DNS worker runs, 503 and why not (no token needed) |
 //! | GET | `/`, `/dashboard/...` | the dashboard page and its assets ([`dashboard`]) |
 //!
 //! Changes (PUT, POST) need `Authorization: Bearer <token>`; reads are open to loopback
@@ -56,6 +57,9 @@ pub fn router(live: Arc<Live>, token: Option<String>) -> Router {
         .merge(dashboard::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))
+        // After the auth layer: load balancers and supervisors probe it without a token, and
+        // it says nothing but ready or not and which worker is down.
+        .route("/readyz", get(readyz))
         .with_state(ctx)
 }
 
@@ -212,6 +216,7 @@ async fn regions(State(ctx): State<Ctx>) -> Response {
             "NXDOMAIN": rcodes[3], "NOTIMP": rcodes[4], "REFUSED": rcodes[5],
         },
         "last_reload": ctx.live.last_reload(),
+        "workers": ctx.live.metrics.workers.view(),
     }))
     .into_response()
 }
@@ -380,6 +385,17 @@ struct EventsQuery {
 
 async fn events(State(ctx): State<Ctx>, Query(q): Query<EventsQuery>) -> Response {
     Json(json!({ "events": ctx.live.events(q.after.unwrap_or(0)) })).into_response()
+}
+
+async fn readyz(State(ctx): State<Ctx>) -> Response {
+    match ctx.live.metrics.workers.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(ctx): State<Ctx>) -> Response {

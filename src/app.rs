@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::{AdminConfig, Region, TokenSource};
-use crate::dns::server::{bind_udp, start_tcp, TcpHandler, UdpWorkers};
+use crate::dns::server::{bind_tcp, bind_udp, TcpLimits, TcpServer, UdpWorkers};
 use crate::health::{HealthReport, Monitor, MonitorHandle, RegionHealth};
 use crate::live::{HealthInfo, Live};
+use crate::supervise::{supervise_task, Kind, Unit};
 
 /// A running Berth: its listeners' real addresses (port 0 resolved) and its live state.
 pub struct Running {
@@ -23,7 +24,7 @@ pub struct Running {
     pub live: Arc<Live>,
     proxy: Option<crate::proxy::Proxy>,
     udp: Vec<UdpWorkers>,
-    tcp: hickory_server::Server<TcpHandler>,
+    tcp: TcpServer,
     monitor: Arc<Mutex<Option<MonitorHandle>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -46,7 +47,7 @@ fn apply(live: &Live, report: &HealthReport) {
 
 fn start_monitor(live: &Arc<Live>, regions: Vec<Region>) -> MonitorHandle {
     let weak = Arc::downgrade(live);
-    Monitor::start(regions, move |report| {
+    Monitor::start_supervised(regions, live.metrics.workers.clone(), move |report| {
         if let Some(live) = weak.upgrade() {
             apply(&live, &report);
         }
@@ -113,7 +114,7 @@ impl Running {
                 let socks = bind_udp(*addr, threads)
                     .with_context(|| format!("cannot bind DNS UDP socket {addr}"))?;
                 let bound = socks[0].local_addr()?;
-                match tokio::net::TcpListener::bind(bound).await {
+                match bind_tcp(bound) {
                     Ok(tcp) => break (socks, tcp, bound),
                     Err(e) if addr.port() == 0 && attempt < 20 => {
                         tracing::debug!(error = %e, %bound, "TCP port taken, picking another");
@@ -128,7 +129,15 @@ impl Running {
             tcp_listeners.push(tcp);
             dns_addrs.push(bound);
         }
-        let tcp = start_tcp(tcp_listeners, live.clone(), dns.tcp_idle_timeout);
+        let tcp = TcpServer::start(
+            tcp_listeners,
+            live.clone(),
+            TcpLimits {
+                idle_timeout: dns.tcp_idle_timeout,
+                max_connections: dns.tcp_max_connections,
+                max_connections_per_client: dns.tcp_max_connections_per_client,
+            },
+        );
         for a in &dns_addrs {
             tracing::info!(addr = %a, "serving DNS on UDP and TCP");
         }
@@ -141,27 +150,15 @@ impl Running {
         ))));
         // Transitions publish at once; this also brings probe latency and errors up to date.
         {
-            let live = Arc::downgrade(&live);
+            let weak = Arc::downgrade(&live);
             let monitor = monitor.clone();
-            let mut stop = shutdown.subscribe();
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = stop.changed() => break,
-                    }
-                    let Some(live) = live.upgrade() else { break };
-                    let report = monitor
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_ref()
-                        .map(|m| m.report());
-                    if let Some(report) = report {
-                        apply(&live, &report);
-                    }
-                }
-            }));
+            let stop = shutdown.subscribe();
+            let unit = Unit::unlisted(Kind::Health, "health report");
+            tasks.push(tokio::spawn(supervise_task(
+                live.metrics.workers.clone(),
+                unit,
+                move || report_loop(weak.clone(), monitor.clone(), stop.clone()),
+            )));
         }
 
         let mut admin_addr = None;
@@ -171,16 +168,17 @@ impl Running {
                 .with_context(|| format!("cannot bind admin listener {addr}"))?;
             admin_addr = Some(listener.local_addr()?);
             tracing::info!(addr = %listener.local_addr()?, "serving the admin API");
-            let mut stop = shutdown.subscribe();
+            // Kept as a std socket so a replaced admin server (after a panic) listens on the
+            // same one: each run gets its own descriptor of it.
+            let listener = listener.into_std()?;
+            let stop = shutdown.subscribe();
             let live = live.clone();
-            tasks.push(tokio::spawn(async move {
-                let done = async move {
-                    let _ = stop.changed().await;
-                };
-                if let Err(e) = crate::admin::serve(listener, live, token, done).await {
-                    tracing::error!(error = %e, "admin listener failed");
-                }
-            }));
+            let unit = Unit::unlisted(Kind::Admin, format!("admin on {}", listener.local_addr()?));
+            tasks.push(tokio::spawn(supervise_task(
+                live.metrics.workers.clone(),
+                unit,
+                move || admin_run(&listener, live.clone(), token.clone(), stop.clone()),
+            )));
         }
 
         let proxy = if snap.config.proxy.enabled() {
@@ -223,12 +221,12 @@ impl Running {
     }
 
     pub async fn stop(self) {
+        self.live.metrics.workers.stopping();
         let _ = self.shutdown.send(true);
         if let Some(p) = self.proxy {
             p.stop().await;
         }
-        let mut tcp = self.tcp;
-        let _ = tcp.shutdown_gracefully().await;
+        self.tcp.stop().await;
         if let Some(m) = self
             .monitor
             .lock()
@@ -246,9 +244,65 @@ impl Running {
     }
 }
 
+/// Every second, bring probe latency and errors into the live state (transitions publish at
+/// once through the monitor's callback).
+async fn report_loop(
+    live: std::sync::Weak<Live>,
+    monitor: Arc<Mutex<Option<MonitorHandle>>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while !*stop.borrow_and_update() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let Some(live) = live.upgrade() else { break };
+        let report = monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|m| m.report());
+        if let Some(report) = report {
+            apply(&live, &report);
+        }
+    }
+}
+
+/// One run of the admin API on (a descriptor of) `listener`, until `stop`.
+fn admin_run(
+    listener: &std::net::TcpListener,
+    live: Arc<Live>,
+    token: Option<String>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let listener = listener
+        .try_clone()
+        .and_then(tokio::net::TcpListener::from_std);
+    async move {
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot use the admin listener again");
+                return;
+            }
+        };
+        if *stop.borrow_and_update() {
+            return;
+        }
+        let done = async move {
+            let _ = stop.changed().await;
+        };
+        if let Err(e) = crate::admin::serve(listener, live, token, done).await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    }
+}
+
 /// `berth serve`: run until SIGINT or SIGTERM; SIGHUP reloads.
 pub async fn serve(path: &Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    raise_open_files_limit();
     let running = Running::start(path).await?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -274,4 +328,50 @@ pub async fn serve(path: &Path) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+/// Raise the soft limit on open files to the hard limit: every DNS TCP connection, admin and
+/// proxy client holds a descriptor, and a soft limit of 1024 (a common default) is reached
+/// long before the connection caps are. Logged either way, so the real limit is on record.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "cannot read the open files limit (RLIMIT_NOFILE)");
+        return;
+    }
+    let mut target = lim.rlim_max;
+    #[cfg(target_os = "linux")]
+    if target == libc::RLIM_INFINITY {
+        // "Unlimited" is refused for RLIMIT_NOFILE; the kernel's ceiling is nr_open.
+        if let Some(n) = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            target = n;
+        }
+    }
+    if lim.rlim_cur >= target {
+        tracing::info!(limit = lim.rlim_cur, "open files limit (RLIMIT_NOFILE)");
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit reads one rlimit we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        tracing::info!(
+            from = lim.rlim_cur,
+            to = target,
+            "raised the open files limit (RLIMIT_NOFILE) to the hard limit"
+        );
+    } else {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, limit = lim.rlim_cur, hard = lim.rlim_max, "cannot raise the open files limit (RLIMIT_NOFILE)");
+    }
 }

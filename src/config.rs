@@ -64,6 +64,8 @@ struct RawDns {
     listen: Vec<String>,
     udp_threads: Option<usize>,
     tcp_idle_timeout: Option<String>,
+    tcp_max_connections: Option<usize>,
+    tcp_max_connections_per_client: Option<usize>,
     max_udp_payload: Option<u16>,
 }
 
@@ -210,6 +212,12 @@ pub struct DnsConfig {
     pub udp_threads: usize,
     /// TCP connections idle longer than this are closed (RFC 7766 suggests seconds, not minutes).
     pub tcp_idle_timeout: Duration,
+    /// Open TCP connections per listener: beyond it new ones are closed at once, so idle
+    /// clients cannot use up the descriptors UDP, the admin API and probes need too.
+    pub tcp_max_connections: usize,
+    /// Open TCP connections per client (IPv4 address or IPv6 /64) per listener: one client
+    /// cannot take the listener's whole allowance.
+    pub tcp_max_connections_per_client: usize,
     /// Upper bound on the UDP payload we send, whatever the client advertises (RFC 9715 advice).
     pub max_udp_payload: u16,
 }
@@ -772,6 +780,8 @@ impl Validator<'_> {
             listen: Vec::new(),
             udp_threads: None,
             tcp_idle_timeout: None,
+            tcp_max_connections: None,
+            tcp_max_connections_per_client: None,
             max_udp_payload: None,
         });
         let mut listen = Vec::new();
@@ -788,6 +798,24 @@ impl Validator<'_> {
             Some(t) => parse_duration(&t).map_err(|m| self.err("dns.tcp_idle_timeout", m))?,
             None => Duration::from_secs(10),
         };
+        let tcp_max_connections = raw.tcp_max_connections.unwrap_or(1024);
+        if tcp_max_connections == 0 {
+            return Err(self.err(
+                "dns.tcp_max_connections",
+                "must be at least 1 (DNS over TCP is required, RFC 7766)",
+            ));
+        }
+        let tcp_max_connections_per_client = raw.tcp_max_connections_per_client.unwrap_or(64);
+        if tcp_max_connections_per_client == 0
+            || tcp_max_connections_per_client > tcp_max_connections
+        {
+            return Err(self.err(
+                "dns.tcp_max_connections_per_client",
+                format!(
+                    "{tcp_max_connections_per_client} must be between 1 and dns.tcp_max_connections ({tcp_max_connections})"
+                ),
+            ));
+        }
         let max_udp_payload = raw.max_udp_payload.unwrap_or(1232);
         if max_udp_payload < 512 {
             return Err(self.err(
@@ -799,6 +827,8 @@ impl Validator<'_> {
             listen,
             udp_threads: raw.udp_threads.unwrap_or(0),
             tcp_idle_timeout,
+            tcp_max_connections,
+            tcp_max_connections_per_client,
             max_udp_payload,
         })
     }

@@ -6,8 +6,8 @@
 //! plain function of (snapshot, packet, source, transport), so tests drive it without sockets.
 //!
 //! The servers are in [`server`]: UDP on plain threads with one `SO_REUSEPORT` socket each
-//! (no async runtime between the socket and the answer), TCP through hickory-server's
-//! connection handling. Not here: how a region is chosen ([`crate::routing`]).
+//! (no async runtime between the socket and the answer), TCP on Berth's own capped accept
+//! loop. Not here: how a region is chosen ([`crate::routing`]).
 
 mod fast;
 pub mod server;

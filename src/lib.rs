@@ -13,11 +13,12 @@
 //! - [`flags`]: the operators' per-region `endpoint_enabled` flags, persisted atomically.
 //! - [`metrics`]: hot-path counters and their Prometheus rendering.
 //! - [`live`]: what the front ends share at run time: current snapshot, sticky table, clock.
-//! - [`dns`]: the DNS front end (UDP fast path, hickory-server for TCP).
+//! - [`dns`]: the DNS front end (UDP fast path and batched sockets, TCP with connection caps).
 //! - [`proxy`]: the OCI-aware HTTP reverse proxy front end (pingora): affinity, upload tokens,
 //!   fallbacks.
 //! - [`admin`]: the admin API, `/metrics` and the dashboard page on their own listener.
 //! - [`client`]: the CLI's client for a running server's admin API.
+//! - [`supervise`]: the panic hook and the supervisors that replace a panicked worker.
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
 
 pub mod admin;
@@ -35,6 +36,7 @@ pub mod proxy;
 pub mod routing;
 pub mod snapshot;
 pub mod sticky;
+pub mod supervise;
 pub mod zone;
 
 /// An error with its whole `source()` chain, one cause per ": ", for logs and CLI output.

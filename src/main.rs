@@ -82,6 +82,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Panics go to the log like everything else, with the thread's name.
+    berth::supervise::install_panic_hook();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

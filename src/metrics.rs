@@ -27,6 +27,12 @@ pub struct Metrics {
     pub proxy: ProxyMetrics,
     /// Labelled counters by name, for every name any config has had.
     registry: Mutex<Registry>,
+    /// DNS TCP connections closed at once: a per-listener or per-client cap was reached.
+    pub dns_tcp_refused: AtomicU64,
+    /// Pauses of a DNS TCP accept loop because the process ran out of file descriptors.
+    pub dns_tcp_accept_pauses: AtomicU64,
+    /// The supervised workers: which run, their panics (`/readyz`, the dashboard).
+    pub workers: std::sync::Arc<crate::supervise::Workers>,
 }
 
 impl Default for Metrics {
@@ -38,6 +44,9 @@ impl Default for Metrics {
             reloads_failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             proxy: ProxyMetrics::default(),
+            dns_tcp_refused: AtomicU64::new(0),
+            dns_tcp_accept_pauses: AtomicU64::new(0),
+            workers: Default::default(),
             registry: Mutex::new(Registry::default()),
         }
     }
@@ -556,6 +565,21 @@ impl Metrics {
         let _ = writeln!(o, "# TYPE berth_last_reload_ok gauge");
         let _ = writeln!(o, "berth_last_reload_ok {}", u8::from(g.last_reload_ok));
         self.proxy.render(&mut o, &g.regions, c);
+        let _ = writeln!(o, "# HELP berth_dns_tcp_refused_total DNS TCP connections closed at once: dns.tcp_max_connections or dns.tcp_max_connections_per_client reached.");
+        let _ = writeln!(o, "# TYPE berth_dns_tcp_refused_total counter");
+        let _ = writeln!(
+            o,
+            "berth_dns_tcp_refused_total {}",
+            self.dns_tcp_refused.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(o, "# HELP berth_dns_tcp_accept_pauses_total Pauses in accepting DNS TCP connections for lack of file descriptors.");
+        let _ = writeln!(o, "# TYPE berth_dns_tcp_accept_pauses_total counter");
+        let _ = writeln!(
+            o,
+            "berth_dns_tcp_accept_pauses_total {}",
+            self.dns_tcp_accept_pauses.load(Ordering::Relaxed)
+        );
+        self.workers.render(&mut o);
         o
     }
 }

@@ -143,3 +143,33 @@ fn missing_file_error_names_it() {
         "cannot read config file /nonexistent/berth.toml: No such file or directory (os error 2)"
     );
 }
+
+#[test]
+fn dns_tcp_limits_have_defaults_and_are_validated() {
+    let c = Config::parse(BASE, Path::new("/etc/berth/berth.toml")).expect("valid");
+    assert_eq!(
+        (
+            c.dns.tcp_max_connections,
+            c.dns.tcp_max_connections_per_client
+        ),
+        (1024, 64)
+    );
+    let listen = "listen = [\"127.0.0.1:1053\"]";
+    let cases = [
+        (
+            "tcp_max_connections = 0",
+            "/etc/berth/berth.toml: dns.tcp_max_connections: must be at least 1 (DNS over TCP is required, RFC 7766)",
+        ),
+        (
+            "tcp_max_connections = 10\ntcp_max_connections_per_client = 11",
+            "/etc/berth/berth.toml: dns.tcp_max_connections_per_client: 11 must be between 1 and dns.tcp_max_connections (10)",
+        ),
+        (
+            "tcp_max_connections_per_client = 0",
+            "/etc/berth/berth.toml: dns.tcp_max_connections_per_client: 0 must be between 1 and dns.tcp_max_connections (1024)",
+        ),
+    ];
+    for (keys, want) in cases {
+        assert_eq!(error_of(&with(listen, &format!("{listen}\n{keys}"))), want);
+    }
+}

@@ -255,6 +255,7 @@ return {
   stale: shown('stale'),
   stale_text: text('#stale'),
   stale_body: document.body.classList.contains('is-stale'),
+  workers: shown('workers') ? text('#workers') : null,
   freshness: text('#freshness'),
   message: shown('message') ? text('#message-text') : null,
   dialog_open: document.getElementById('token-dialog').open,
@@ -614,4 +615,34 @@ fn off_loopback_the_page_needs_no_token_but_its_data_does() {
     // Nothing else is public: an unknown path under /dashboard/ is not a file.
     let (status, _, _, _) = get("/dashboard/secret", None);
     assert_eq!(status, 401);
+}
+
+/// Issue 8: a worker that panicked was replaced, but the operator must hear of it: the page
+/// shows a warning from the API's `workers` figures.
+#[test]
+fn the_page_warns_when_a_worker_panicked() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = support::demo_config(dir.path(), &[], "");
+    let berth = Berth::start(&config);
+    let browser = Browser::open(&berth.admin());
+    let page = browser.wait_for("the regions", |p| {
+        p["rows"].as_array().is_some_and(|r| r.len() == 4)
+    });
+    assert_eq!(page["workers"], Value::Null, "no warning before any panic");
+    let workers = berth.running().live.metrics.workers.clone();
+    let udp = workers.names().into_iter().next().expect("a UDP worker");
+    assert!(workers.inject_panic(&udp));
+    let page = browser.wait_for("the workers warning", |p| p["workers"].is_string());
+    let text = page["workers"].as_str().expect("text");
+    assert!(
+        text.starts_with(
+            "Workers. 1 worker panic since start (dns-udp 1); each worker was replaced"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Last: {udp}: panic injected")),
+        "{text}"
+    );
 }

@@ -445,6 +445,30 @@ function render() {
   updateRows(data, open);
   updateTotals(data);
   updateRoutedNames(data);
+  updateWorkers(data.workers);
+}
+
+/** A warning while a DNS worker is down or once any worker has panicked (it was replaced,
+ * but a panic is a bug to report). Servers without the field show nothing. */
+function updateWorkers(w) {
+  const banner = $("workers");
+  if (!w || (w.ready && !w.panics)) {
+    banner.hidden = true;
+    return;
+  }
+  const parts = [];
+  if (!w.ready) parts.push(`Not ready: ${w.not_ready}.`);
+  if (w.panics) {
+    const kinds = Object.entries(w.panics_by_worker || {})
+      .filter(([, n]) => n > 0)
+      .map(([k, n]) => `${k} ${n}`)
+      .join(", ");
+    parts.push(`${count(w.panics)} worker ${w.panics === 1 ? "panic" : "panics"} since start (${kinds}); ` +
+      "each worker was replaced, see the server log.");
+    if (w.last_panic) parts.push(`Last: ${w.last_panic}`);
+  }
+  banner.replaceChildren(h("strong", {}, "Workers."), ` ${parts.join(" ")}`);
+  banner.hidden = false;
 }
 
 async function poll() {

@@ -1,24 +1,27 @@
 //! Sockets for the DNS front end. UDP: one blocking thread per `SO_REUSEPORT` socket, so the
 //! kernel spreads queries over cores and an answer is one `recv_from`, one [`super::answer`],
-//! one `send_to`. TCP: hickory-server's listener (framing, idle timeouts, connection limits),
-//! with a handler that runs the same protocol logic as UDP.
+//! one `send_to` (batched on Linux). On a wildcard address each answer leaves from the
+//! address its query was sent to (`IP_PKTINFO` / `IPV6_PKTINFO`, Linux only).
+//!
+//! TCP: Berth's own accept loop on tokio (RFC 7766 framing, pipelined queries answered in
+//! order, [`super::answer`] as for UDP), with what an exposed server needs: an idle timeout,
+//! caps on connections per listener and per client, and a pause in accepting, not a spin,
+//! when the process runs out of file descriptors.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hickory_proto::op::Message;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
-use hickory_server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::live::Live;
+use crate::supervise::{supervise_task, supervise_thread, Kind, Unit, Workers};
 
-use super::{answer, respond, Transport};
+use super::{answer, Transport};
 
 /// Bind `n` UDP sockets sharing one address with `SO_REUSEPORT`. A port of 0 picks a free
 /// port for the first and reuses it for the rest (tests bind this way).
@@ -33,6 +36,12 @@ pub fn bind_udp(addr: SocketAddr, n: usize) -> io::Result<Vec<UdpSocket>> {
         }
         // Bursts from one resolver should queue, not drop.
         let _ = sock.set_recv_buffer_size(4 << 20);
+        #[cfg(target_os = "linux")]
+        if addr.ip().is_unspecified() {
+            // A wildcard socket must answer from the address each query was sent to, or
+            // resolvers drop the answer: ask the kernel to tell us that address.
+            batch::want_pktinfo(&sock, addr.is_ipv6())?;
+        }
         sock.bind(&target.into())?;
         let sock: UdpSocket = sock.into();
         if out.is_empty() {
@@ -50,19 +59,26 @@ pub struct UdpWorkers {
 }
 
 impl UdpWorkers {
-    /// Start one worker thread per socket.
+    /// Start one worker thread per socket. A worker that panics is logged, counted and run
+    /// again on its socket by its thread ([`supervise_thread`]); the queries of the batch it
+    /// was answering are lost, as if dropped on the way.
     pub fn start(sockets: Vec<UdpSocket>, live: Arc<Live>) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for (i, sock) in sockets.into_iter().enumerate() {
             // Wake up now and then to notice `stop`; queries don't wait on this.
             sock.set_read_timeout(Some(Duration::from_millis(250)))?;
+            let addr = sock.local_addr()?;
             let stop = stop.clone();
             let live = live.clone();
+            let workers: Arc<Workers> = live.metrics.workers.clone();
+            let unit = workers.register(Kind::DnsUdp, format!("dns-udp-{i} on {addr}"));
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("dns-udp-{i}"))
-                    .spawn(move || udp_loop(sock, live, stop))?,
+                    .spawn(move || {
+                        supervise_thread(&workers, &unit, || udp_loop(&sock, &live, &stop, &unit))
+                    })?,
             );
         }
         Ok(UdpWorkers { stop, threads })
@@ -77,21 +93,24 @@ impl UdpWorkers {
 }
 
 #[cfg(target_os = "linux")]
-fn udp_loop(sock: UdpSocket, live: Arc<Live>, stop: Arc<AtomicBool>) {
-    batch::run(sock, live, stop)
+fn udp_loop(sock: &UdpSocket, live: &Live, stop: &AtomicBool, unit: &Unit) {
+    batch::run(sock, live, stop, unit)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn udp_loop(sock: UdpSocket, live: Arc<Live>, stop: Arc<AtomicBool>) {
-    simple_loop(sock, live, stop)
+fn udp_loop(sock: &UdpSocket, live: &Live, stop: &AtomicBool, unit: &Unit) {
+    simple_loop(sock, live, stop, unit)
 }
 
-/// One packet per system call: the portable loop.
+/// One packet per system call: the portable loop. It answers from the address the kernel
+/// picks, so on these systems listen on specific addresses, not a wildcard.
 #[cfg_attr(target_os = "linux", allow(dead_code))]
-fn simple_loop(sock: UdpSocket, live: Arc<Live>, stop: Arc<AtomicBool>) {
+fn simple_loop(sock: &UdpSocket, live: &Live, stop: &AtomicBool, unit: &Unit) {
     let mut buf = [0u8; 65535];
     while !stop.load(Ordering::Relaxed) {
-        let (len, src) = match sock.recv_from(&mut buf) {
+        let received = sock.recv_from(&mut buf);
+        unit.injected_panic_point();
+        let (len, src) = match received {
             Ok(x) => x,
             Err(e)
                 if matches!(
@@ -107,7 +126,7 @@ fn simple_loop(sock: UdpSocket, live: Arc<Live>, stop: Arc<AtomicBool>) {
                 continue;
             }
         };
-        if let Some(out) = answer(&live, &buf[..len], src.ip(), Transport::Udp) {
+        if let Some(out) = answer(live, &buf[..len], src.ip(), Transport::Udp) {
             if let Err(e) = sock.send_to(&out, src) {
                 tracing::debug!(error = %e, %src, "udp send error");
             }
@@ -115,81 +134,304 @@ fn simple_loop(sock: UdpSocket, live: Arc<Live>, stop: Arc<AtomicBool>) {
     }
 }
 
-/// hickory-server handler for TCP: parse with hickory-proto, answer with [`respond`].
-pub struct TcpHandler {
-    pub live: Arc<Live>,
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for TcpHandler {
-    async fn handle_request<R: ResponseHandler, T: hickory_server::net::runtime::Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let snap = self.live.snapshot.load_full();
-        let message = match Message::from_vec(request.as_slice()) {
-            Ok(m) => m,
-            Err(_) => {
-                let builder = MessageResponseBuilder::from_message_request(request);
-                let resp =
-                    builder.error_msg(&request.metadata, hickory_proto::op::ResponseCode::FormErr);
-                return send(&mut response_handle, resp, request).await;
-            }
-        };
-        let out = respond(&self.live, &snap, &message, request.src().ip());
-        self.live
-            .metrics
-            .query(true, out.metadata.response_code.low());
-        let builder = MessageResponseBuilder::new(&request.queries, out.edns.as_ref());
-        let resp = builder.build(
-            out.metadata,
-            out.answers.iter(),
-            out.authorities.iter(),
-            std::iter::empty(),
-            out.additionals.iter(),
-        );
-        send(&mut response_handle, resp, request).await
+/// Bind a TCP listener for DNS. An IPv6 address is IPv6 only, like the UDP side, so
+/// `0.0.0.0:53` and `[::]:53` can both be listened on.
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
     }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    tokio::net::TcpListener::from_std(sock.into())
 }
 
-async fn send<'a, R: ResponseHandler>(
-    handle: &mut R,
-    resp: hickory_server::zone_handler::MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-        impl Iterator<Item = &'a hickory_proto::rr::Record> + Send + 'a,
-    >,
-    request: &Request,
-) -> ResponseInfo {
-    match handle.send_response(resp).await {
-        Ok(info) => info,
-        Err(e) => {
-            tracing::debug!(error = %e, src = %request.src(), "tcp send error");
-            let mut header = hickory_proto::op::Header {
-                metadata: hickory_proto::op::Metadata::response_from_request(&request.metadata),
-                counts: Default::default(),
-            };
-            header.metadata.response_code = hickory_proto::op::ResponseCode::ServFail;
-            header.into()
+/// What the TCP front end allows; `[dns]` in the config, see README.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    /// A connection with no complete query for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections per listener; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// Open connections per client address (IPv4) or /64 (IPv6), per listener.
+    pub max_connections_per_client: usize,
+}
+
+/// The running TCP listeners; [`TcpServer::stop`] ends them and their connections.
+pub struct TcpServer {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TcpServer {
+    /// Start serving on already-bound listeners, inside the current tokio runtime.
+    pub fn start(
+        listeners: Vec<tokio::net::TcpListener>,
+        live: Arc<Live>,
+        limits: TcpLimits,
+    ) -> TcpServer {
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let workers: Arc<Workers> = live.metrics.workers.clone();
+        let tasks = listeners
+            .into_iter()
+            .map(|l| {
+                let name = match l.local_addr() {
+                    Ok(a) => format!("dns-tcp on {a}"),
+                    Err(_) => "dns-tcp".to_string(),
+                };
+                let unit = workers.register(Kind::DnsTcp, name);
+                // Shared with the accept loop, so a replaced loop accepts on the same socket
+                // and counts the same connections.
+                let listener = Arc::new(l);
+                let slots = Arc::new(Slots::new(limits));
+                let live = live.clone();
+                let stop = stop.subscribe();
+                let u = unit.clone();
+                tokio::spawn(supervise_task(workers.clone(), unit, move || {
+                    accept_loop(
+                        listener.clone(),
+                        live.clone(),
+                        limits,
+                        slots.clone(),
+                        stop.clone(),
+                        u.clone(),
+                    )
+                }))
+            })
+            .collect();
+        TcpServer { stop, tasks }
+    }
+
+    /// Stop accepting, close every connection, and wait until that is done.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
         }
     }
 }
 
-/// Start serving TCP on already-bound listeners, inside the current tokio runtime.
-pub fn start_tcp(
-    listeners: Vec<tokio::net::TcpListener>,
-    live: Arc<Live>,
-    idle_timeout: Duration,
-) -> Server<TcpHandler> {
-    let mut server = Server::new(TcpHandler { live });
-    for l in listeners {
-        server.register_listener(l, idle_timeout, 65535);
+/// The connections open on one listener, in total and per client.
+struct Slots {
+    limits: TcpLimits,
+    /// (total, per client key); one lock, taken once per accept and once per close.
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One open connection's place in its [`Slots`]; given back on drop, however the task ends.
+struct Slot {
+    slots: Arc<Slots>,
+    key: IpAddr,
+}
+
+/// Why a connection was closed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    Listener,
+    Client,
+}
+
+impl Slots {
+    fn new(limits: TcpLimits) -> Slots {
+        Slots {
+            limits,
+            open: Mutex::new((0, HashMap::new())),
+        }
     }
-    server
+
+    fn take(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, Refused> {
+        let key = client_key(peer);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.0 >= self.limits.max_connections {
+            return Err(Refused::Listener);
+        }
+        let n = open.1.entry(key).or_insert(0);
+        if *n >= self.limits.max_connections_per_client {
+            return Err(Refused::Client);
+        }
+        *n += 1;
+        open.0 += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.1.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What "one client" is for the per-client cap: an IPv4 address, or an IPv6 /64 (one site
+/// gets a /64 or more, so counting single IPv6 addresses would cap nothing).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::V6(Ipv6Addr::from(o))
+            }
+        },
+    }
+}
+
+/// Out of descriptors (or kernel memory): accepting again at once fails again at once.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Longest pause in accepting after running out of descriptors.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Least time between two warnings about running out of descriptors.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Accept connections until `stop`; a connection's task lives in this loop's set, so the
+/// loop sees each one end (and count its panic), and ending the loop ends them.
+async fn accept_loop(
+    listener: Arc<tokio::net::TcpListener>,
+    live: Arc<Live>,
+    limits: TcpLimits,
+    slots: Arc<Slots>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    unit: Arc<Unit>,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    let mut backoff = Duration::ZERO;
+    // When the shortage was last logged: once per episode is enough, and an episode that
+    // frees one descriptor at a time would otherwise log at every accept.
+    let mut warned: Option<tokio::time::Instant> = None;
+    while !*stop.borrow_and_update() {
+        tokio::select! {
+            _ = stop.changed() => break,
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        // The connection is lost (its client retries); the listener goes on.
+                        let who = format!("{} connection", unit.name);
+                        live.metrics.workers.panicked(Kind::DnsTcp, &who, &*e.into_panic());
+                    }
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    unit.injected_panic_point();
+                    backoff = Duration::ZERO;
+                    match slots.take(peer.ip()) {
+                        Ok(slot) => {
+                            conns.spawn(connection(stream, peer, live.clone(), limits.idle_timeout, slot));
+                        }
+                        Err(why) => {
+                            // Closing at once tells the client to go elsewhere or retry, where
+                            // leaving it in the backlog would only make it wait.
+                            live.metrics.dns_tcp_refused.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, ?why, "DNS TCP connection refused: too many open");
+                            drop(stream);
+                        }
+                    }
+                }
+                Err(e) if out_of_descriptors(&e) => {
+                    // The connection stays in the kernel's backlog; retrying now would spin.
+                    // Pause, longer each time, until a connection closes and frees a descriptor.
+                    let now = tokio::time::Instant::now();
+                    if warned.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+                        warned = Some(now);
+                        tracing::warn!(error = %e, "DNS TCP accept: out of file descriptors, pausing accepts (raise ulimit -n or lower dns.tcp_max_connections)");
+                    }
+                    live.metrics.dns_tcp_accept_pauses.fetch_add(1, Ordering::Relaxed);
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_BACKOFF);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+                Err(e) => {
+                    // ECONNABORTED and the like: that one connection's problem.
+                    tracing::debug!(error = %e, "DNS TCP accept error");
+                }
+            }
+        }
+    }
+    conns.shutdown().await;
+}
+
+/// One TCP connection (RFC 7766): 2-octet length, message; any number of queries, answered
+/// in order. Pipelined queries already received are answered with one write.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    live: Arc<Live>,
+    idle: Duration,
+    _slot: Slot,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        // The timeout covers waiting for a query and reading it whole, so trickling a query
+        // one octet at a time does not hold the connection longer than an idle one.
+        let query = tokio::time::timeout(idle, async {
+            let len = rd.read_u16().await?;
+            let mut q = vec![0u8; usize::from(len)];
+            rd.read_exact(&mut q).await?;
+            io::Result::Ok(q)
+        })
+        .await;
+        let query = match query {
+            Ok(Ok(q)) => q,
+            // Closed by the client (between or inside a message), an error, or idle.
+            Ok(Err(_)) | Err(_) => break,
+        };
+        if let Some(a) = answer(&live, &query, peer.ip(), Transport::Tcp) {
+            let a = match u16::try_from(a.len()) {
+                Ok(_) => a,
+                // Not expressible in TCP framing; the client learns it failed.
+                Err(_) => servfail(&query),
+            };
+            out.extend_from_slice(&(a.len() as u16).to_be_bytes());
+            out.extend_from_slice(&a);
+        }
+        if !whole_message_buffered(rd.buffer()) && !out.is_empty() {
+            match tokio::time::timeout(idle, wr.write_all(&out)).await {
+                Ok(Ok(())) => out.clear(),
+                // A client that does not read its answers is as good as idle.
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Whether `buf` starts with a complete length-prefixed message (another pipelined query).
+fn whole_message_buffered(buf: &[u8]) -> bool {
+    buf.len() >= 2 && buf.len() >= 2 + usize::from(u16::from_be_bytes([buf[0], buf[1]]))
+}
+
+/// SERVFAIL for `query` (at least 12 octets: [`answer`] answered it): its ID, opcode and RD,
+/// no records.
+fn servfail(query: &[u8]) -> Vec<u8> {
+    let mut out = query[..12].to_vec();
+    out[2] = 0x80 | (query[2] & 0x79);
+    out[3] = 2;
+    out[4..12].fill(0);
+    out
 }
 
 /// Linux: `recvmmsg`/`sendmmsg`, up to [`batch::BATCH`] packets per system call each way, as
@@ -200,10 +442,10 @@ mod batch {
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
 
     use crate::dns::{answer, Transport};
     use crate::live::Live;
+    use crate::supervise::Unit;
 
     pub const BATCH: usize = 32;
     /// Largest query read. DNS queries are far smaller; a longer datagram is cut (MSG_TRUNC)
@@ -238,16 +480,97 @@ mod batch {
         }
     }
 
-    pub fn run(sock: UdpSocket, live: Arc<Live>, stop: Arc<AtomicBool>) {
+    /// Room for one `IP_PKTINFO` or `IPV6_PKTINFO` control message (40 bytes on 64-bit
+    /// Linux), aligned as `cmsghdr` wants.
+    #[repr(C, align(8))]
+    #[derive(Clone, Copy)]
+    struct Ctrl([u8; 64]);
+
+    /// Have the kernel attach each datagram's destination address (`IP_PKTINFO` /
+    /// `IPV6_RECVPKTINFO`), which [`reply_pktinfo`] turns into the reply's source.
+    pub fn want_pktinfo(sock: &socket2::Socket, v6: bool) -> std::io::Result<()> {
+        let (level, name) = if v6 {
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO)
+        };
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket, and an int option of the stated size.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                level,
+                name,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// From a received message's control data, the control message that makes the reply
+    /// leave from the address the query was sent to; its length, or 0 when the kernel gave
+    /// none (a socket bound to one address needs none: the kernel picks that address).
+    ///
+    /// # Safety
+    /// `h` is a header `recvmmsg` filled in, whose control buffer is still alive.
+    unsafe fn reply_pktinfo(h: &libc::msghdr, out: &mut Ctrl) -> usize {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
+            let o = out.0.as_mut_ptr().cast::<libc::cmsghdr>();
+            if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
+                let got: libc::in_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>());
+                // The source is spec_dst; interface 0 lets routing pick the way out, as
+                // gdnsd does (the query's interface is not always the reply's).
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: got.ipi_addr,
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                let size = size_of::<libc::in_pktinfo>() as libc::c_uint;
+                (*o).cmsg_len = libc::CMSG_LEN(size) as _;
+                (*o).cmsg_level = libc::IPPROTO_IP;
+                (*o).cmsg_type = libc::IP_PKTINFO;
+                std::ptr::write_unaligned(libc::CMSG_DATA(o).cast::<libc::in_pktinfo>(), info);
+                return libc::CMSG_SPACE(size) as usize;
+            }
+            if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
+                // The interface stays: a link-local destination means nothing without it.
+                let info: libc::in6_pktinfo =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>());
+                let size = size_of::<libc::in6_pktinfo>() as libc::c_uint;
+                (*o).cmsg_len = libc::CMSG_LEN(size) as _;
+                (*o).cmsg_level = libc::IPPROTO_IPV6;
+                (*o).cmsg_type = libc::IPV6_PKTINFO;
+                std::ptr::write_unaligned(libc::CMSG_DATA(o).cast::<libc::in6_pktinfo>(), info);
+                return libc::CMSG_SPACE(size) as usize;
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+        0
+    }
+
+    pub fn run(sock: &UdpSocket, live: &Live, stop: &AtomicBool, unit: &Unit) {
         let fd = sock.as_raw_fd();
+        // Only a wildcard socket asked for the destination addresses (see `bind_udp`); the
+        // others skip the control data both ways.
+        let pktinfo = sock.local_addr().is_ok_and(|a| a.ip().is_unspecified());
+        let ctrl_len = if pktinfo { size_of::<Ctrl>() } else { 0 };
         let mut bufs = vec![[0u8; BUF]; BATCH];
         // SAFETY: all-zero is a valid value for these plain C structs.
         let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        let mut ctrls = [Ctrl([0; 64]); BATCH];
         let mut outs: Vec<(usize, Vec<u8>)> = Vec::with_capacity(BATCH);
         let mut out_iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
         let mut out_msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        let mut out_ctrls = [Ctrl([0; 64]); BATCH];
         while !stop.load(Ordering::Relaxed) {
             for i in 0..BATCH {
                 iovs[i].iov_base = bufs[i].as_mut_ptr().cast();
@@ -257,8 +580,12 @@ mod batch {
                 h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 h.msg_iov = &mut iovs[i];
                 h.msg_iovlen = 1;
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
+                h.msg_control = if pktinfo {
+                    ctrls[i].0.as_mut_ptr().cast()
+                } else {
+                    std::ptr::null_mut()
+                };
+                h.msg_controllen = ctrl_len as _;
                 h.msg_flags = 0;
                 msgs[i].msg_len = 0;
             }
@@ -272,6 +599,7 @@ mod batch {
                     std::ptr::null_mut(),
                 )
             };
+            unit.injected_panic_point();
             if n <= 0 {
                 // EAGAIN from the receive timeout (time to look at `stop`), EINTR, or an ICMP
                 // error from an earlier send: none is fatal.
@@ -286,7 +614,7 @@ mod batch {
                     continue;
                 };
                 let len = msgs[i].msg_len as usize;
-                if let Some(out) = answer(&live, &bufs[i][..len], src.ip(), Transport::Udp) {
+                if let Some(out) = answer(live, &bufs[i][..len], src.ip(), Transport::Udp) {
                     outs.push((i, out));
                 }
             }
@@ -298,8 +626,14 @@ mod batch {
                 h.msg_namelen = msgs[*i].msg_hdr.msg_namelen;
                 h.msg_iov = &mut out_iovs[k];
                 h.msg_iovlen = 1;
-                h.msg_control = std::ptr::null_mut();
-                h.msg_controllen = 0;
+                // SAFETY: msgs[*i] was filled in by recvmmsg above; ctrls are alive.
+                let len = unsafe { reply_pktinfo(&msgs[*i].msg_hdr, &mut out_ctrls[k]) };
+                if len == 0 {
+                    h.msg_control = std::ptr::null_mut();
+                } else {
+                    h.msg_control = out_ctrls[k].0.as_mut_ptr().cast();
+                }
+                h.msg_controllen = len as _;
                 h.msg_flags = 0;
                 out_msgs[k].msg_len = 0;
             }
@@ -323,5 +657,56 @@ mod batch {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_an_ipv4_address_or_an_ipv6_64() {
+        let key = |s: &str| client_key(s.parse().expect("literal")).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn slots_are_capped_per_client_and_in_total_and_given_back_on_drop() {
+        let slots = Arc::new(Slots::new(TcpLimits {
+            idle_timeout: Duration::from_secs(1),
+            max_connections: 3,
+            max_connections_per_client: 2,
+        }));
+        let a: IpAddr = "192.0.2.1".parse().expect("literal");
+        let b: IpAddr = "192.0.2.2".parse().expect("literal");
+        let a1 = slots.take(a).expect("first");
+        let _a2 = slots.take(a).expect("second");
+        assert_eq!(slots.take(a).err(), Some(Refused::Client));
+        let _b1 = slots.take(b).expect("another client");
+        assert_eq!(slots.take(b).err(), Some(Refused::Listener));
+        drop(a1);
+        let _b2 = slots.take(b).expect("a slot given back");
+    }
+
+    #[test]
+    fn pipelined_messages_are_seen_whole_or_not_at_all() {
+        assert!(!whole_message_buffered(&[]));
+        assert!(!whole_message_buffered(&[0]));
+        assert!(!whole_message_buffered(&[0, 3, 1, 2]));
+        assert!(whole_message_buffered(&[0, 3, 1, 2, 3]));
+        assert!(whole_message_buffered(&[0, 0]));
+    }
+
+    #[test]
+    fn servfail_keeps_id_opcode_and_rd_and_drops_the_records() {
+        let q = [0xab, 0xcd, 0x29, 0x20, 0, 1, 0, 0, 0, 0, 0, 1, 0xff];
+        assert_eq!(
+            servfail(&q),
+            vec![0xab, 0xcd, 0xa9, 2, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
     }
 }

@@ -15,6 +15,7 @@ use tokio::time::MissedTickBehavior;
 use super::probe::{NetworkProber, Prober};
 use super::state::{Health, HealthState};
 use crate::config::Region;
+use crate::supervise::{supervise_task, Kind, Unit, Workers};
 
 /// Every region's health at one moment, in the order of the regions the monitor was started
 /// with (for Berth: `Config::regions`, so index = `RegionId`).
@@ -91,6 +92,26 @@ impl Monitor {
         Monitor::start_with(regions, NetworkProber, publish)
     }
 
+    /// [`Monitor::start`], counting the panics of probe loops in `workers` (each loop is run
+    /// again after a panic, supervised or not; this is where the count goes).
+    pub fn start_supervised(
+        regions: Vec<Region>,
+        workers: Arc<Workers>,
+        publish: impl Fn(HealthReport) + Send + Sync + 'static,
+    ) -> MonitorHandle {
+        let states = regions
+            .iter()
+            .map(|r| HealthState::new(r.probe.fall, r.probe.rise))
+            .collect();
+        spawn(
+            regions,
+            states,
+            Arc::new(NetworkProber),
+            Arc::new(publish),
+            workers,
+        )
+    }
+
     /// [`Monitor::start`] with another prober (tests script outcomes with one).
     pub fn start_with(
         regions: Vec<Region>,
@@ -101,7 +122,13 @@ impl Monitor {
             .iter()
             .map(|r| HealthState::new(r.probe.fall, r.probe.rise))
             .collect();
-        spawn(regions, states, Arc::new(prober), Arc::new(publish))
+        spawn(
+            regions,
+            states,
+            Arc::new(prober),
+            Arc::new(publish),
+            Arc::default(),
+        )
     }
 }
 
@@ -112,6 +139,8 @@ pub struct MonitorHandle {
     /// Kept for [`MonitorHandle::restart`], which goes on with the same prober and callback.
     prober: Arc<dyn Prober>,
     publish: Arc<Publish>,
+    /// Where the probe loops' panics are counted; kept for [`MonitorHandle::restart`] too.
+    workers: Arc<Workers>,
 }
 
 /// What the region tasks and the handle share.
@@ -163,6 +192,7 @@ fn spawn(
     states: Vec<HealthState>,
     prober: Arc<dyn Prober>,
     publish: Arc<Publish>,
+    workers: Arc<Workers>,
 ) -> MonitorHandle {
     let shared = Arc::new(Shared {
         regions,
@@ -172,13 +202,24 @@ fn spawn(
     });
     let tasks = (0..shared.regions.len())
         .filter(|&i| shared.regions[i].upstream.is_some())
-        .map(|i| tokio::spawn(run(shared.clone(), prober.clone(), i)))
+        .map(|i| {
+            // A panicking probe loop would leave the region's health frozen: run it again.
+            let unit = Unit::unlisted(
+                Kind::Health,
+                format!("health probe of {}", shared.regions[i].name),
+            );
+            let (shared, prober) = (shared.clone(), prober.clone());
+            tokio::spawn(supervise_task(workers.clone(), unit, move || {
+                run(shared.clone(), prober.clone(), i)
+            }))
+        })
         .collect();
     MonitorHandle {
         shared,
         tasks,
         prober,
         publish,
+        workers,
     }
 }
 
@@ -236,7 +277,13 @@ impl MonitorHandle {
                     .unwrap_or_else(|| HealthState::new(r.probe.fall, r.probe.rise))
             })
             .collect();
-        spawn(regions, states, self.prober.clone(), self.publish.clone())
+        spawn(
+            regions,
+            states,
+            self.prober.clone(),
+            self.publish.clone(),
+            self.workers.clone(),
+        )
     }
 
     fn halt(&mut self) {

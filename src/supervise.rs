@@ -1,0 +1,279 @@
+//! No worker dies silently. The process panic hook logs every panic through `tracing`;
+//! [`supervise_thread`] and [`supervise_task`] run a long-lived worker (a DNS UDP thread, a
+//! DNS TCP accept loop, a health probe loop, the admin listener) and, when it panics, count the
+//! panic by kind of worker (`berth_worker_panics_total{worker=...}`), log it with the worker's
+//! name and run the worker again on the same socket. [`Workers`] is that state: which workers
+//! readiness depends on and whether they run (`GET /readyz`), and the panic counts
+//! (`GET /api/v1/regions`, the dashboard's warning).
+//!
+//! Not here: what a worker does, or why it panicked. A replaced worker starts from its socket
+//! and the shared state in [`crate::live::Live`]; that state is kept valid across a panic by its
+//! own locks (a poisoned lock is taken over, the data being plain counters and tables).
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+
+/// Kinds of supervised workers: the `worker` label of the panic metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A DNS UDP socket's thread.
+    DnsUdp,
+    /// A DNS TCP listener's accept loop, or one of its connections.
+    DnsTcp,
+    /// A region's probe loop, or the loop that brings health reports into the snapshot.
+    Health,
+    /// The admin API's listener.
+    Admin,
+}
+
+const KINDS: [Kind; 4] = [Kind::DnsUdp, Kind::DnsTcp, Kind::Health, Kind::Admin];
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::DnsUdp => "dns-udp",
+            Kind::DnsTcp => "dns-tcp",
+            Kind::Health => "health",
+            Kind::Admin => "admin",
+        }
+    }
+}
+
+/// Panics the process hook saw, in any thread or task (supervised or not, e.g. an admin or
+/// proxy request). Process-wide because the hook is.
+static PANICS_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// Log every panic through `tracing` (with the thread's name, where, and a backtrace when
+/// `RUST_BACKTRACE` asks for one) instead of the default hook's bare stderr line, so panics
+/// land where the rest of the log goes. Called once by `berth serve`.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        PANICS_SEEN.fetch_add(1, Ordering::Relaxed);
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let message = panic_text(info.payload());
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(thread = name, %location, %backtrace, "panic: {message}");
+        } else {
+            tracing::error!(thread = name, %location, "panic: {message}");
+        }
+    }));
+}
+
+/// A panic's message, when it has one.
+pub fn panic_text(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// One supervised worker.
+pub struct Unit {
+    /// What the log and `/readyz` call it, e.g. `dns-udp-0 on 0.0.0.0:53`.
+    pub name: String,
+    kind: Kind,
+    /// Between start (or restart) and its end; false while it is being replaced.
+    running: AtomicBool,
+    /// Set by [`Workers::inject_panic`]: the worker panics at its next look.
+    inject: AtomicBool,
+}
+
+impl Unit {
+    /// A worker readiness does not depend on (health probes, the admin listener).
+    pub fn unlisted(kind: Kind, name: impl Into<String>) -> Arc<Unit> {
+        Arc::new(Unit {
+            name: name.into(),
+            kind,
+            running: AtomicBool::new(false),
+            inject: AtomicBool::new(false),
+        })
+    }
+
+    /// Panic if a test asked this worker to ([`Workers::inject_panic`]). Workers call this
+    /// where a panic of their own would hit: once per wake-up, not per query.
+    pub fn injected_panic_point(&self) {
+        if self.inject.load(Ordering::Relaxed) && self.inject.swap(false, Ordering::Relaxed) {
+            panic!("panic injected into {} by Workers::inject_panic", self.name);
+        }
+    }
+}
+
+/// The supervised workers of one running Berth, and their panics.
+#[derive(Default)]
+pub struct Workers {
+    /// By [`Kind`], in `KINDS` order.
+    panics: [AtomicU64; 4],
+    /// What the last panic said, and in which worker; shown by the API and the dashboard.
+    last_panic: Mutex<Option<String>>,
+    /// The workers readiness depends on: every DNS UDP thread and TCP accept loop.
+    units: Mutex<Vec<Arc<Unit>>>,
+    /// Set when the process starts shutting down: not ready any more, whatever runs.
+    stopping: AtomicBool,
+}
+
+impl Workers {
+    /// A worker readiness depends on; it counts as running once its supervisor starts it.
+    pub fn register(&self, kind: Kind, name: impl Into<String>) -> Arc<Unit> {
+        let unit = Unit::unlisted(kind, name);
+        self.units
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(unit.clone());
+        unit
+    }
+
+    /// Count and log a panic of the worker `who` (of kind `kind`).
+    pub fn panicked(&self, kind: Kind, who: &str, payload: &(dyn Any + Send)) {
+        let i = KINDS.iter().position(|k| *k == kind).unwrap_or(0);
+        self.panics[i].fetch_add(1, Ordering::Relaxed);
+        let text = panic_text(payload);
+        tracing::error!(worker = who, panic = %text, "worker panicked; replacing it");
+        *self.last_panic.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{who}: {text}"));
+    }
+
+    /// Panics of supervised workers since start, all kinds.
+    pub fn panics(&self) -> u64 {
+        self.panics.iter().map(|p| p.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Mark the process as shutting down: `/readyz` says so from now on.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Ready: every registered worker runs and the process is not stopping. Otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("shutting down".to_string());
+        }
+        let units = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        let down: Vec<&str> = units
+            .iter()
+            .filter(|u| !u.running.load(Ordering::Relaxed))
+            .map(|u| u.name.as_str())
+            .collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not running: {}", down.join(", ")))
+        }
+    }
+
+    /// For the API: readiness, panics by kind and in all, the last panic.
+    pub fn view(&self) -> serde_json::Value {
+        let by_kind: serde_json::Map<String, serde_json::Value> = KINDS
+            .iter()
+            .zip(&self.panics)
+            .map(|(k, n)| (k.label().to_string(), json!(n.load(Ordering::Relaxed))))
+            .collect();
+        let readiness = self.readiness();
+        json!({
+            "ready": readiness.is_ok(),
+            "not_ready": readiness.err(),
+            "panics": self.panics(),
+            "panics_by_worker": by_kind,
+            "panics_anywhere": PANICS_SEEN.load(Ordering::Relaxed),
+            "last_panic": self.last_panic.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        })
+    }
+
+    /// Prometheus lines for `/metrics`.
+    pub fn render(&self, o: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(o, "# HELP berth_worker_panics_total Panics of supervised workers (each was logged and the worker replaced).");
+        let _ = writeln!(o, "# TYPE berth_worker_panics_total counter");
+        for (k, n) in KINDS.iter().zip(&self.panics) {
+            let _ = writeln!(
+                o,
+                "berth_worker_panics_total{{worker=\"{}\"}} {}",
+                k.label(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP berth_panics_total Panics in any thread or task of the process, as logged."
+        );
+        let _ = writeln!(o, "# TYPE berth_panics_total counter");
+        let _ = writeln!(
+            o,
+            "berth_panics_total {}",
+            PANICS_SEEN.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP berth_ready 1 while every DNS worker runs (what GET /readyz says)."
+        );
+        let _ = writeln!(o, "# TYPE berth_ready gauge");
+        let _ = writeln!(o, "berth_ready {}", u8::from(self.readiness().is_ok()));
+    }
+
+    /// Make the registered worker named `name` panic the next time it looks (a UDP thread
+    /// within its receive timeout, a TCP accept loop at its next connection). For tests of
+    /// the supervision; false if no worker has that name.
+    #[doc(hidden)]
+    pub fn inject_panic(&self, name: &str) -> bool {
+        let units = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        match units.iter().find(|u| u.name == name) {
+            Some(u) => {
+                u.inject.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The registered workers' names, in start order.
+    pub fn names(&self) -> Vec<String> {
+        let units = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        units.iter().map(|u| u.name.clone()).collect()
+    }
+}
+
+/// Run `body` on this thread until it returns; each time it panics, count and log the panic
+/// and run it again (its socket and state outlive it: `body` borrows them).
+pub fn supervise_thread(workers: &Workers, unit: &Unit, mut body: impl FnMut()) {
+    loop {
+        unit.running.store(true, Ordering::Relaxed);
+        let result = catch_unwind(AssertUnwindSafe(&mut body));
+        unit.running.store(false, Ordering::Relaxed);
+        match result {
+            Ok(()) => return,
+            Err(payload) => workers.panicked(unit.kind, &unit.name, &*payload),
+        }
+    }
+}
+
+/// Run the task `make` builds until it returns; each time it panics, count and log the panic
+/// and run a fresh one. Aborting the supervising task aborts the worker too.
+pub async fn supervise_task<F, Fut>(workers: Arc<Workers>, unit: Arc<Unit>, mut make: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        unit.running.store(true, Ordering::Relaxed);
+        // A set, not a bare spawn: dropping it (this task aborted) aborts the worker.
+        let mut set = tokio::task::JoinSet::new();
+        set.spawn(make());
+        let result = set.join_next().await;
+        unit.running.store(false, Ordering::Relaxed);
+        match result {
+            Some(Err(e)) if e.is_panic() => {
+                workers.panicked(unit.kind, &unit.name, &*e.into_panic())
+            }
+            _ => return,
+        }
+    }
+}
