@@ -1,6 +1,7 @@
 //! Wiring: load the config into a [`Live`], bind the listeners, start the front ends and the
 //! health monitor, and stop or reload on signals. Everything else is called from here.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -38,17 +39,27 @@ fn health_info(h: &RegionHealth) -> HealthInfo {
     }
 }
 
-fn apply(live: &Live, report: &HealthReport) {
+/// The probe count of each region as last applied: a report is applied per region only when
+/// a probe ran since, so a verdict the proxy's passive health gave in between (a region that
+/// answers its probe but hangs on requests) holds until the next probe says otherwise.
+type Applied = Arc<Mutex<HashMap<String, u64>>>;
+
+fn apply(live: &Live, applied: &Applied, report: &HealthReport) {
+    let mut seen = applied.lock().unwrap_or_else(|p| p.into_inner());
     for r in &report.regions {
+        if seen.insert(r.name.clone(), r.probes) == Some(r.probes) {
+            continue;
+        }
         live.set_health(&r.name, health_info(r));
     }
 }
 
-fn start_monitor(live: &Arc<Live>, regions: Vec<Region>) -> MonitorHandle {
+fn start_monitor(live: &Arc<Live>, applied: &Applied, regions: Vec<Region>) -> MonitorHandle {
     let weak = Arc::downgrade(live);
+    let applied = applied.clone();
     Monitor::start(regions, move |report| {
         if let Some(live) = weak.upgrade() {
-            apply(&live, &report);
+            apply(&live, &applied, &report);
         }
     })
 }
@@ -135,8 +146,10 @@ impl Running {
 
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
+        let applied = Applied::default();
         let monitor = Arc::new(Mutex::new(Some(start_monitor(
             &live,
+            &applied,
             snap.config.regions.clone(),
         ))));
         // Transitions publish at once; this also brings probe latency and errors up to date.
@@ -158,7 +171,7 @@ impl Running {
                         .as_ref()
                         .map(|m| m.report());
                     if let Some(report) = report {
-                        apply(&live, &report);
+                        apply(&live, &applied, &report);
                     }
                 }
             }));

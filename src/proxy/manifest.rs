@@ -66,7 +66,18 @@ async fn exchange_once(
         .get_http_session(&peer)
         .await
         .map_err(|e| (e.to_string(), false))?;
-    let io = |e: Box<pingora::Error>| (e.to_string(), reused);
+    // The connector leaves these to its caller (the proxy loop sets them from the peer too).
+    s.set_read_timeout(peer.options.read_timeout);
+    s.set_write_timeout(peer.options.write_timeout);
+    // A pooled connection the registry closed is worth another try; a timeout is not (the
+    // region is slow or hung, and trying again only makes the client wait longer).
+    let io = |e: Box<pingora::Error>| {
+        let timeout = matches!(
+            e.etype(),
+            pingora::ErrorType::ReadTimedout | pingora::ErrorType::WriteTimedout
+        );
+        (e.to_string(), reused && !timeout)
+    };
     s.write_request_header(Box::new(req)).await.map_err(io)?;
     if let Some(b) = body {
         s.write_request_body(b, true).await.map_err(io)?;

@@ -16,6 +16,7 @@
 pub mod affinity;
 mod manifest;
 pub mod oci;
+mod passive;
 mod service;
 pub mod tls;
 pub mod token;
@@ -52,6 +53,8 @@ pub(crate) struct Shared {
     connector: pingora::connectors::http::Connector,
     /// Requests in flight, so a stop can wait for them (up to the grace period).
     inflight: Arc<AtomicUsize>,
+    /// Runs of timeouts and failed connections per region (passive health).
+    passive: passive::Passive,
 }
 
 /// The upload-token secret: from the file or environment variable the config names, read once
@@ -189,6 +192,7 @@ impl Proxy {
                 pingora::connectors::ConnectorOptions::from_server_conf(&conf),
             )),
             inflight: inflight.clone(),
+            passive: passive::Passive::default(),
         });
         let mut svc = pingora::proxy::http_proxy_service_with_name(
             &conf,

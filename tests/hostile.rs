@@ -1,0 +1,296 @@
+//! Hostile peers and inputs at the HTTP edges, with real components: replicas that hang
+//! (raw TCP servers that accept and never answer, or answer only `GET /v2/`), a real
+//! `docker-registry` to fail over to, `curl` as the client, raw sockets trickling request
+//! heads, and forged or encoded paths and tokens.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+mod support;
+use support::{demo_config, Berth, Registry};
+
+const SECRET: &str = "hostile-test-secret-0123456789abcdef";
+const ADMIN_TOKEN: &str = "test-token-0123456789";
+const DEADLINE: Duration = Duration::from_secs(30);
+const UUID: &str = "4e0b3f7a-1d52-4b8e-9a8e-2f3c6a1b9d10";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Wait until `check` holds, polling; panics with `what` after the deadline.
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(support::POLL);
+    }
+}
+
+/// A replica that hangs: accepts every connection and never answers, or with `v2_ok` answers
+/// `GET /v2/` (so its probe passes) and hangs on everything else. `open` counts the
+/// connections the proxy holds to it right now.
+struct Hanging {
+    addr: SocketAddr,
+    open: Arc<AtomicUsize>,
+}
+
+fn hanging(rt: &tokio::runtime::Runtime, v2_ok: bool) -> Hanging {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let open = Arc::new(AtomicUsize::new(0));
+    let count = open.clone();
+    rt.spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let count = count.clone();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut hung = false;
+                // Read (and answer `GET /v2/` heads) until the peer closes.
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if !v2_ok || hung {
+                        continue;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if head.starts_with(b"GET /v2/ ") {
+                            let body = "{}";
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                                 Docker-Distribution-Api-Version: registry/2.0\r\n\
+                                 Content-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if conn.write_all(resp.as_bytes()).await.is_err() {
+                                break;
+                            }
+                            head.drain(..end + 4);
+                        } else {
+                            hung = true;
+                            break;
+                        }
+                    }
+                }
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Hanging { addr, open }
+}
+
+/// The demo config: westus's upstream at `westus` (probed by TCP connect, once an hour, so
+/// only the proxy's own requests can see it hang), eastus at `eastus`, the routed name over
+/// those two, `proxy` lines added to `[proxy]` and `admin` lines to `[admin]`.
+fn config(dir: &Path, westus: &str, eastus: &str, proxy: &str, admin: &str) -> PathBuf {
+    std::fs::write(dir.join("secret"), SECRET).expect("secret");
+    std::fs::write(dir.join("token"), ADMIN_TOKEN).expect("token");
+    let westus = format!(
+        "upstream = \"{westus}\"\nprobe = {{ kind = \"tcp\", interval = \"1h\", timeout = \"1s\" }}"
+    );
+    let eastus = format!("upstream = \"{eastus}\"");
+    let proxy = format!("secret_file = \"secret\"\nthreads = 2\nshutdown_grace = \"1s\"\n{proxy}");
+    let admin = format!("token_file = \"token\"\n{admin}");
+    demo_config(
+        dir,
+        &[
+            ("upstream = \"http://127.0.0.1:5001\"", &westus),
+            ("upstream = \"http://127.0.0.1:5002\"", &eastus),
+            (
+                "regions = [\"westus\", \"eastus\", \"westeurope\", \"southeastasia\"]",
+                "regions = [\"westus\", \"eastus\"]",
+            ),
+            ("secret_env = \"BERTH_PROXY_SECRET\"", &proxy),
+            ("token_env = \"BERTH_ADMIN_TOKEN\"", &admin),
+        ],
+        "",
+    )
+}
+
+/// What curl got: status (0: no answer at all) and body.
+struct Answer {
+    status: u16,
+    body: String,
+    headers: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    fn code(&self) -> String {
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// `curl` with `args` and a generous `--max-time`: a hang shows as status 0, never as a hung
+/// test.
+fn curl(args: &[&str]) -> Answer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let headers = dir.path().join("headers");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20", "-o", "-", "-D"])
+        .arg(&headers)
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Answer {
+        status: status.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+        headers: std::fs::read_to_string(&headers).unwrap_or_default(),
+    }
+}
+
+fn region_json(b: &Berth, name: &str) -> Value {
+    let a = curl(&[&format!("{}/api/v1/regions/{name}", b.admin())]);
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.json()
+}
+
+/// The value of a metric line without labels.
+fn metric(b: &Berth, name: &str) -> u64 {
+    let text = b.running().live.render_metrics();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+fn proxy(b: &Berth) -> SocketAddr {
+    b.running().proxy_addr.expect("proxy listener")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defect 4: timeouts towards a replica.
+
+/// A replica that accepts and never answers: a request that cannot be repeated gets a 504
+/// OCI error as soon as the (short, configured) read timeout fires, never a hang; no
+/// connection to it is left open; two in a row mark the region down (passive health), after
+/// which requests go to the next region.
+#[test]
+fn a_replica_that_never_answers_gets_a_timely_oci_error_and_is_marked_down() {
+    let rt = runtime();
+    let mut reg = Registry::new();
+    rt.block_on(reg.start());
+    let hang = hanging(&rt, false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let berth = Berth::start(&config(
+        dir.path(),
+        &format!("http://{}", hang.addr),
+        &reg.upstream(),
+        "upstream_read_timeout = \"500ms\"\npassive_fall = 2",
+        "",
+    ));
+    let p = proxy(&berth);
+    wait_for("westus's first probe", || {
+        region_json(&berth, "westus")["health"] == "up"
+    });
+
+    // An upload chunk: not safe to send twice, so it is answered, not failed over.
+    let patch = format!("http://{p}/v2/team/app/blobs/uploads/{UUID}");
+    for round in 1..=2 {
+        let a = curl(&["-X", "PATCH", "--data-binary", "layer bytes", &patch]);
+        assert_eq!(a.status, 504, "round {round}: {} {}", a.headers, a.body);
+        assert_eq!(a.code(), "UNAVAILABLE", "{}", a.body);
+        let detail = a.json()["errors"][0]["detail"].to_string();
+        assert!(
+            detail.contains("westus") && detail.contains("upstream_read_timeout"),
+            "{detail}"
+        );
+    }
+    assert_eq!(metric(&berth, "berth_proxy_upstream_timeouts_total"), 2);
+    assert_eq!(metric(&berth, "berth_proxy_passive_downs_total"), 1);
+    let westus = region_json(&berth, "westus");
+    assert_eq!(westus["health"], "down", "{westus}");
+    assert!(
+        westus["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("passive health: 2 proxied requests in a row failed")),
+        "{westus}"
+    );
+    wait_for(
+        "the proxy to close its connections to the hung replica",
+        || hang.open.load(Ordering::SeqCst) == 0,
+    );
+
+    // Down: the next request goes to eastus (the real registry) at once.
+    let a = curl(&[&format!("http://{p}/v2/")]);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(region_json(&berth, "eastus")["proxy"]["requests"]["GET"], 1);
+    assert_eq!(metric(&berth, "berth_proxy_upstream_timeouts_total"), 2);
+}
+
+/// A replica that answers its probe (`GET /v2/`) but hangs on everything else: reads that are
+/// safe to repeat fail over to the next region after the read timeout; the run of timeouts
+/// marks the region down although its probe passes.
+#[test]
+fn a_replica_that_hangs_after_its_probe_fails_over_and_is_marked_down() {
+    let rt = runtime();
+    let mut reg = Registry::new();
+    rt.block_on(reg.start());
+    let hang = hanging(&rt, true);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let berth = Berth::start(&config(
+        dir.path(),
+        &format!("http://{}", hang.addr),
+        &reg.upstream(),
+        "upstream_read_timeout = \"500ms\"\npassive_fall = 2",
+        "",
+    ));
+    let p = proxy(&berth);
+    wait_for("westus's first probe", || {
+        region_json(&berth, "westus")["health"] == "up"
+    });
+    let a = curl(&[&format!("http://{p}/v2/")]);
+    assert_eq!(a.status, 200, "the hung replica answers /v2/: {}", a.body);
+
+    // A read: westus times out, eastus (the real registry) answers that it has no such repo.
+    let a = curl(&[&format!("http://{p}/v2/team/app/tags/list")]);
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert_eq!(a.code(), "NAME_UNKNOWN", "{}", a.body);
+    // Starting an upload is safe to repeat too: it lands in eastus, whose token it carries.
+    // (Another repository: team/app's affinity moved to eastus with its failover.)
+    let a = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{p}/v2/team/other/blobs/uploads/"),
+    ]);
+    assert_eq!(a.status, 202, "{} {}", a.headers, a.body);
+    assert!(a.headers.contains("_berth=eastus."), "{}", a.headers);
+
+    assert_eq!(metric(&berth, "berth_proxy_upstream_timeouts_total"), 2);
+    assert_eq!(metric(&berth, "berth_proxy_passive_downs_total"), 1);
+    let westus = region_json(&berth, "westus");
+    assert_eq!(westus["health"], "down", "{westus}");
+    assert!(westus["proxy"]["failovers"].as_u64() >= Some(1), "{westus}");
+}
