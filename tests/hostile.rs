@@ -294,3 +294,118 @@ fn a_replica_that_hangs_after_its_probe_fails_over_and_is_marked_down() {
     assert_eq!(westus["health"], "down", "{westus}");
     assert!(westus["proxy"]["failovers"].as_u64() >= Some(1), "{westus}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Defect 7: encoded repository paths and upload-token expiry.
+
+fn location(a: &Answer) -> String {
+    a.headers
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no Location in {}", a.headers))
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(data);
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// The registry decodes `team%2fapp` to `team/app` and serves it; so does the proxy before it
+/// classifies the path. An upload started on the encoded path gets a token and completes; a
+/// forged token on an encoded session path is refused, as is an expired token (its expiry is
+/// signed, so it cannot be pushed back).
+#[test]
+fn encoded_repository_paths_and_expired_tokens_are_checked() {
+    let rt = runtime();
+    let mut reg = Registry::new();
+    rt.block_on(reg.start());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let berth = Berth::start(&config(
+        dir.path(),
+        &reg.upstream(),
+        &reg.upstream(),
+        "",
+        "",
+    ));
+    let p = proxy(&berth);
+    wait_for("the proxy to answer", || {
+        curl(&[&format!("http://{p}/v2/")]).status == 200
+    });
+
+    // A whole upload (start, then PUT with the digest) on the encoded path.
+    let a = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{p}/v2/team%2fapp/blobs/uploads/"),
+    ]);
+    assert_eq!(a.status, 202, "{} {}", a.headers, a.body);
+    let loc = location(&a);
+    assert!(
+        loc.contains("/v2/team/app/blobs/uploads/") && loc.contains("_berth=westus."),
+        "classified as an upload start, so the session got a token: {loc}"
+    );
+    let data = b"a layer pushed through an encoded path";
+    let digest = sha256(data);
+    let a = curl(&[
+        "-X",
+        "PUT",
+        "--data-binary",
+        std::str::from_utf8(data).expect("ascii"),
+        "-H",
+        "Content-Type: application/octet-stream",
+        &format!("{loc}&digest={digest}"),
+    ]);
+    assert_eq!(a.status, 201, "{} {}", a.headers, a.body);
+    let a = curl(&[&format!("http://{p}/v2/team%2Fapp/blobs/{digest}")]);
+    assert_eq!((a.status, a.body.as_bytes()), (200, &data[..]));
+
+    // A forged token on an encoded session path: refused by Berth, not forwarded.
+    let uuid = loc
+        .split("/uploads/")
+        .nth(1)
+        .and_then(|r| r.split('?').next())
+        .expect("uuid");
+    let forged = format!("westus.4102444800.{}", "0".repeat(64));
+    let a = curl(&[
+        "-X",
+        "PATCH",
+        "--data-binary",
+        "x",
+        &format!("http://{p}/v2/team%2fapp/blobs/uploads/{uuid}?_berth={forged}"),
+    ]);
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert_eq!(a.code(), "BLOB_UPLOAD_INVALID", "{}", a.body);
+    let detail = a.json()["errors"][0]["detail"].to_string();
+    assert!(detail.contains("signature does not match"), "{detail}");
+
+    // A token with the right signature whose expiry has passed.
+    let signer = berth::proxy::token::Signer::new(SECRET.as_bytes());
+    let expired = signer.sign("westus", "team/app", uuid, 1_000_000_000);
+    let a = curl(&[
+        "-X",
+        "PATCH",
+        "--data-binary",
+        "x",
+        &format!("http://{p}/v2/team/app/blobs/uploads/{uuid}?_berth={expired}"),
+    ]);
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert_eq!(a.code(), "BLOB_UPLOAD_INVALID", "{}", a.body);
+    let detail = a.json()["errors"][0]["detail"].to_string();
+    assert!(detail.contains("the upload token expired"), "{detail}");
+    // Malformed escapes are the registry's 400 too, answered by Berth.
+    let a = curl(&[&format!("http://{p}/v2/team%zzapp/tags/list")]);
+    assert_eq!(
+        (a.status, a.code()),
+        (400, "NAME_INVALID".to_string()),
+        "{}",
+        a.body
+    );
+}
