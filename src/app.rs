@@ -190,7 +190,8 @@ impl Running {
                 let done = async move {
                     let _ = stop.changed().await;
                 };
-                if let Err(e) = crate::admin::serve(listener, live, token, done).await {
+                let limits = crate::admin::Limits::of(&admin);
+                if let Err(e) = crate::admin::serve(listener, live, token, limits, done).await {
                     tracing::error!(error = %e, "admin listener failed");
                 }
             }));

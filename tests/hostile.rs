@@ -3,7 +3,8 @@
 //! `docker-registry` to fail over to, `curl` as the client, raw sockets trickling request
 //! heads, and forged or encoded paths and tokens.
 
-use std::net::SocketAddr;
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -408,4 +409,145 @@ fn encoded_repository_paths_and_expired_tokens_are_checked() {
         "{}",
         a.body
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin listener: DNS rebinding, head deadline, connection cap.
+
+/// A Berth whose admin listener has these extra `[admin]` lines (a replica is not needed:
+/// the upstreams are never contacted).
+fn admin_berth(dir: &Path, admin: &str) -> Berth {
+    Berth::start(&config(
+        dir,
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9",
+        "",
+        admin,
+    ))
+}
+
+fn admin_addr(b: &Berth) -> SocketAddr {
+    b.running().admin_addr.expect("admin listener")
+}
+
+/// Has the server closed `s`? Reads with a short timeout: Some(true) closed, Some(false)
+/// bytes arrived, None nothing yet.
+fn closed(s: &mut TcpStream) -> Option<bool> {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let mut buf = [0u8; 1024];
+    match s.read(&mut buf) {
+        Ok(0) => Some(true),
+        Ok(_) => Some(false),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(_) => Some(true),
+    }
+}
+
+/// A browser on a page whose name was re-pointed at 127.0.0.1 sends that name as `Host`:
+/// refused with 421. The listener's own address, `localhost` and configured names pass.
+#[test]
+fn admin_answers_only_the_hosts_it_is_reached_by() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = admin_berth(
+        dir.path(),
+        "allowed_hosts = [\"berth.example.net\", \"ops.example.net:8443\"]",
+    );
+    let a = admin_addr(&b);
+    let url = format!("http://{a}/api/v1/regions");
+    let port = a.port();
+    for (host, status) in [
+        (None, 200),
+        (Some(format!("localhost:{port}")), 200),
+        (Some("LOCALHOST".to_string()), 200),
+        (Some(format!("[::1]:{port}")), 200),
+        (Some("berth.example.net".to_string()), 200),
+        (Some("berth.example.net.:9180".to_string()), 200),
+        (Some("ops.example.net:8443".to_string()), 200),
+        (Some("ops.example.net".to_string()), 421),
+        (Some("evil.example".to_string()), 421),
+        (Some(format!("evil.example:{port}")), 421),
+        (Some("berth.example.net.evil.example".to_string()), 421),
+    ] {
+        let mut args = vec![url.clone()];
+        if let Some(h) = &host {
+            args.extend(["-H".to_string(), format!("Host: {h}")]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = curl(&args);
+        assert_eq!(r.status, status, "Host {host:?}: {}", r.body);
+        if status == 421 {
+            let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
+            assert!(msg.contains("[admin] allowed_hosts"), "{msg}");
+        }
+    }
+    // The dashboard's page too (it is what a rebinding page would read).
+    let r = curl(&["-H", "Host: evil.example", &format!("http://{a}/")]);
+    assert_eq!(r.status, 421);
+}
+
+/// A request head trickled a line at a time, and a connection that sends nothing, are both
+/// closed once the head deadline passes, however often bytes arrive.
+#[test]
+fn admin_closes_trickled_and_idle_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = admin_berth(dir.path(), "header_timeout = \"1s\"");
+    let a = admin_addr(&b);
+
+    let mut idle = TcpStream::connect(a).expect("connect");
+    let mut trickle = TcpStream::connect(a).expect("connect");
+    trickle
+        .write_all(b"GET /api/v1/regions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .expect("request line");
+    let end = std::time::Instant::now() + DEADLINE;
+    let mut lines = 0;
+    loop {
+        assert!(
+            std::time::Instant::now() < end,
+            "a head trickled for {lines} lines is still open"
+        );
+        // A header line every 100 ms or so (the read waits that long).
+        if trickle.write_all(b"X-Trickle: 1\r\n").is_err() {
+            break;
+        }
+        lines += 1;
+        match closed(&mut trickle) {
+            Some(true) => break,
+            Some(false) => panic!("an answer to a head that never ended"),
+            None => {}
+        }
+    }
+    let end = std::time::Instant::now() + DEADLINE;
+    while closed(&mut idle).is_none() {
+        assert!(
+            std::time::Instant::now() < end,
+            "an idle connection is still open"
+        );
+    }
+    // The listener still serves.
+    assert_eq!(curl(&[&format!("http://{a}/api/v1/regions")]).status, 200);
+}
+
+/// Past `max_connections` a new connection waits (in the accept queue) until one closes.
+#[test]
+fn admin_serves_at_most_max_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = admin_berth(dir.path(), "header_timeout = \"1h\"\nmax_connections = 2");
+    let a = admin_addr(&b);
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(a).expect("connect"))
+        .collect();
+    let mut third = TcpStream::connect(a).expect("the kernel queues it");
+    third
+        .write_all(b"GET /api/v1/regions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    // Nothing while both slots are held (a slow machine can only make this pass wrongly).
+    for _ in 0..3 {
+        assert_eq!(closed(&mut third), None, "answered beyond the cap");
+    }
+    drop(held);
+    third.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut answer = String::new();
+    third.read_to_string(&mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
