@@ -551,3 +551,107 @@ fn admin_serves_at_most_max_connections() {
     third.read_to_string(&mut answer).expect("answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Defect 5: a total deadline for the proxy's request heads.
+
+/// Read from `s` until `done` holds for what arrived (or the deadline passes).
+fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) {
+        let n = s.read(&mut buf).expect("an answer");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// A head trickled a line at a time, and a connection that sends nothing, are closed once
+/// `request_head_timeout` passes (pingora alone bounds each read, not the head). Keep-alive
+/// requests, and a body that takes longer than the deadline, are not cut.
+#[test]
+fn the_proxy_closes_trickled_heads_but_not_slow_bodies() {
+    let rt = runtime();
+    let mut reg = Registry::new();
+    rt.block_on(reg.start());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let berth = Berth::start(&config(
+        dir.path(),
+        &reg.upstream(),
+        &reg.upstream(),
+        "request_head_timeout = \"1s\"",
+        "",
+    ));
+    let p = proxy(&berth);
+    wait_for("the proxy to answer", || {
+        curl(&[&format!("http://{p}/v2/")]).status == 200
+    });
+
+    // Two requests on one connection: the deadline starts again for the second head.
+    let mut ka = TcpStream::connect(p).expect("connect");
+    for _ in 0..2 {
+        ka.write_all(b"GET /v2/ HTTP/1.1\r\nHost: registry.example.test\r\n\r\n")
+            .expect("request");
+        let got = read_until(&mut ka, |g| g.ends_with(b"{}"));
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    let mut idle = TcpStream::connect(p).expect("connect");
+    let mut trickle = TcpStream::connect(p).expect("connect");
+    trickle
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: registry.example.test\r\n")
+        .expect("request line");
+    let end = std::time::Instant::now() + DEADLINE;
+    let mut lines = 0;
+    loop {
+        assert!(
+            std::time::Instant::now() < end,
+            "a head trickled for {lines} lines is still open"
+        );
+        if trickle.write_all(b"X-Trickle: 1\r\n").is_err() {
+            break;
+        }
+        lines += 1;
+        match closed(&mut trickle) {
+            Some(true) => break,
+            Some(false) => panic!("an answer to a head that never ended"),
+            None => {}
+        }
+    }
+    let end = std::time::Instant::now() + DEADLINE;
+    while closed(&mut idle).is_none() {
+        assert!(
+            std::time::Instant::now() < end,
+            "an idle connection is still open"
+        );
+    }
+
+    // A blob body sent slowly (48 KB at 16 KB/s, about 3 s): only heads have a deadline.
+    let a = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{p}/v2/team/app/blobs/uploads/"),
+    ]);
+    assert_eq!(a.status, 202, "{}", a.body);
+    let data: Vec<u8> = (0..48 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let file = dir.path().join("blob");
+    std::fs::write(&file, &data).expect("blob");
+    let a = curl(&[
+        "-X",
+        "PUT",
+        "--limit-rate",
+        "16k",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{}&digest={}", location(&a), sha256(&data)),
+    ]);
+    assert_eq!(a.status, 201, "{} {}", a.headers, a.body);
+}

@@ -14,6 +14,7 @@
 //! Only this module names pingora types.
 
 pub mod affinity;
+mod head;
 mod manifest;
 pub mod oci;
 mod passive;
@@ -194,11 +195,12 @@ impl Proxy {
             inflight: inflight.clone(),
             passive: passive::Passive::default(),
         });
-        let mut svc = pingora::proxy::http_proxy_service_with_name(
-            &conf,
-            service::BerthProxy::new(shared.clone()),
-            "berth-proxy",
+        // pingora's HTTP proxy app, behind a total deadline for each request head.
+        let app = head::HeadDeadline::new(
+            pingora::proxy::http_proxy(&conf, service::BerthProxy::new(shared.clone())),
+            cfg.request_head_timeout,
         );
+        let mut svc = pingora::services::listening::Service::new("berth-proxy".to_string(), app);
         if let Some(a) = addr {
             svc.add_tcp(&a.to_string());
         }
