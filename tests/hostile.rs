@@ -655,3 +655,77 @@ fn the_proxy_closes_trickled_heads_but_not_slow_bodies() {
     ]);
     assert_eq!(a.status, 201, "{} {}", a.headers, a.body);
 }
+
+/// The limits' defaults, and errors that name the key.
+#[test]
+fn limit_settings_defaults_and_errors() {
+    use berth::config::Config;
+    let base =
+        std::fs::read_to_string(support::repo().join("config/demo.toml")).expect("demo config");
+    let parse = |text: &str| Config::parse(text, Path::new("/etc/berth/berth.toml"));
+    let c = parse(&base).expect("the demo config");
+    let s = Duration::from_secs;
+    assert_eq!(
+        (
+            c.proxy.connect_timeout,
+            c.proxy.upstream_read_timeout,
+            c.proxy.upstream_write_timeout,
+            c.proxy.upstream_idle_timeout,
+            c.proxy.passive_fall,
+            c.proxy.request_head_timeout,
+            c.proxy.upload_token_lifetime,
+        ),
+        (s(3), s(120), s(60), s(60), 3, s(30), s(86_400))
+    );
+    assert_eq!(
+        (
+            c.admin.header_timeout,
+            c.admin.max_connections,
+            c.admin.allowed_hosts.len()
+        ),
+        (s(10), 64, 0)
+    );
+    let c = parse(&base.replace(
+        "[admin]\n",
+        "[admin]\nallowed_hosts = [\"Berth.Example.NET.\", \"[::1]:9180\"]\n",
+    ))
+    .expect("valid");
+    assert_eq!(c.admin.allowed_hosts, ["berth.example.net", "[::1]:9180"]);
+    for (section, extra, expect) in [
+        (
+            "[proxy]",
+            "upstream_read_timeout = \"0s\"",
+            "proxy.upstream_read_timeout: \"0s\" must be longer than zero",
+        ),
+        (
+            "[proxy]",
+            "request_head_timeout = \"30\"",
+            "proxy.request_head_timeout: \"30\" has no unit",
+        ),
+        (
+            "[proxy]",
+            "upload_token_lifetime = \"10s\"",
+            "proxy.upload_token_lifetime: must be at least 1m",
+        ),
+        ("[proxy]", "passive_fall = -1", "passive_fall"),
+        (
+            "[admin]",
+            "max_connections = 0",
+            "admin.max_connections: must be at least 1",
+        ),
+        (
+            "[admin]",
+            "allowed_hosts = [\"evil example\"]",
+            "admin.allowed_hosts[0]: \"evil example\" is not a host name",
+        ),
+        (
+            "[admin]",
+            "header_timeout = \"1y\"",
+            "admin.header_timeout: \"1y\" has an unknown unit",
+        ),
+    ] {
+        let text = base.replace(&format!("{section}\n"), &format!("{section}\n{extra}\n"));
+        let e = parse(&text).expect_err(extra).to_string();
+        assert!(e.contains(expect), "{extra}: {e}");
+    }
+}
