@@ -506,3 +506,36 @@ async fn metrics(State(ctx): State<Ctx>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn hosts_a_client_reaches_the_listener_by() {
+        let allowed = vec![
+            "berth.example.net".to_string(),
+            "ops.example.net:8443".to_string(),
+        ];
+        for (host, ok) in [
+            ("127.0.0.1:9180", true),
+            ("10.1.2.3", true),
+            ("[::1]:9180", true),
+            ("::1", true),
+            ("localhost:9180", true),
+            ("LocalHost.", true),
+            ("berth.example.net", true),
+            ("berth.example.net:9180", true),
+            ("ops.example.net:8443", true),
+            ("ops.example.net:9180", false),
+            ("ops.example.net", false),
+            ("evil.example", false),
+            ("localhost.evil.example", false),
+            ("127.0.0.1.evil.example", false),
+            ("[evil]:80", false),
+            ("", false),
+        ] {
+            assert_eq!(host_allowed(host, &allowed), ok, "{host:?}");
+        }
+    }
+}

@@ -50,6 +50,12 @@ fn apply(live: &Live, applied: &Applied, report: &HealthReport) {
         if seen.insert(r.name.clone(), r.probes) == Some(r.probes) {
             continue;
         }
+        // A passive "down" is lifted by a probe that succeeded, not by one that failed while
+        // the probes' own threshold still counts the region up.
+        let failed_probe = r.healthy && r.last_error.is_some();
+        if failed_probe && crate::proxy::passively_down(&live.health(&r.name)) {
+            continue;
+        }
         live.set_health(&r.name, health_info(r));
     }
 }

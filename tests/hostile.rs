@@ -48,6 +48,8 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 struct Hanging {
     addr: SocketAddr,
     open: Arc<AtomicUsize>,
+    /// Connections accepted so far (the proxy's and the probes').
+    accepted: Arc<AtomicUsize>,
 }
 
 fn hanging(rt: &tokio::runtime::Runtime, v2_ok: bool) -> Hanging {
@@ -56,9 +58,12 @@ fn hanging(rt: &tokio::runtime::Runtime, v2_ok: bool) -> Hanging {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let open = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
     let count = open.clone();
+    let total = accepted.clone();
     rt.spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
+            total.fetch_add(1, Ordering::SeqCst);
             let count = count.clone();
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
@@ -97,7 +102,11 @@ fn hanging(rt: &tokio::runtime::Runtime, v2_ok: bool) -> Hanging {
             });
         }
     });
-    Hanging { addr, open }
+    Hanging {
+        addr,
+        open,
+        accepted,
+    }
 }
 
 /// The demo config: westus's upstream at `westus` (probed by TCP connect, once an hour, so
@@ -197,7 +206,8 @@ fn proxy(b: &Berth) -> SocketAddr {
 /// A replica that accepts and never answers: a request that cannot be repeated gets a 504
 /// OCI error as soon as the (short, configured) read timeout fires, never a hang; no
 /// connection to it is left open; two in a row mark the region down (passive health), after
-/// which requests go to the next region.
+/// which requests go to the next region. Its probes fail too, but too few to reach their own
+/// threshold: they do not lift the passive verdict.
 #[test]
 fn a_replica_that_never_answers_gets_a_timely_oci_error_and_is_marked_down() {
     let rt = runtime();
@@ -205,17 +215,21 @@ fn a_replica_that_never_answers_gets_a_timely_oci_error_and_is_marked_down() {
     rt.block_on(reg.start());
     let hang = hanging(&rt, false);
     let dir = tempfile::tempdir().expect("tempdir");
-    let berth = Berth::start(&config(
+    let path = config(
         dir.path(),
         &format!("http://{}", hang.addr),
         &reg.upstream(),
         "upstream_read_timeout = \"500ms\"\npassive_fall = 2",
         "",
-    ));
+    );
+    let text = std::fs::read_to_string(&path).expect("config");
+    let text = text.replace(
+        "probe = { kind = \"tcp\", interval = \"1h\", timeout = \"1s\" }",
+        "probe = { interval = \"100ms\", timeout = \"50ms\", fall = 1000000 }",
+    );
+    std::fs::write(&path, text).expect("config");
+    let berth = Berth::start(&path);
     let p = proxy(&berth);
-    wait_for("westus's first probe", || {
-        region_json(&berth, "westus")["health"] == "up"
-    });
 
     // An upload chunk: not safe to send twice, so it is answered, not failed over.
     let patch = format!("http://{p}/v2/team/app/blobs/uploads/{UUID}");
@@ -243,6 +257,14 @@ fn a_replica_that_never_answers_gets_a_timely_oci_error_and_is_marked_down() {
         "the proxy to close its connections to the hung replica",
         || hang.open.load(Ordering::SeqCst) == 0,
     );
+    // Failing probes go on (each one a connection; 25 of them span at least two of the 1 s
+    // rounds that apply probe reports); the region stays down.
+    let seen = hang.accepted.load(Ordering::SeqCst);
+    wait_for("25 more probes", || {
+        hang.accepted.load(Ordering::SeqCst) >= seen + 25
+    });
+    let westus = region_json(&berth, "westus");
+    assert_eq!(westus["health"], "down", "{westus}");
 
     // Down: the next request goes to eastus (the real registry) at once.
     let a = curl(&[&format!("http://{p}/v2/")]);

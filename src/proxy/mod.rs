@@ -326,6 +326,14 @@ async fn housekeeping(
     }
 }
 
+/// Is this verdict the proxy's passive health marking the region down?
+pub fn passively_down(h: &crate::live::HealthInfo) -> bool {
+    !h.healthy
+        && h.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(passive::MARK))
+}
+
 /// Can `id` be sent requests now: enabled and healthy, or any enabled one while the routed
 /// name fails open.
 fn usable(snap: &Snapshot, rn: &RoutedName, id: RegionId) -> bool {

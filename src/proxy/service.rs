@@ -292,11 +292,7 @@ fn passive_success(shared: &Shared, snap: &Snapshot, id: RegionId) {
         return;
     }
     let prev = shared.live.health(&region.name);
-    let ours = prev
-        .last_error
-        .as_deref()
-        .is_some_and(|e| e.starts_with(passive::MARK));
-    if !prev.healthy && ours {
+    if super::passively_down(&prev) {
         shared.live.set_health(
             &region.name,
             HealthInfo {
