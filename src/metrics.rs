@@ -591,22 +591,20 @@ impl Metrics {
         let _ = writeln!(o, "# TYPE berth_last_reload_ok gauge");
         let _ = writeln!(o, "berth_last_reload_ok {}", u8::from(g.last_reload_ok));
         self.proxy.render(&mut o, &g.regions);
-        if self.proxy.running.load(Ordering::Relaxed) {
-            let _ = writeln!(o, "# HELP berth_proxy_upstream_timeouts_total Requests to a region that timed out (connect, read or write).");
-            let _ = writeln!(o, "# TYPE berth_proxy_upstream_timeouts_total counter");
-            let _ = writeln!(
-                o,
-                "berth_proxy_upstream_timeouts_total {}",
-                self.proxy_upstream_timeouts.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(o, "# HELP berth_proxy_passive_downs_total Regions reported down by the proxy after a run of timeouts or failed connections.");
-            let _ = writeln!(o, "# TYPE berth_proxy_passive_downs_total counter");
-            let _ = writeln!(
-                o,
-                "berth_proxy_passive_downs_total {}",
-                self.proxy_passive_downs.load(Ordering::Relaxed)
-            );
-        }
+        let _ = writeln!(o, "# HELP berth_proxy_upstream_timeouts_total Requests to a region that timed out (connect, read or write).");
+        let _ = writeln!(o, "# TYPE berth_proxy_upstream_timeouts_total counter");
+        let _ = writeln!(
+            o,
+            "berth_proxy_upstream_timeouts_total {}",
+            self.proxy_upstream_timeouts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(o, "# HELP berth_proxy_passive_downs_total Regions reported down by the proxy after a run of timeouts or failed connections.");
+        let _ = writeln!(o, "# TYPE berth_proxy_passive_downs_total counter");
+        let _ = writeln!(
+            o,
+            "berth_proxy_passive_downs_total {}",
+            self.proxy_passive_downs.load(Ordering::Relaxed)
+        );
         o
     }
 }

@@ -273,6 +273,46 @@ fn a_replica_that_never_answers_gets_a_timely_oci_error_and_is_marked_down() {
     assert_eq!(metric(&berth, "berth_proxy_upstream_timeouts_total"), 2);
 }
 
+/// A manifest PUT (buffered for the safety net, sent by Berth's own client) to a replica that
+/// never answers: a clear OCI error after the read timeout, not a hang.
+#[test]
+fn a_manifest_put_to_a_hung_replica_is_answered() {
+    let rt = runtime();
+    let mut reg = Registry::new();
+    rt.block_on(reg.start());
+    let hang = hanging(&rt, false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let berth = Berth::start(&config(
+        dir.path(),
+        &format!("http://{}", hang.addr),
+        &reg.upstream(),
+        "upstream_read_timeout = \"500ms\"\npassive_fall = 0",
+        "",
+    ));
+    let p = proxy(&berth);
+    let blob = sha256(b"not stored anywhere");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{blob}","size":19}},"layers":[]}}"#
+    );
+    let a = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/vnd.oci.image.manifest.v1+json",
+        "--data-binary",
+        &manifest,
+        &format!("http://{p}/v2/team/app/manifests/1.0"),
+    ]);
+    assert_eq!(a.status, 400, "{} {}", a.headers, a.body);
+    assert_eq!(a.code(), "MANIFEST_BLOB_UNKNOWN", "{}", a.body);
+    let detail = a.json()["errors"][0]["detail"].to_string();
+    assert!(
+        detail.contains("westus, which cannot be reached") && detail.contains("ReadTimedout"),
+        "{detail}"
+    );
+    assert!(metric(&berth, "berth_proxy_upstream_timeouts_total") >= 1);
+}
+
 /// A replica that answers its probe (`GET /v2/`) but hangs on everything else: reads that are
 /// safe to repeat fail over to the next region after the read timeout; the run of timeouts
 /// marks the region down although its probe passes.

@@ -237,7 +237,7 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn is_timeout(e: &Error) -> bool {
+pub(super) fn is_timeout(e: &Error) -> bool {
     matches!(
         e.etype(),
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -247,7 +247,7 @@ fn is_timeout(e: &Error) -> bool {
 /// Region `id` failed a request the way a dead or hung replica does (no connection, or a
 /// timeout): count it, and after `passive_fall` in a row report the region down through the
 /// probes' road, so DNS and the proxy stop sending clients there until it answers again.
-fn passive_failure(shared: &Shared, snap: &Snapshot, id: RegionId, e: &Error) {
+pub(super) fn passive_failure(shared: &Shared, snap: &Snapshot, id: RegionId, e: &Error) {
     let metrics = &shared.live.metrics;
     if is_timeout(e) {
         metrics
@@ -284,7 +284,7 @@ fn passive_failure(shared: &Shared, snap: &Snapshot, id: RegionId, e: &Error) {
 }
 
 /// Region `id` answered: a run of failures ends, and a passive "down" is lifted.
-fn passive_success(shared: &Shared, snap: &Snapshot, id: RegionId) {
+pub(super) fn passive_success(shared: &Shared, snap: &Snapshot, id: RegionId) {
     let Some(region) = snap.config.regions.get(id) else {
         return;
     };
