@@ -15,10 +15,17 @@
 //! Changes (PUT, POST) need `Authorization: Bearer <token>`; reads are open to loopback
 //! clients and need the token from anywhere else, except the dashboard's static files, which
 //! hold no data. Errors are `{"error": "..."}`.
+//!
+//! Limits ([`serve`]): a request whose `Host` is not one this listener is reached by gets
+//! 421 (DNS rebinding: a hostile page whose name was re-pointed at 127.0.0.1 sends its own
+//! name); a connection must deliver each request head within `header_timeout` (idle,
+//! partial and trickled connections are closed); at most `max_connections` are served at
+//! once, the rest wait in the kernel's accept queue.
 //! Not here: what a flag or a reload does (that is [`crate::live`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -63,19 +70,136 @@ pub fn router(live: Arc<Live>, token: Option<String>) -> Router {
         .with_state(ctx)
 }
 
-/// Serve the API on an already-bound listener until `shutdown` completes.
+/// How much of the process one listener may hold ([`crate::config::AdminConfig`]).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    /// Host names besides the address literals and `localhost`, lowercase.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Limits {
+    pub fn of(cfg: &crate::config::AdminConfig) -> Limits {
+        Limits {
+            header_timeout: cfg.header_timeout,
+            max_connections: cfg.max_connections,
+            allowed_hosts: cfg.allowed_hosts.clone(),
+        }
+    }
+}
+
+/// Serve the API on an already-bound listener until `shutdown` completes, within `limits`.
+/// Connections are served by hand with hyper: axum's own loop has neither a head deadline
+/// nor a cap.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     live: Arc<Live>,
     token: Option<String>,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(live, token).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let hosts = Arc::new(limits.allowed_hosts.clone());
+    let app = router(live, token).layer(middleware::from_fn_with_state(hosts, host_check));
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        // A free slot first, then accept: past the cap, clients wait in the accept queue
+        // and hold none of our descriptors.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: retrying at once would spin; the descriptors
+                    // come back as other connections close.
+                    tracing::warn!(error = %e, "admin listener cannot accept; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(ConnectInfo(peer))),
+        );
+        let mut stop = stop_rx.clone();
+        let header_timeout = limits.header_timeout;
+        conns.spawn(async move {
+            let _permit = permit;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            // A deadline for the whole head, from its first poll (idle keep-alive time
+            // included), not per read: a byte every few seconds does not extend it.
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, %peer, "admin connection ended");
+                    }
+                }
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    let _ = stop_tx.send(true);
+    while conns.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Is `host` (a `Host` header value) one a client reaching this listener on purpose uses?
+/// Address literals (any: a page can only send one if the browser went to that address, so
+/// no rebinding is involved; this keeps `0.0.0.0` listeners usable by LAN address),
+/// `localhost`, and the configured names (an entry without a port allows any port).
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    let (name, port) = match host.rsplit_once(':') {
+        // `[v6]:port` or `name:port`; a bare v6 literal has more than one colon.
+        Some((n, p)) if !n.contains(':') || n.ends_with(']') => (n, Some(p)),
+        _ => (host.as_str(), None),
+    };
+    let name = name.trim_end_matches('.');
+    let literal = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    if literal.parse::<IpAddr>().is_ok() || name == "localhost" {
+        return true;
+    }
+    allowed.iter().any(|a| match a.rsplit_once(':') {
+        Some((an, ap)) if !an.contains(':') || an.ends_with(']') => an == name && Some(ap) == port,
+        _ => a == name,
+    })
+}
+
+async fn host_check(State(allowed): State<Arc<Vec<String>>>, req: Request, next: Next) -> Response {
+    // A request without Host (HTTP/1.0 tools) cannot come from a browser, which rebinding
+    // needs: let it through.
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}").to_string());
+    match host {
+        Some(h) if !host_allowed(&h, &allowed) => error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this admin listener does not answer for host {h:?}; use its address or \
+                 localhost, or add the name to [admin] allowed_hosts"
+            ),
+        ),
+        _ => next.run(req).await,
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -407,4 +531,37 @@ async fn metrics(State(ctx): State<Ctx>) -> Response {
         ctx.live.render_metrics(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn hosts_a_client_reaches_the_listener_by() {
+        let allowed = vec![
+            "berth.example.net".to_string(),
+            "ops.example.net:8443".to_string(),
+        ];
+        for (host, ok) in [
+            ("127.0.0.1:9180", true),
+            ("10.1.2.3", true),
+            ("[::1]:9180", true),
+            ("::1", true),
+            ("localhost:9180", true),
+            ("LocalHost.", true),
+            ("berth.example.net", true),
+            ("berth.example.net:9180", true),
+            ("ops.example.net:8443", true),
+            ("ops.example.net:9180", false),
+            ("ops.example.net", false),
+            ("evil.example", false),
+            ("localhost.evil.example", false),
+            ("127.0.0.1.evil.example", false),
+            ("[evil]:80", false),
+            ("", false),
+        ] {
+            assert_eq!(host_allowed(host, &allowed), ok, "{host:?}");
+        }
+    }
 }

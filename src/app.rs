@@ -1,6 +1,7 @@
 //! Wiring: load the config into a [`Live`], bind the listeners, start the front ends and the
 //! health monitor, and stop or reload on signals. Everything else is called from here.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -39,17 +40,33 @@ fn health_info(h: &RegionHealth) -> HealthInfo {
     }
 }
 
-fn apply(live: &Live, report: &HealthReport) {
+/// The probe count of each region as last applied: a report is applied per region only when
+/// a probe ran since, so a verdict the proxy's passive health gave in between (a region that
+/// answers its probe but hangs on requests) holds until the next probe says otherwise.
+type Applied = Arc<Mutex<HashMap<String, u64>>>;
+
+fn apply(live: &Live, applied: &Applied, report: &HealthReport) {
+    let mut seen = applied.lock().unwrap_or_else(|p| p.into_inner());
     for r in &report.regions {
+        if seen.insert(r.name.clone(), r.probes) == Some(r.probes) {
+            continue;
+        }
+        // A passive "down" is lifted by a probe that succeeded, not by one that failed while
+        // the probes' own threshold still counts the region up.
+        let failed_probe = r.healthy && r.last_error.is_some();
+        if failed_probe && crate::proxy::passively_down(&live.health(&r.name)) {
+            continue;
+        }
         live.set_health(&r.name, health_info(r));
     }
 }
 
-fn start_monitor(live: &Arc<Live>, regions: Vec<Region>) -> MonitorHandle {
+fn start_monitor(live: &Arc<Live>, applied: &Applied, regions: Vec<Region>) -> MonitorHandle {
     let weak = Arc::downgrade(live);
+    let applied = applied.clone();
     Monitor::start_supervised(regions, live.metrics.workers.clone(), move |report| {
         if let Some(live) = weak.upgrade() {
-            apply(&live, &report);
+            apply(&live, &applied, &report);
         }
     })
 }
@@ -144,20 +161,23 @@ impl Running {
 
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
+        let applied = Applied::default();
         let monitor = Arc::new(Mutex::new(Some(start_monitor(
             &live,
+            &applied,
             snap.config.regions.clone(),
         ))));
         // Transitions publish at once; this also brings probe latency and errors up to date.
         {
             let weak = Arc::downgrade(&live);
             let monitor = monitor.clone();
+            let applied = applied.clone();
             let stop = shutdown.subscribe();
             let unit = Unit::unlisted(Kind::Health, "health report");
             tasks.push(tokio::spawn(supervise_task(
                 live.metrics.workers.clone(),
                 unit,
-                move || report_loop(weak.clone(), monitor.clone(), stop.clone()),
+                move || report_loop(weak.clone(), monitor.clone(), applied.clone(), stop.clone()),
             )));
         }
 
@@ -173,11 +193,20 @@ impl Running {
             let listener = listener.into_std()?;
             let stop = shutdown.subscribe();
             let live = live.clone();
+            let limits = crate::admin::Limits::of(&admin);
             let unit = Unit::unlisted(Kind::Admin, format!("admin on {}", listener.local_addr()?));
             tasks.push(tokio::spawn(supervise_task(
                 live.metrics.workers.clone(),
                 unit,
-                move || admin_run(&listener, live.clone(), token.clone(), stop.clone()),
+                move || {
+                    admin_run(
+                        &listener,
+                        live.clone(),
+                        token.clone(),
+                        limits.clone(),
+                        stop.clone(),
+                    )
+                },
             )));
         }
 
@@ -249,6 +278,7 @@ impl Running {
 async fn report_loop(
     live: std::sync::Weak<Live>,
     monitor: Arc<Mutex<Option<MonitorHandle>>>,
+    applied: Applied,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -264,7 +294,7 @@ async fn report_loop(
             .as_ref()
             .map(|m| m.report());
         if let Some(report) = report {
-            apply(&live, &report);
+            apply(&live, &applied, &report);
         }
     }
 }
@@ -274,6 +304,7 @@ fn admin_run(
     listener: &std::net::TcpListener,
     live: Arc<Live>,
     token: Option<String>,
+    limits: crate::admin::Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let listener = listener
@@ -293,7 +324,7 @@ fn admin_run(
         let done = async move {
             let _ = stop.changed().await;
         };
-        if let Err(e) = crate::admin::serve(listener, live, token, done).await {
+        if let Err(e) = crate::admin::serve(listener, live, token, limits, done).await {
             tracing::error!(error = %e, "admin listener failed");
         }
     }

@@ -82,6 +82,10 @@ struct RawAdmin {
     token_env: Option<String>,
     token_file: Option<String>,
     state_file: Option<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    header_timeout: Option<String>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -103,6 +107,12 @@ struct RawProxy {
     upstream_ca_file: Option<String>,
     threads: Option<usize>,
     connect_timeout: Option<String>,
+    upstream_read_timeout: Option<String>,
+    upstream_write_timeout: Option<String>,
+    upstream_idle_timeout: Option<String>,
+    passive_fall: Option<u32>,
+    request_head_timeout: Option<String>,
+    upload_token_lifetime: Option<String>,
     shutdown_grace: Option<String>,
 }
 
@@ -231,7 +241,19 @@ pub struct AdminConfig {
     pub token: Option<TokenSource>,
     /// The operators' region flags; default: `<config stem>.state.json` beside the config.
     pub state_file: PathBuf,
+    /// Host names (with or without a port) the listener answers besides its own address and
+    /// `localhost`: a DNS-rebinding page's requests carry its own name and are refused.
+    pub allowed_hosts: Vec<String>,
+    /// A connection must deliver a whole request head within this, or it is closed
+    /// (slowloris: a byte now and then would otherwise keep it open for good).
+    pub header_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue. The admin
+    /// listener shares the process's descriptors with DNS, so it must not eat them all.
+    pub max_connections: usize,
 }
+
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// The OCI-aware HTTP proxy front end (design section 5).
 #[derive(Debug, Clone, PartialEq)]
@@ -258,8 +280,24 @@ pub struct ProxyConfig {
     pub upstream_ca_file: Option<PathBuf>,
     /// Worker threads of the proxy's own runtime; 0 means one per core.
     pub threads: usize,
-    /// Giving up on connecting to a region after this (then the next region, or an error).
+    /// Giving up on connecting to a region (TCP and TLS) after this (then the next region,
+    /// or an error).
     pub connect_timeout: Duration,
+    /// Longest wait for one read from a region (response head or the next piece of a body):
+    /// per read, so a multi-GB blob streams for as long as data keeps coming.
+    pub upstream_read_timeout: Duration,
+    /// Longest wait for one write to a region to be accepted (per write, as reads).
+    pub upstream_write_timeout: Duration,
+    /// A kept-alive connection to a region unused this long is closed.
+    pub upstream_idle_timeout: Duration,
+    /// Consecutive timeouts or failed connections to a region that mark it down (passive
+    /// health) until its next probe or a request that succeeds; 0 turns it off.
+    pub passive_fall: u32,
+    /// A client must deliver a whole request head (request line and headers) within this.
+    pub request_head_timeout: Duration,
+    /// An upload session's token is refused this long after it was issued; every answer in
+    /// the session issues a fresh one, so only a session idle this long is cut.
+    pub upload_token_lifetime: Duration,
     /// On stop, requests in flight get this long to finish.
     pub shutdown_grace: Duration,
 }
@@ -282,6 +320,13 @@ impl ProxyConfig {
 pub const DEFAULT_PUSH_AFFINITY: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_MANIFEST_BUFFER_LIMIT: usize = 4 << 20;
 pub const DEFAULT_READ_FALLBACK_MAX: usize = 2;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(120);
+pub const DEFAULT_UPSTREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_PASSIVE_FALL: u32 = 3;
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_UPLOAD_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenSource {
@@ -564,6 +609,9 @@ impl Validator<'_> {
             token_env: None,
             token_file: None,
             state_file: None,
+            allowed_hosts: Vec::new(),
+            header_timeout: None,
+            max_connections: None,
         });
         let listen = match raw.listen {
             Some(l) => Some(l.parse::<SocketAddr>().map_err(|_| {
@@ -589,10 +637,38 @@ impl Validator<'_> {
             Some(f) => self.resolve(&f),
             None => crate::flags::Flags::default_path(self.path),
         };
+        let mut allowed_hosts = Vec::new();
+        for (i, h) in raw.allowed_hosts.iter().enumerate() {
+            let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+            let valid = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+            if !valid {
+                return Err(self.err(
+                    format!("admin.allowed_hosts[{i}]"),
+                    format!(
+                        "{:?} is not a host name or host:port such as \"berth.example.net\"",
+                        raw.allowed_hosts[i]
+                    ),
+                ));
+            }
+            allowed_hosts.push(h);
+        }
+        let header_timeout = match raw.header_timeout {
+            Some(t) => parse_duration(&t).map_err(|m| self.err("admin.header_timeout", m))?,
+            None => DEFAULT_ADMIN_HEADER_TIMEOUT,
+        };
+        let max_connections = raw.max_connections.unwrap_or(DEFAULT_ADMIN_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(self.err("admin.max_connections", "must be at least 1"));
+        }
         Ok(AdminConfig {
             listen,
             token,
             state_file,
+            allowed_hosts,
+            header_timeout,
+            max_connections,
         })
     }
 
@@ -685,10 +761,46 @@ impl Validator<'_> {
                 })?;
             trusted_proxies.push(net.trunc());
         }
-        let connect_timeout = match raw.connect_timeout {
-            Some(t) => parse_duration(&t).map_err(|m| self.err("proxy.connect_timeout", m))?,
-            None => Duration::from_secs(3),
+        let timeout = |key: &str, v: Option<String>, default: Duration| match v {
+            Some(t) => parse_duration(&t).map_err(|m| self.err(key, m)),
+            None => Ok(default),
         };
+        let connect_timeout = timeout(
+            "proxy.connect_timeout",
+            raw.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
+        let upstream_read_timeout = timeout(
+            "proxy.upstream_read_timeout",
+            raw.upstream_read_timeout,
+            DEFAULT_UPSTREAM_READ_TIMEOUT,
+        )?;
+        let upstream_write_timeout = timeout(
+            "proxy.upstream_write_timeout",
+            raw.upstream_write_timeout,
+            DEFAULT_UPSTREAM_WRITE_TIMEOUT,
+        )?;
+        let upstream_idle_timeout = timeout(
+            "proxy.upstream_idle_timeout",
+            raw.upstream_idle_timeout,
+            DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+        )?;
+        let request_head_timeout = timeout(
+            "proxy.request_head_timeout",
+            raw.request_head_timeout,
+            DEFAULT_REQUEST_HEAD_TIMEOUT,
+        )?;
+        let upload_token_lifetime = timeout(
+            "proxy.upload_token_lifetime",
+            raw.upload_token_lifetime,
+            DEFAULT_UPLOAD_TOKEN_LIFETIME,
+        )?;
+        if upload_token_lifetime < Duration::from_secs(60) {
+            return Err(self.err(
+                "proxy.upload_token_lifetime",
+                "must be at least 1m: a session's requests come minutes apart on slow links",
+            ));
+        }
         let shutdown_grace = match raw.shutdown_grace {
             Some(t) => parse_duration(&t).map_err(|m| self.err("proxy.shutdown_grace", m))?,
             None => Duration::from_secs(10),
@@ -749,6 +861,12 @@ impl Validator<'_> {
             upstream_ca_file: raw.upstream_ca_file.map(|f| self.resolve(&f)),
             threads: raw.threads.unwrap_or(0),
             connect_timeout,
+            upstream_read_timeout,
+            upstream_write_timeout,
+            upstream_idle_timeout,
+            passive_fall: raw.passive_fall.unwrap_or(DEFAULT_PASSIVE_FALL),
+            request_head_timeout,
+            upload_token_lifetime,
             shutdown_grace,
         })
     }

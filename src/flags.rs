@@ -2,7 +2,8 @@
 //! config so it survives restarts, crashes and reloads.
 //!
 //! Writes are atomic (temp file, fsync, rename, fsync of the directory): after a crash the file
-//! holds either the old or the new state, never half of one. Flags for regions that are not in
+//! holds either the old or the new state, never half of one. A failed write removes its temp
+//! file; temp files a killed process left behind are removed by the next load or write. Flags for regions that are not in
 //! the current config are kept, so a config edit that drops a region and brings it back does
 //! not forget that the operator had disabled it. Not here: what a flag does to routing.
 
@@ -63,6 +64,7 @@ impl Flags {
 
     /// Load the flags; a missing file means every region is enabled.
     pub fn load(path: &Path) -> Result<Flags, FlagsError> {
+        remove_stale_temps(path);
         let state = match std::fs::read_to_string(path) {
             Ok(text) => {
                 let s: StateFile = serde_json::from_str(&text).map_err(|e| FlagsError::Parse {
@@ -123,28 +125,70 @@ impl Flags {
     }
 }
 
-fn write_atomically(path: &Path, state: &StateFile) -> std::io::Result<()> {
-    let dir = path
-        .parent()
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut text = serde_json::to_string_pretty(state).map_err(std::io::Error::other)?;
-    text.push('\n');
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        .unwrap_or(Path::new("."))
+}
+
+/// `.<state file name>.tmp-`: the prefix of every temp file a write of `path` creates.
+fn temp_prefix(path: &Path) -> String {
+    format!(
+        ".{}.tmp-",
         path.file_name()
             .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
+            .unwrap_or_default()
+    )
+}
+
+/// Remove the temp files of processes that no longer run (killed in the middle of a write).
+/// Best effort: a leftover is harmless to correctness, only clutter.
+fn remove_stale_temps(path: &Path) {
+    let prefix = temp_prefix(path);
+    let Ok(entries) = std::fs::read_dir(dir_of(path)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Removes the temp file when dropped, unless it was renamed into place.
+struct TempFile<'a>(Option<&'a Path>);
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn write_atomically(path: &Path, state: &StateFile) -> std::io::Result<()> {
+    let dir = dir_of(path);
+    let mut text = serde_json::to_string_pretty(state).map_err(std::io::Error::other)?;
+    text.push('\n');
+    remove_stale_temps(path);
+    let tmp = dir.join(format!("{}{}", temp_prefix(path), std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
+    // From here on every failure (write, fsync, rename) removes the temp file.
+    let mut guard = TempFile(Some(&tmp));
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     drop(f);
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    std::fs::rename(&tmp, path)?;
+    guard.0 = None;
     // The rename is durable only once the directory entry is.
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
@@ -193,6 +237,59 @@ mod tests {
         assert!(
             e.starts_with(&format!("state file {} is not valid: EOF", path.display())),
             "{e}"
+        );
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_failed_rename_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The state file's path is taken by a directory: the rename fails.
+        let path = dir.path().join("s.json");
+        std::fs::create_dir(&path).unwrap();
+        let mut f = Flags::load(&dir.path().join("other.json")).unwrap();
+        f.path = path.clone();
+        let e = f.set("westus", false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cannot write state file {}", path.display())
+        );
+        assert!(f.is_enabled("westus"));
+        assert_eq!(names_in(dir.path()), ["s.json"]);
+    }
+
+    #[test]
+    fn temp_files_of_killed_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        // As `kill -9` in the middle of a write leaves them: no process has these ids (above
+        // the kernel's pid_max); another file's temp and unrelated names stay.
+        for name in [
+            ".s.json.tmp-4194305",
+            ".s.json.tmp-4194306",
+            ".t.json.tmp-4194305",
+            ".s.json.tmp-x",
+        ] {
+            std::fs::write(dir.path().join(name), "{").unwrap();
+        }
+        let mut f = Flags::load(&path).unwrap();
+        assert_eq!(
+            names_in(dir.path()),
+            [".s.json.tmp-x", ".t.json.tmp-4194305"]
+        );
+        std::fs::write(dir.path().join(".s.json.tmp-4194307"), "{").unwrap();
+        f.set("westus", false).unwrap();
+        assert_eq!(
+            names_in(dir.path()),
+            [".s.json.tmp-x", ".t.json.tmp-4194305", "s.json"]
         );
     }
 

@@ -33,6 +33,11 @@ pub struct Metrics {
     pub dns_tcp_accept_pauses: AtomicU64,
     /// The supervised workers: which run, their panics (`/readyz`, the dashboard).
     pub workers: std::sync::Arc<crate::supervise::Workers>,
+    /// Requests to a region that timed out (connect, read or write), all regions.
+    pub proxy_upstream_timeouts: AtomicU64,
+    /// Regions reported down by the proxy's passive health (a run of timeouts or failed
+    /// connections), all regions.
+    pub proxy_passive_downs: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -44,6 +49,8 @@ impl Default for Metrics {
             reloads_failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             proxy: ProxyMetrics::default(),
+            proxy_upstream_timeouts: AtomicU64::new(0),
+            proxy_passive_downs: AtomicU64::new(0),
             dns_tcp_refused: AtomicU64::new(0),
             dns_tcp_accept_pauses: AtomicU64::new(0),
             workers: Default::default(),
@@ -580,6 +587,20 @@ impl Metrics {
             self.dns_tcp_accept_pauses.load(Ordering::Relaxed)
         );
         self.workers.render(&mut o);
+        let _ = writeln!(o, "# HELP berth_proxy_upstream_timeouts_total Requests to a region that timed out (connect, read or write).");
+        let _ = writeln!(o, "# TYPE berth_proxy_upstream_timeouts_total counter");
+        let _ = writeln!(
+            o,
+            "berth_proxy_upstream_timeouts_total {}",
+            self.proxy_upstream_timeouts.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(o, "# HELP berth_proxy_passive_downs_total Regions reported down by the proxy after a run of timeouts or failed connections.");
+        let _ = writeln!(o, "# TYPE berth_proxy_passive_downs_total counter");
+        let _ = writeln!(
+            o,
+            "berth_proxy_passive_downs_total {}",
+            self.proxy_passive_downs.load(Ordering::Relaxed)
+        );
         o
     }
 }

@@ -14,7 +14,10 @@ use pingora::Result;
 use std::sync::atomic::Ordering;
 
 use super::oci::{self, References};
-use super::service::{peer_for, refusal_of, respond, set_forwarding, Ctx};
+use super::service::{
+    is_timeout, passive_failure, passive_success, peer_for, refusal_of, respond, set_forwarding,
+    Ctx,
+};
 use super::{next_region, token, Shared};
 use crate::config::RegionId;
 use crate::routing::ClientKey;
@@ -66,14 +69,29 @@ async fn exchange_once(
         .connector
         .get_http_session(&peer)
         .await
-        .map_err(|e| (e.to_string(), false))?;
-    let io = |e: Box<pingora::Error>| (e.to_string(), reused);
+        .map_err(|e| {
+            passive_failure(shared, snap, id, &e);
+            (e.to_string(), false)
+        })?;
+    // The connector leaves these to its caller (the proxy loop sets them from the peer too).
+    s.set_read_timeout(peer.options.read_timeout);
+    s.set_write_timeout(peer.options.write_timeout);
+    // A pooled connection the registry closed is worth another try; a timeout is not (the
+    // region is slow or hung, and trying again only makes the client wait longer).
+    let io = |e: Box<pingora::Error>| {
+        let timeout = is_timeout(&e);
+        if timeout {
+            passive_failure(shared, snap, id, &e);
+        }
+        (e.to_string(), reused && !timeout)
+    };
     s.write_request_header(Box::new(req)).await.map_err(io)?;
     if let Some(b) = body {
         s.write_request_body(b, true).await.map_err(io)?;
     }
     s.finish_request_body().await.map_err(io)?;
     s.read_response_header().await.map_err(io)?;
+    passive_success(shared, snap, id);
     let header = s
         .response_header()
         .cloned()

@@ -14,8 +14,10 @@
 //! Only this module names pingora types.
 
 pub mod affinity;
+mod head;
 mod manifest;
 pub mod oci;
+mod passive;
 mod service;
 pub mod tls;
 pub mod token;
@@ -52,6 +54,8 @@ pub(crate) struct Shared {
     connector: pingora::connectors::http::Connector,
     /// Requests in flight, so a stop can wait for them (up to the grace period).
     inflight: Arc<AtomicUsize>,
+    /// Runs of timeouts and failed connections per region (passive health).
+    passive: passive::Passive,
 }
 
 /// The upload-token secret: from the file or environment variable the config names, read once
@@ -189,12 +193,14 @@ impl Proxy {
                 pingora::connectors::ConnectorOptions::from_server_conf(&conf),
             )),
             inflight: inflight.clone(),
+            passive: passive::Passive::default(),
         });
-        let mut svc = pingora::proxy::http_proxy_service_with_name(
-            &conf,
-            service::BerthProxy::new(shared.clone()),
-            "berth-proxy",
+        // pingora's HTTP proxy app, behind a total deadline for each request head.
+        let app = head::HeadDeadline::new(
+            pingora::proxy::http_proxy(&conf, service::BerthProxy::new(shared.clone())),
+            cfg.request_head_timeout,
         );
+        let mut svc = pingora::services::listening::Service::new("berth-proxy".to_string(), app);
         if let Some(a) = addr {
             svc.add_tcp(&a.to_string());
         }
@@ -319,6 +325,14 @@ async fn housekeeping(
             }
         }
     }
+}
+
+/// Is this verdict the proxy's passive health marking the region down?
+pub fn passively_down(h: &crate::live::HealthInfo) -> bool {
+    !h.healthy
+        && h.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(passive::MARK))
 }
 
 /// Can `id` be sent requests now: enabled and healthy, or any enabled one while the routed

@@ -56,6 +56,33 @@ impl<'a> Route<'a> {
     }
 }
 
+/// A request path percent-decoded once, as registries decode it before they route it
+/// (Go's `net/url` and gorilla/mux: `/v2/team%2fapp/...` is repository `team/app`). Borrowed
+/// when there is nothing to decode. None: a malformed escape, or bytes that are not UTF-8 or
+/// are control characters, which no OCI path holds (Go's server answers 400 to the first).
+pub fn decode_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !path.contains('%') {
+        return Some(std::borrow::Cow::Borrowed(path));
+    }
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| char::from(c).to_digit(16);
+            let hi = hex(*b.get(i + 1)?)?;
+            let lo = hex(*b.get(i + 2)?)?;
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    let s = String::from_utf8(out).ok()?;
+    (!s.chars().any(char::is_control)).then_some(std::borrow::Cow::Owned(s))
+}
+
 /// Parse a request path (without the query string).
 pub fn parse(path: &str) -> Route<'_> {
     if path == "/v2" || path == "/v2/" {
@@ -369,6 +396,39 @@ mod tests {
                 /v2/app/other/x -> Other
             "#]],
         );
+    }
+
+    #[test]
+    fn encoded_paths_are_decoded_once_as_a_registry_does() {
+        let d = |p: &str| decode_path(p).map(|c| c.into_owned());
+        assert_eq!(
+            d("/v2/team%2fapp/blobs/uploads/").as_deref(),
+            Some("/v2/team/app/blobs/uploads/")
+        );
+        assert_eq!(
+            d("/v2/team%2Fapp/blobs/sha256%3A00").as_deref(),
+            Some("/v2/team/app/blobs/sha256:00")
+        );
+        // Once only: a double escape stays an escape (and then is no repository name).
+        assert_eq!(
+            d("/v2/a%252fb/tags/list").as_deref(),
+            Some("/v2/a%2fb/tags/list")
+        );
+        assert!(matches!(
+            decode_path("/v2/plain/tags/list"),
+            Some(std::borrow::Cow::Borrowed(_))
+        ));
+        for bad in [
+            "/v2/a%2",
+            "/v2/a%zz/tags/list",
+            "/v2/a%ff/tags/list",
+            "/v2/a%00b/x",
+        ] {
+            assert_eq!(d(bad), None, "{bad}");
+        }
+        let route = |p: &str| parse(&decode_path(p).expect("decodes")).kind();
+        assert_eq!(route("/v2/team%2fapp/blobs/uploads/"), "upload-start");
+        assert_eq!(route("/v2/a%252fb/tags/list"), "other");
     }
 
     #[test]

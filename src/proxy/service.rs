@@ -27,8 +27,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::oci::{self, Route};
-use super::{next_region, token, usable, Shared};
+use super::{next_region, passive, token, usable, Shared};
 use crate::config::{RegionId, RoutedName, UpstreamUrl};
+use crate::live::HealthInfo;
 use crate::metrics::ProxyMetrics;
 use crate::routing::ClientKey;
 use crate::snapshot::Snapshot;
@@ -229,6 +230,81 @@ fn failover_target(ctx: &Ctx) -> Option<RegionId> {
     }
 }
 
+/// Unix time in seconds: upload tokens carry their expiry in it, so every instance agrees.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(super) fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
+}
+
+/// Region `id` failed a request the way a dead or hung replica does (no connection, or a
+/// timeout): count it, and after `passive_fall` in a row report the region down through the
+/// probes' road, so DNS and the proxy stop sending clients there until it answers again.
+pub(super) fn passive_failure(shared: &Shared, snap: &Snapshot, id: RegionId, e: &Error) {
+    let metrics = &shared.live.metrics;
+    if is_timeout(e) {
+        metrics
+            .proxy_upstream_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    let Some(region) = snap.config.regions.get(id) else {
+        return;
+    };
+    let fall = snap.config.proxy.passive_fall;
+    if !shared.passive.failure(&region.name, fall) {
+        return;
+    }
+    let prev = shared.live.health(&region.name);
+    if !prev.healthy {
+        return;
+    }
+    metrics.proxy_passive_downs.fetch_add(1, Ordering::Relaxed);
+    let why = format!(
+        "{}{fall} proxied requests in a row failed (last: {}); down until the next probe or answer",
+        passive::MARK,
+        e.etype().as_str()
+    );
+    tracing::warn!(region = %region.name, "{why}");
+    shared.live.set_health(
+        &region.name,
+        HealthInfo {
+            state: "down",
+            healthy: false,
+            last_error: Some(why),
+            probe_latency_ms: prev.probe_latency_ms,
+        },
+    );
+}
+
+/// Region `id` answered: a run of failures ends, and a passive "down" is lifted.
+pub(super) fn passive_success(shared: &Shared, snap: &Snapshot, id: RegionId) {
+    let Some(region) = snap.config.regions.get(id) else {
+        return;
+    };
+    if !shared.passive.success(&region.name) {
+        return;
+    }
+    let prev = shared.live.health(&region.name);
+    if super::passively_down(&prev) {
+        shared.live.set_health(
+            &region.name,
+            HealthInfo {
+                state: "up",
+                healthy: true,
+                last_error: None,
+                probe_latency_ms: prev.probe_latency_ms,
+            },
+        );
+    }
+}
+
 /// The pingora peer for a region, or why there is none.
 pub(super) fn peer_for(
     shared: &Shared,
@@ -256,9 +332,16 @@ pub(super) fn peer_for(
             Some(format!("{}: {}", region.name, url.host)),
         )
     })?;
+    let cfg = &snap.config.proxy;
     let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
-    peer.options.connection_timeout = Some(snap.config.proxy.connect_timeout);
-    peer.options.idle_timeout = Some(Duration::from_secs(60));
+    // TCP connect, and connect plus TLS handshake: both bounded by the same setting.
+    peer.options.connection_timeout = Some(cfg.connect_timeout);
+    peer.options.total_connection_timeout = Some(cfg.connect_timeout);
+    // Per read and per write (pingora applies them to each call), never to a whole body: a
+    // multi-GB blob streams as long as bytes keep moving.
+    peer.options.read_timeout = Some(cfg.upstream_read_timeout);
+    peer.options.write_timeout = Some(cfg.upstream_write_timeout);
+    peer.options.idle_timeout = Some(cfg.upstream_idle_timeout);
     Ok((peer, url))
 }
 
@@ -309,7 +392,18 @@ impl BerthProxy {
         ctx.method = ProxyMetrics::method_index(req.method.as_str());
 
         let path = req.uri.path();
-        let route = oci::parse(path);
+        // Registries decode the path before routing it (`team%2fapp` is `team/app`), so we
+        // classify what the registry will see; otherwise an encoded name would pass as
+        // "other" and skip tokens, affinity and the safety net.
+        let Some(decoded) = oci::decode_path(path) else {
+            return Some(refusal_of(
+                400,
+                "NAME_INVALID",
+                "invalid repository name",
+                Some("the request path's percent-encoding is malformed".to_string()),
+            ));
+        };
+        let route = oci::parse(&decoded);
         ctx.kind = match route {
             Route::Base => Kind::Base,
             Route::Blob { .. } => Kind::Blob,
@@ -347,7 +441,7 @@ impl BerthProxy {
         if let (Route::Upload { repo, uuid }, Some(tok)) = (route, tok) {
             ctx.uuid = Some(uuid.to_string());
             let metrics = &self.shared.live.metrics.proxy;
-            let name = match self.shared.signer.verify(tok, repo, uuid) {
+            let name = match self.shared.signer.verify(tok, repo, uuid, unix_now()) {
                 Ok(name) => name,
                 Err(e) => {
                     metrics.refused_sessions.fetch_add(1, Ordering::Relaxed);
@@ -577,6 +671,7 @@ impl ProxyHttp for BerthProxy {
             }
         }
         let id = ctx.region.expect("a peer was chosen");
+        passive_success(&self.shared, &snap, id);
         if ctx.fell_back && resp.status.is_success() {
             if let Some(c) = snap.counters.region(id) {
                 c.proxy.fallbacks.fetch_add(1, Ordering::Relaxed);
@@ -594,7 +689,9 @@ impl ProxyHttp for BerthProxy {
             let tok = match oci::parse(parsed.path) {
                 Route::Upload { repo, uuid } => {
                     self.shared.sessions.touch(uuid, region, now);
-                    Some(self.shared.signer.sign(region, repo, uuid))
+                    let expires = unix_now()
+                        .saturating_add(snap.config.proxy.upload_token_lifetime.as_secs());
+                    Some(self.shared.signer.sign(region, repo, uuid, expires))
                 }
                 _ => None,
             };
@@ -636,6 +733,9 @@ impl ProxyHttp for BerthProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(id) = ctx.region {
+            passive_failure(&self.shared, &ctx.snap(), id, &e);
+        }
         // A session lives in its region: never elsewhere. Anything else moves on to the next
         // region the routing core would pick, and its affinity follows.
         match failover_target(ctx) {
@@ -658,6 +758,11 @@ impl ProxyHttp for BerthProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer {peer}"));
+        if is_timeout(&e) && *e.esource() == ErrorSource::Upstream {
+            if let Some(id) = ctx.region {
+                passive_failure(&self.shared, &ctx.snap(), id, &e);
+            }
+        }
         if ctx.next.is_some() {
             // Our own read fallback: retry on the next region.
             e.set_retry(true);
@@ -673,8 +778,9 @@ impl ProxyHttp for BerthProxy {
             && *e.esource() == ErrorSource::Upstream;
         if !repeatable {
             e.set_retry(false);
-        } else if client_reused {
-            // Most likely a keep-alive connection the registry had closed: same region.
+        } else if client_reused && !is_timeout(&e) {
+            // Most likely a keep-alive connection the registry had closed: same region. (A
+            // timeout is no such thing: the region is slow or hung, so it moves on.)
             e.set_retry(true);
         } else {
             // A fresh connection failed mid-request: the region is going away. A session stays
@@ -750,6 +856,23 @@ impl ProxyHttp for BerthProxy {
                 (_, ErrorSource::Downstream) => {
                     refusal_of(400, "UNSUPPORTED", "bad request", Some(e.to_string()))
                 }
+                // UNAVAILABLE is the registry's own code for "try again later"
+                // (distribution's errcode.ErrorCodeUnavailable); clients retry on it, and
+                // 504 tells an operator it was a gateway timeout, not a refusal.
+                (t, ErrorSource::Upstream) if is_timeout(e) => refusal_of(
+                    504,
+                    "UNAVAILABLE",
+                    "the region's registry did not answer in time",
+                    Some(format!(
+                        "{region}: {} ([proxy] {})",
+                        t.as_str(),
+                        match t {
+                            ErrorType::ConnectTimedout => "connect_timeout",
+                            ErrorType::WriteTimedout => "upstream_write_timeout",
+                            _ => "upstream_read_timeout",
+                        }
+                    )),
+                ),
                 (_, ErrorSource::Upstream) => refusal_of(
                     502,
                     "UNAVAILABLE",

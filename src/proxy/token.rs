@@ -3,11 +3,14 @@
 //! shared state. Also the URL surgery around them: adding the token to a registry's
 //! `Location`, finding and removing it in a request's query. Pure: no IO, no clock.
 //!
-//! A token is `<region>.<hex HMAC-SHA256>` over (region, repository, upload uuid), carried in
-//! the query parameter [`PARAM`]. Binding the repository and uuid means a token cannot be
-//! moved to another session; naming the region in clear lets the proxy route without a lookup.
+//! A token is `<region>.<expiry>.<hex HMAC-SHA256>` over (region, repository, upload uuid,
+//! expiry), carried in the query parameter [`PARAM`]. Binding the repository and uuid means a
+//! token cannot be moved to another session; naming the region in clear lets the proxy route
+//! without a lookup; the expiry (Unix seconds, signed, so it cannot be pushed back) bounds how
+//! long a leaked `Location` URL stays usable. Every answer in a session carries a fresh
+//! token, so only a session left idle for the whole lifetime runs into it.
 //! Clients reuse `Location` URLs as given (appending only `digest=`), so the parameter comes
-//! back on every request of the session.
+//! back on every request of the session. Time is a parameter: the caller reads the clock.
 
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
@@ -16,7 +19,7 @@ use sha2::Sha256;
 pub const PARAM: &str = "_berth";
 
 /// Domain separation, so the key signs nothing else by accident. Bump on a format change.
-const CONTEXT: &[u8] = b"berth upload token v1";
+const CONTEXT: &[u8] = b"berth upload token v2";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -24,6 +27,8 @@ pub enum TokenError {
     Malformed,
     #[error("the upload token's signature does not match this upload")]
     BadSignature,
+    #[error("the upload token expired {0} s ago; start the upload again")]
+    Expired(u64),
 }
 
 /// Signs and checks tokens with the secret all instances share.
@@ -39,21 +44,35 @@ impl Signer {
         }
     }
 
-    fn mac(&self, region: &str, repo: &str, uuid: &str) -> hmac::Hmac<Sha256> {
+    fn mac(&self, region: &str, repo: &str, uuid: &str, expires: u64) -> hmac::Hmac<Sha256> {
         let mut m = self.mac.clone();
-        // Length-prefixed fields: no two (region, repo, uuid) triples share an input.
-        for part in [CONTEXT, region.as_bytes(), repo.as_bytes(), uuid.as_bytes()] {
+        // Length-prefixed fields: no two (region, repo, uuid, expiry) tuples share an input.
+        let expires = expires.to_be_bytes();
+        for part in [
+            CONTEXT,
+            region.as_bytes(),
+            repo.as_bytes(),
+            uuid.as_bytes(),
+            &expires,
+        ] {
             m.update(&(part.len() as u64).to_be_bytes());
             m.update(part);
         }
         m
     }
 
-    /// The token for an upload session `uuid` of `repo` held by `region`.
-    pub fn sign(&self, region: &str, repo: &str, uuid: &str) -> String {
-        let tag = self.mac(region, repo, uuid).finalize().into_bytes();
-        let mut out = String::with_capacity(region.len() + 1 + tag.len() * 2);
+    /// The token for an upload session `uuid` of `repo` held by `region`, valid until
+    /// `expires` (Unix seconds).
+    pub fn sign(&self, region: &str, repo: &str, uuid: &str, expires: u64) -> String {
+        let tag = self
+            .mac(region, repo, uuid, expires)
+            .finalize()
+            .into_bytes();
+        let expires = expires.to_string();
+        let mut out = String::with_capacity(region.len() + expires.len() + 2 + tag.len() * 2);
         out.push_str(region);
+        out.push('.');
+        out.push_str(&expires);
         out.push('.');
         for b in tag.iter() {
             out.push(char::from(HEX[usize::from(b >> 4)]));
@@ -62,26 +81,40 @@ impl Signer {
         out
     }
 
-    /// The region a token names, if its signature matches (`repo`, `uuid`). Constant time in
-    /// the signature.
+    /// The region a token names, if its signature matches (`repo`, `uuid`) and it has not
+    /// expired at `now` (Unix seconds). Constant time in the signature; the expiry is only
+    /// looked at once the signature holds, so a forged one is never reported as expired.
     pub fn verify<'t>(
         &self,
         token: &'t str,
         repo: &str,
         uuid: &str,
+        now: u64,
     ) -> Result<&'t str, TokenError> {
-        let (region, hex) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        let (rest, hex) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        let (region, expires) = rest.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let valid_region = !region.is_empty()
             && region
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        // Canonical decimal only: one expiry, one spelling.
+        let expires = (!expires.is_empty()
+            && expires.len() <= 20
+            && expires.bytes().all(|b| b.is_ascii_digit())
+            && !(expires.len() > 1 && expires.starts_with('0')))
+        .then(|| expires.parse::<u64>().ok())
+        .flatten()
+        .ok_or(TokenError::Malformed)?;
         let tag = decode_hex(hex).ok_or(TokenError::Malformed)?;
         if !valid_region || tag.len() != 32 {
             return Err(TokenError::Malformed);
         }
-        self.mac(region, repo, uuid)
+        self.mac(region, repo, uuid, expires)
             .verify_slice(&tag)
             .map_err(|_| TokenError::BadSignature)?;
+        if now >= expires {
+            return Err(TokenError::Expired(now - expires));
+        }
         Ok(region)
     }
 }
@@ -201,61 +234,109 @@ mod tests {
     use super::*;
 
     const UUID: &str = "4e0b3f7a-1d52-4b8e-9a8e-2f3c6a1b9d10";
+    /// An arbitrary "now" (Unix seconds) and an expiry a day later.
+    const NOW: u64 = 1_800_000_000;
+    const EXP: u64 = NOW + 86_400;
 
     #[test]
     fn sign_and_verify() {
         let s = Signer::new(b"shared secret of the fleet");
-        let t = s.sign("westus", "team/app", UUID);
-        assert!(t.starts_with("westus."), "{t}");
-        assert_eq!(t.len(), "westus.".len() + 64);
-        assert_eq!(s.verify(&t, "team/app", UUID), Ok("westus"));
+        let t = s.sign("westus", "team/app", UUID, EXP);
+        assert!(t.starts_with("westus.1800086400."), "{t}");
+        assert_eq!(t.len(), "westus.1800086400.".len() + 64);
+        assert_eq!(s.verify(&t, "team/app", UUID, NOW), Ok("westus"));
         // Same secret, another instance: same answer (no shared state but the secret).
         assert_eq!(
-            Signer::new(b"shared secret of the fleet").verify(&t, "team/app", UUID),
+            Signer::new(b"shared secret of the fleet").verify(&t, "team/app", UUID, NOW),
             Ok("westus")
         );
     }
 
     #[test]
+    fn tokens_expire_and_the_expiry_is_signed() {
+        let s = Signer::new(b"k");
+        let t = s.sign("westus", "team/app", UUID, EXP);
+        assert_eq!(s.verify(&t, "team/app", UUID, EXP - 1), Ok("westus"));
+        assert_eq!(
+            s.verify(&t, "team/app", UUID, EXP),
+            Err(TokenError::Expired(0))
+        );
+        assert_eq!(
+            s.verify(&t, "team/app", UUID, EXP + 90),
+            Err(TokenError::Expired(90))
+        );
+        assert_eq!(
+            TokenError::Expired(90).to_string(),
+            "the upload token expired 90 s ago; start the upload again"
+        );
+        // Pushing the expiry back breaks the signature; a forged token is never "expired".
+        let later = t.replace(".1800086400.", ".1900000000.");
+        assert_eq!(
+            s.verify(&later, "team/app", UUID, EXP + 90),
+            Err(TokenError::BadSignature)
+        );
+        for bad in [
+            ".01800086400.",
+            ".+1800086400.",
+            "..",
+            ".18000864000000000000000.",
+        ] {
+            let odd = t.replace(".1800086400.", bad);
+            assert_eq!(
+                s.verify(&odd, "team/app", UUID, NOW),
+                Err(TokenError::Malformed),
+                "{odd}"
+            );
+        }
+    }
+
+    #[test]
     fn forged_and_moved_tokens_fail() {
         let s = Signer::new(b"k1");
-        let t = s.sign("westus", "team/app", UUID);
+        let t = s.sign("westus", "team/app", UUID, EXP);
         let other_key = Signer::new(b"k2");
         assert_eq!(
-            other_key.verify(&t, "team/app", UUID),
+            other_key.verify(&t, "team/app", UUID, NOW),
             Err(TokenError::BadSignature)
         );
         // The region swapped for another: the signature no longer matches.
         let moved = t.replacen("westus", "eastus", 1);
         assert_eq!(
-            s.verify(&moved, "team/app", UUID),
+            s.verify(&moved, "team/app", UUID, NOW),
             Err(TokenError::BadSignature)
         );
         assert_eq!(
-            s.verify(&t, "team/other", UUID),
+            s.verify(&t, "team/other", UUID, NOW),
             Err(TokenError::BadSignature)
         );
-        assert_eq!(s.verify(&t, "team/app", "x"), Err(TokenError::BadSignature));
+        assert_eq!(
+            s.verify(&t, "team/app", "x", NOW),
+            Err(TokenError::BadSignature)
+        );
         // One flipped hex digit.
         let mut flipped = t.clone().into_bytes();
         let last = flipped.len() - 1;
         flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
         let flipped = String::from_utf8(flipped).expect("ascii");
         assert_eq!(
-            s.verify(&flipped, "team/app", UUID),
+            s.verify(&flipped, "team/app", UUID, NOW),
             Err(TokenError::BadSignature)
         );
+        // A v1 token (no expiry) from before an upgrade is malformed, not a crash.
+        let v1 = format!("westus.{}", &t[t.len() - 64..]);
         for bad in [
             "",
             "westus",
             "westus.",
             "westus.zz",
-            ".00",
-            "West.00",
+            "westus.1.zz",
+            ".1.00",
+            "West.1.00",
+            &v1,
             &t[..t.len() - 2],
         ] {
             assert_eq!(
-                s.verify(bad, "team/app", UUID),
+                s.verify(bad, "team/app", UUID, NOW),
                 Err(TokenError::Malformed),
                 "{bad:?}"
             );
@@ -265,8 +346,8 @@ mod tests {
     #[test]
     fn fields_do_not_run_together() {
         let s = Signer::new(b"k");
-        let t = s.sign("a", "bc/d", "e");
-        assert!(s.verify(&t, "b", "c/de").is_err());
+        let t = s.sign("a", "bc/d", "e", EXP);
+        assert!(s.verify(&t, "b", "c/de", NOW).is_err());
     }
 
     #[test]
