@@ -97,23 +97,15 @@ pub fn admin_token(admin: &AdminConfig) -> anyhow::Result<Option<String>> {
     Ok(token)
 }
 
-impl Running {
-    /// Load the config at `path` and start every front end it names. Must be called inside a
-    /// tokio runtime (TCP, admin and probes run on it).
-    pub async fn start(path: &Path) -> anyhow::Result<Running> {
-        let live = Live::load(path)?;
-        let snap = live.snapshot.load_full();
-        let dns = snap.config.dns.clone();
-        let admin = snap.config.admin.clone();
-        let token = admin_token(&admin)?;
-        if let Some(addr) = admin.listen {
-            anyhow::ensure!(
-                addr.ip().is_loopback() || token.is_some(),
-                "admin.listen {addr} is not a loopback address and no admin token is set: \
-                 refusing to expose the admin API without one"
-            );
-        }
+/// The DNS front end: UDP worker threads and the TCP accept loop for every listen address.
+struct Dns {
+    addrs: Vec<SocketAddr>,
+    udp: Vec<UdpWorkers>,
+    tcp: TcpServer,
+}
 
+impl Dns {
+    fn start(live: &Arc<Live>, dns: &crate::config::DnsConfig) -> anyhow::Result<Dns> {
         let threads = if dns.udp_threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -121,30 +113,12 @@ impl Running {
         };
         let mut udp = Vec::new();
         let mut tcp_listeners = Vec::new();
-        let mut dns_addrs = Vec::new();
+        let mut addrs = Vec::new();
         for addr in &dns.listen {
-            // TCP on the very port UDP got, so port 0 gives one port for both. With port 0 the
-            // TCP side of the kernel's pick may be taken: then pick again, a few times.
-            let mut attempt = 0;
-            let (socks, tcp, bound) = loop {
-                attempt += 1;
-                let socks = bind_udp(*addr, threads)
-                    .with_context(|| format!("cannot bind DNS UDP socket {addr}"))?;
-                let bound = socks[0].local_addr()?;
-                match bind_tcp(bound) {
-                    Ok(tcp) => break (socks, tcp, bound),
-                    Err(e) if addr.port() == 0 && attempt < 20 => {
-                        tracing::debug!(error = %e, %bound, "TCP port taken, picking another");
-                    }
-                    Err(e) => {
-                        return Err(anyhow::Error::new(e)
-                            .context(format!("cannot bind DNS TCP socket {bound}")))
-                    }
-                }
-            };
+            let (socks, tcp, bound) = bind_pair(*addr, threads)?;
             udp.push(UdpWorkers::start(socks, live.clone())?);
             tcp_listeners.push(tcp);
-            dns_addrs.push(bound);
+            addrs.push(bound);
         }
         let tcp = TcpServer::start(
             tcp_listeners,
@@ -155,9 +129,60 @@ impl Running {
                 max_connections_per_client: dns.tcp_max_connections_per_client,
             },
         );
-        for a in &dns_addrs {
+        for a in &addrs {
             tracing::info!(addr = %a, "serving DNS on UDP and TCP");
         }
+        Ok(Dns { addrs, udp, tcp })
+    }
+}
+
+/// UDP sockets and a TCP listener on one port. TCP binds the very port UDP got, so port 0
+/// gives one port for both; with port 0 the TCP side of the kernel's pick may be taken: then
+/// pick again, a few times.
+fn bind_pair(
+    addr: SocketAddr,
+    threads: usize,
+) -> anyhow::Result<(
+    Vec<std::net::UdpSocket>,
+    tokio::net::TcpListener,
+    SocketAddr,
+)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let socks = bind_udp(addr, threads)
+            .with_context(|| format!("cannot bind DNS UDP socket {addr}"))?;
+        let bound = socks[0].local_addr()?;
+        match bind_tcp(bound) {
+            Ok(tcp) => return Ok((socks, tcp, bound)),
+            Err(e) if addr.port() == 0 && attempt < 20 => {
+                tracing::debug!(error = %e, %bound, "TCP port taken, picking another");
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot bind DNS TCP socket {bound}"))
+                )
+            }
+        }
+    }
+}
+
+impl Running {
+    /// Load the config at `path` and start every front end it names. Must be called inside a
+    /// tokio runtime (TCP, admin and probes run on it).
+    pub async fn start(path: &Path) -> anyhow::Result<Running> {
+        let live = Live::load(path)?;
+        let snap = live.snapshot.load_full();
+        let admin = snap.config.admin.clone();
+        let token = admin_token(&admin)?;
+        if let Some(addr) = admin.listen {
+            anyhow::ensure!(
+                addr.ip().is_loopback() || token.is_some(),
+                "admin.listen {addr} is not a loopback address and no admin token is set: \
+                 refusing to expose the admin API without one"
+            );
+        }
+        let dns = Dns::start(&live, &snap.config.dns)?;
 
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
@@ -167,48 +192,27 @@ impl Running {
             &applied,
             snap.config.regions.clone(),
         ))));
-        // Transitions publish at once; this also brings probe latency and errors up to date.
         {
             let weak = Arc::downgrade(&live);
             let monitor = monitor.clone();
-            let applied = applied.clone();
             let stop = shutdown.subscribe();
             let unit = Unit::unlisted(Kind::Health, "health report");
             tasks.push(tokio::spawn(supervise_task(
                 live.metrics.workers.clone(),
                 unit,
-                move || report_loop(weak.clone(), monitor.clone(), applied.clone(), stop.clone()),
+                move || control_loop(weak.clone(), monitor.clone(), applied.clone(), stop.clone()),
             )));
         }
 
-        let mut admin_addr = None;
-        if let Some(addr) = admin.listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot bind admin listener {addr}"))?;
-            admin_addr = Some(listener.local_addr()?);
-            tracing::info!(addr = %listener.local_addr()?, "serving the admin API");
-            // Kept as a std socket so a replaced admin server (after a panic) listens on the
-            // same one: each run gets its own descriptor of it.
-            let listener = listener.into_std()?;
-            let stop = shutdown.subscribe();
-            let live = live.clone();
-            let limits = crate::admin::Limits::of(&admin);
-            let unit = Unit::unlisted(Kind::Admin, format!("admin on {}", listener.local_addr()?));
-            tasks.push(tokio::spawn(supervise_task(
-                live.metrics.workers.clone(),
-                unit,
-                move || {
-                    admin_run(
-                        &listener,
-                        live.clone(),
-                        token.clone(),
-                        limits.clone(),
-                        stop.clone(),
-                    )
-                },
-            )));
-        }
+        let admin_addr = match admin.listen {
+            Some(addr) => {
+                let (bound, task) =
+                    start_admin(&live, addr, token, &admin, shutdown.subscribe()).await?;
+                tasks.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
 
         let proxy = if snap.config.proxy.enabled() {
             let secret = crate::proxy::read_secret(&snap.config.proxy)?;
@@ -218,35 +222,24 @@ impl Running {
         };
 
         Ok(Running {
-            dns_addrs,
+            dns_addrs: dns.addrs,
             admin_addr,
             proxy_addr: proxy.as_ref().and_then(|p| p.addr),
             proxy_tls_addr: proxy.as_ref().and_then(|p| p.tls_addr),
             proxy,
             live,
-            udp,
-            tcp,
+            udp: dns.udp,
+            tcp: dns.tcp,
             monitor,
             tasks,
             shutdown,
         })
     }
 
-    /// Reload config, zones and GeoIP; on success the health monitor follows the new regions.
+    /// Reload config, zones and GeoIP (the health monitor follows the new regions on its own,
+    /// see `control_loop`, as it does after a reload through the admin API).
     pub fn reload(&self) -> anyhow::Result<u64> {
-        let generation = self.live.reload()?;
-        self.follow_regions();
-        Ok(generation)
-    }
-
-    /// Restart probing if the regions changed (reloads through the admin API land here too,
-    /// on the next call; see `serve`).
-    fn follow_regions(&self) {
-        let regions = self.live.snapshot.load().config.regions.clone();
-        let mut guard = self.monitor.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = guard.take() {
-            *guard = Some(m.restart(regions));
-        }
+        Ok(self.live.reload()?)
     }
 
     pub async fn stop(self) {
@@ -273,27 +266,70 @@ impl Running {
     }
 }
 
-/// Every second, bring probe latency and errors into the live state (transitions publish at
-/// once through the monitor's callback).
-async fn report_loop(
+/// Bind the admin listener and serve it under supervision until `stop`.
+async fn start_admin(
+    live: &Arc<Live>,
+    addr: SocketAddr,
+    token: Option<String>,
+    admin: &AdminConfig,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind admin listener {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "serving the admin API");
+    // Kept as a std socket so a replaced admin server (after a panic) listens on the same
+    // one: each run gets its own descriptor of it.
+    let listener = listener.into_std()?;
+    let live = live.clone();
+    let limits = crate::admin::Limits::of(admin);
+    let unit = Unit::unlisted(Kind::Admin, format!("admin on {bound}"));
+    let task = tokio::spawn(supervise_task(
+        live.metrics.workers.clone(),
+        unit,
+        move || {
+            admin_run(
+                &listener,
+                live.clone(),
+                token.clone(),
+                limits.clone(),
+                stop.clone(),
+            )
+        },
+    ));
+    Ok((bound, task))
+}
+
+/// The one loop that keeps health in step with the config: every second it brings probe
+/// latency and errors into the live state (transitions publish at once through the monitor's
+/// callback), and when a reload (SIGHUP or the admin API) publishes other regions it restarts
+/// the probes on them.
+async fn control_loop(
     live: std::sync::Weak<Live>,
     monitor: Arc<Mutex<Option<MonitorHandle>>>,
     applied: Applied,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Some(mut config) = live.upgrade().map(|l| l.watch_config()) else {
+        return;
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while !*stop.borrow_and_update() {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let follow = tokio::select! {
+            _ = tick.tick() => false,
+            changed = config.changed() => changed.is_ok(),
             _ = stop.changed() => break,
-        }
+        };
         let Some(live) = live.upgrade() else { break };
-        let report = monitor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|m| m.report());
-        if let Some(report) = report {
+        let mut guard = monitor.lock().unwrap_or_else(|p| p.into_inner());
+        if follow {
+            let regions = live.snapshot.load().config.regions.clone();
+            if let Some(m) = guard.take() {
+                *guard = Some(m.restart(regions));
+            }
+        }
+        if let Some(report) = guard.as_ref().map(|m| m.report()) {
             apply(&live, &applied, &report);
         }
     }
@@ -333,76 +369,21 @@ fn admin_run(
 /// `berth serve`: run until SIGINT or SIGTERM; SIGHUP reloads.
 pub async fn serve(path: &Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    raise_open_files_limit();
+    crate::limits::raise_open_files_limit();
     let running = Running::start(path).await?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
-    let mut generation = running.live.snapshot.load().generation;
-    let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = hup.recv() => match running.reload() {
                 Ok(g) => tracing::info!(generation = g, "config reloaded"),
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "reload rejected, the old config keeps serving"),
             },
-            _ = check.tick() => {}
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-        }
-        // A reload through the admin API: let the probes follow the new regions.
-        let now = running.live.snapshot.load().generation;
-        if now != generation {
-            generation = now;
-            running.follow_regions();
         }
     }
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
-}
-
-/// Raise the soft limit on open files to the hard limit: every DNS TCP connection, admin and
-/// proxy client holds a descriptor, and a soft limit of 1024 (a common default) is reached
-/// long before the connection caps are. Logged either way, so the real limit is on record.
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        let e = std::io::Error::last_os_error();
-        tracing::warn!(error = %e, "cannot read the open files limit (RLIMIT_NOFILE)");
-        return;
-    }
-    let mut target = lim.rlim_max;
-    #[cfg(target_os = "linux")]
-    if target == libc::RLIM_INFINITY {
-        // "Unlimited" is refused for RLIMIT_NOFILE; the kernel's ceiling is nr_open.
-        if let Some(n) = std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-        {
-            target = n;
-        }
-    }
-    if lim.rlim_cur >= target {
-        tracing::info!(limit = lim.rlim_cur, "open files limit (RLIMIT_NOFILE)");
-        return;
-    }
-    let raised = libc::rlimit {
-        rlim_cur: target,
-        rlim_max: lim.rlim_max,
-    };
-    // SAFETY: setrlimit reads one rlimit we own.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-        tracing::info!(
-            from = lim.rlim_cur,
-            to = target,
-            "raised the open files limit (RLIMIT_NOFILE) to the hard limit"
-        );
-    } else {
-        let e = std::io::Error::last_os_error();
-        tracing::warn!(error = %e, limit = lim.rlim_cur, hard = lim.rlim_max, "cannot raise the open files limit (RLIMIT_NOFILE)");
-    }
 }

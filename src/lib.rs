@@ -19,6 +19,7 @@
 //! - [`admin`]: the admin API, `/metrics` and the dashboard page on their own listener.
 //! - [`client`]: the CLI's client for a running server's admin API.
 //! - [`supervise`]: the panic hook and the supervisors that replace a panicked worker.
+//! - [`limits`]: process limits raised at start (open files).
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
 
 pub mod admin;
@@ -30,6 +31,7 @@ pub mod expiring;
 pub mod flags;
 pub mod geo;
 pub mod health;
+pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod proxy;

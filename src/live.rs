@@ -91,6 +91,10 @@ pub struct Live {
     epoch: Instant,
     /// When not `u64::MAX`, the sticky clock is frozen here ([`Live::set_clock`]).
     frozen: AtomicU64,
+    /// The generation of every published config (not of flag or health changes): whoever
+    /// follows the config (the health monitor's region list) waits on it, whichever way the
+    /// reload came (SIGHUP, the admin API).
+    config_generation: tokio::sync::watch::Sender<u64>,
 }
 
 const MAX_EVENTS: usize = 200;
@@ -115,6 +119,7 @@ impl Live {
         let metrics = Metrics::default();
         let counters = metrics.counters(&snapshot.config);
         let snapshot = snapshot.with_counters(counters);
+        let first = snapshot.generation;
         let s = &snapshot.config.sticky;
         let sticky = StickyTable::new(s.capacity, s.idle, s.max_age);
         let control = Control {
@@ -133,6 +138,7 @@ impl Live {
             config_path: config_path.to_path_buf(),
             epoch: Instant::now(),
             frozen: AtomicU64::new(u64::MAX),
+            config_generation: tokio::sync::watch::Sender::new(first),
         };
         Arc::new(live)
     }
@@ -300,6 +306,7 @@ impl Live {
                     format!("generation {generation} serving"),
                 );
                 self.republish(&mut c, &next);
+                self.config_generation.send_replace(generation);
                 Ok(generation)
             }
             Err(e) => {
@@ -315,6 +322,11 @@ impl Live {
                 Err(e)
             }
         }
+    }
+
+    /// Changes with every config a reload publishes.
+    pub fn watch_config(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.config_generation.subscribe()
     }
 
     pub fn last_reload(&self) -> Option<ReloadStatus> {
