@@ -102,30 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(berth::app::serve(&config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { file } => {
-            let snap = Config::load(&file)
-                .map_err(anyhow::Error::from)
-                .and_then(|c| Snapshot::load(c, 0).map_err(anyhow::Error::from));
-            match snap {
-                Ok(s) => {
-                    println!(
-                        "{}: ok: {} zone(s), {} region(s), {} routed name(s), geoip {}",
-                        file.display(),
-                        s.zones.zones().len(),
-                        s.config.regions.len(),
-                        s.config.routed_names.len(),
-                        s.geo
-                            .as_ref()
-                            .map_or("none".to_string(), |g| g.database_type().to_string())
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+        Command::CheckConfig { file } => Ok(check_config(&file)),
         Command::Route {
             address,
             name,
@@ -142,23 +119,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Region { command, admin } => {
-            let c = AdminClient::new(&admin, std::env::var(TOKEN_ENV).ok());
-            match command {
-                RegionCommand::List => print!("{}", render_regions(&c.get("/api/v1/regions")?)),
-                RegionCommand::Disable { ref name } | RegionCommand::Enable { ref name } => {
-                    let enabled = matches!(command, RegionCommand::Enable { .. });
-                    let v = c.put(
-                        &format!("/api/v1/regions/{}", encode(name)),
-                        &serde_json::json!({ "endpoint_enabled": enabled }),
-                    )?;
-                    println!(
-                        "{}: endpoint_enabled {}, health {}",
-                        v["name"].as_str().unwrap_or(name),
-                        v["endpoint_enabled"],
-                        v["health"].as_str().unwrap_or("?")
-                    );
-                }
-            }
+            region(
+                &AdminClient::new(&admin, std::env::var(TOKEN_ENV).ok()),
+                &command,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Route {
@@ -167,18 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             admin: None,
         } => {
-            let snap = Snapshot::load(Config::load(&config)?, 0)?;
-            let rn =
-                match &name {
-                    Some(n) => snap.config.routed_name(n).ok_or_else(|| {
-                        anyhow::anyhow!("{n} is not a routed name in {}", config.display())
-                    })?,
-                    None => snap.config.routed_names.first().ok_or_else(|| {
-                        anyhow::anyhow!("{} has no routed names", config.display())
-                    })?,
-                };
-            let routed = snap.route(rn, address);
-            print!("{}", snap.explain(rn, &routed));
+            route_offline(&config, name.as_deref(), address)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Geoip {
@@ -194,4 +147,74 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `berth check-config`: load everything the config names, as a reload would.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let snap = Config::load(file)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| Snapshot::load(c, 0).map_err(anyhow::Error::from));
+    match snap {
+        Ok(s) => {
+            println!(
+                "{}: ok: {} zone(s), {} region(s), {} routed name(s), geoip {}",
+                file.display(),
+                s.zones.zones().len(),
+                s.config.regions.len(),
+                s.config.routed_names.len(),
+                s.geo
+                    .as_ref()
+                    .map_or("none".to_string(), |g| g.database_type().to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `berth region list|enable|disable` against a running server.
+fn region(c: &AdminClient, command: &RegionCommand) -> anyhow::Result<()> {
+    match command {
+        RegionCommand::List => print!("{}", render_regions(&c.get("/api/v1/regions")?)),
+        RegionCommand::Disable { name } | RegionCommand::Enable { name } => {
+            let enabled = matches!(command, RegionCommand::Enable { .. });
+            let v = c.put(
+                &format!("/api/v1/regions/{}", encode(name)),
+                &serde_json::json!({ "endpoint_enabled": enabled }),
+            )?;
+            println!(
+                "{}: endpoint_enabled {}, health {}",
+                v["name"].as_str().unwrap_or(name),
+                v["endpoint_enabled"],
+                v["health"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `berth route` from a config file, with no server: what a fresh server would answer.
+fn route_offline(
+    config: &std::path::Path,
+    name: Option<&str>,
+    address: std::net::IpAddr,
+) -> anyhow::Result<()> {
+    let snap = Snapshot::load(Config::load(config)?, 0)?;
+    let rn = match name {
+        Some(n) => snap
+            .config
+            .routed_name(n)
+            .ok_or_else(|| anyhow::anyhow!("{n} is not a routed name in {}", config.display()))?,
+        None => snap
+            .config
+            .routed_names
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("{} has no routed names", config.display()))?,
+    };
+    let routed = snap.route(rn, address);
+    print!("{}", snap.explain(rn, &routed));
+    Ok(())
 }
