@@ -281,11 +281,12 @@ impl Live {
         });
         match result {
             Ok(next) => {
-                if next.config.dns.listen != prev.config.dns.listen
-                    || next.config.admin.listen != prev.config.admin.listen
-                {
+                let pending = restart_only_changes(&prev.config, &next.config);
+                if !pending.is_empty() {
                     tracing::warn!(
-                        "listen addresses changed: they take effect at the next restart"
+                        "changed settings that are read at start only, taking effect at the \
+                         next restart: {}",
+                        pending.join(", ")
                     );
                 }
                 // Counters and sticky memory are keyed by names: nothing to remap, so
@@ -426,6 +427,46 @@ impl Live {
     }
 }
 
+/// Settings a reload cannot apply (listeners, threads, table sizes, secrets) that differ
+/// between `prev` and `next`, named as in the config file; README lists them too.
+fn restart_only_changes(prev: &Config, next: &Config) -> Vec<&'static str> {
+    let (p, n) = (&prev.proxy, &next.proxy);
+    [
+        ("[dns]", prev.dns != next.dns),
+        ("[sticky]", prev.sticky != next.sticky),
+        // The state file too: the flags were loaded from it at start and are written there.
+        ("[admin]", prev.admin != next.admin),
+        ("[proxy] listen", p.listen != n.listen),
+        (
+            "[proxy] tls_listen",
+            p.tls.as_ref().map(|t| t.listen) != n.tls.as_ref().map(|t| t.listen),
+        ),
+        ("[proxy] threads", p.threads != n.threads),
+        ("[proxy] secret_env/secret_file", p.secret != n.secret),
+        ("[proxy] push_affinity", p.push_affinity != n.push_affinity),
+        (
+            "[proxy] affinity_capacity",
+            p.affinity_capacity != n.affinity_capacity,
+        ),
+        (
+            "[proxy] upstream_ca_file",
+            p.upstream_ca_file != n.upstream_ca_file,
+        ),
+        (
+            "[proxy] request_head_timeout",
+            p.request_head_timeout != n.request_head_timeout,
+        ),
+        (
+            "[proxy] shutdown_grace",
+            p.shutdown_grace != n.shutdown_grace,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(name, _)| name)
+    .collect()
+}
+
 fn compute_states(config: &Config, c: &Control) -> Vec<RegionState> {
     config
         .regions
@@ -454,5 +495,29 @@ fn push_event(c: &mut Control, kind: &'static str, region: Option<&str>, detail:
     });
     while c.events.len() > MAX_EVENTS {
         c.events.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(dns: &str, admin: &str, extra: &str) -> Config {
+        let text = format!(
+            "[dns]\nlisten = [\"{dns}\"]\n[admin]\nlisten = \"127.0.0.1:9180\"\n{admin}\n{extra}"
+        );
+        Config::parse(&text, Path::new("/etc/berth/berth.toml")).expect("config")
+    }
+
+    #[test]
+    fn restart_only_settings_are_named_when_a_reload_changes_them() {
+        let base = parse("127.0.0.1:1053", "", "");
+        assert!(restart_only_changes(&base, &base).is_empty());
+        let other = parse("127.0.0.1:1053", "", "[sticky]\ncapacity = 10\n");
+        assert_eq!(restart_only_changes(&base, &other), ["[sticky]"]);
+        let other = parse("127.0.0.1:53", "", "");
+        assert_eq!(restart_only_changes(&base, &other), ["[dns]"]);
+        let other = parse("127.0.0.1:1053", "state_file = \"/tmp/other.json\"", "");
+        assert_eq!(restart_only_changes(&base, &other), ["[admin]"]);
     }
 }
