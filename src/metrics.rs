@@ -28,6 +28,10 @@ pub struct Metrics {
     pub dropped: AtomicU64,
     /// The HTTP proxy front end's counters and gauges.
     pub proxy: ProxyMetrics,
+    /// UDP answers the response rate limiter dropped.
+    pub rrl_dropped: AtomicU64,
+    /// UDP answers the response rate limiter sent as empty truncated ones (slip).
+    pub rrl_slipped: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -44,6 +48,8 @@ impl Default for Metrics {
             reloads_failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             proxy: ProxyMetrics::default(),
+            rrl_dropped: AtomicU64::new(0),
+            rrl_slipped: AtomicU64::new(0),
         }
     }
 }
@@ -584,6 +590,15 @@ impl Metrics {
         let _ = writeln!(o, "# TYPE berth_last_reload_ok gauge");
         let _ = writeln!(o, "berth_last_reload_ok {}", u8::from(g.last_reload_ok));
         self.proxy.render(&mut o, &g.regions);
+        let _ = writeln!(o, "# HELP berth_dns_rate_limited_total UDP answers held back by response rate limiting: dropped, or sent truncated (slip).");
+        let _ = writeln!(o, "# TYPE berth_dns_rate_limited_total counter");
+        for (action, c) in [("drop", &self.rrl_dropped), ("slip", &self.rrl_slipped)] {
+            let _ = writeln!(
+                o,
+                "berth_dns_rate_limited_total{{action=\"{action}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
         o
     }
 }
