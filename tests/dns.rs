@@ -446,10 +446,11 @@ fn fast_path_answers_exactly_like_the_general_path() {
                 Some("0.0.0.0/0"),
                 Some("2001:db8:1::/48"),
             ] {
-                for (edns, dnssec_ok, rd) in [
-                    (false, false, false),
-                    (true, false, true),
-                    (true, true, false),
+                for (edns, dnssec_ok, rd, ad_cd) in [
+                    (false, false, false, false),
+                    (false, false, true, true),
+                    (true, false, true, false),
+                    (true, true, false, true),
                 ] {
                     for cookie in [None, Some(&client[..]), Some(&valid[..]), Some(&forged[..])] {
                         if (ecs.is_some() || cookie.is_some()) && !edns {
@@ -457,6 +458,8 @@ fn fast_path_answers_exactly_like_the_general_path() {
                         }
                         let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
                         m.metadata.recursion_desired = rd;
+                        m.metadata.authentic_data = ad_cd;
+                        m.metadata.checking_disabled = ad_cd;
                         m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
                         if edns {
                             let mut e = Edns::new();
@@ -476,7 +479,7 @@ fn fast_path_answers_exactly_like_the_general_path() {
                             .expect("the fast path answers");
                         let b =
                             answer_general(&general, &q, src, Some(NOW)).expect("general answer");
-                        let what = format!("{name} {qtype} ecs {ecs:?} edns {edns} do {dnssec_ok} cookie {cookie:?}");
+                        let what = format!("{name} {qtype} ecs {ecs:?} edns {edns} do {dnssec_ok} ad/cd {ad_cd} cookie {cookie:?}");
                         assert_eq!(a, b, "{what}");
                         // And through the front door, the same.
                         let c =
@@ -488,7 +491,7 @@ fn fast_path_answers_exactly_like_the_general_path() {
             }
         }
     }
-    assert_eq!(shapes, 2 * 2 * (7 * 2 * 4 + 1));
+    assert_eq!(shapes, 2 * 2 * (7 * 2 * 4 + 2));
     // All regions disabled: NODATA with the SOA, the same message from both paths (the fast
     // path does not compress the SOA's names, hickory does: compare messages).
     for live in [&fast, &general] {

@@ -46,8 +46,9 @@ fn parse(p: &[u8], cookies: bool) -> Option<Parsed<'_>> {
     if p.len() < 12 {
         return None;
     }
-    // QR=0, opcode QUERY, AA/TC clear; Z clear; RCODE 0.
-    if p[2] & 0xfe != 0 || p[3] & 0x70 != 0 || p[3] & 0x0f != 0 {
+    // QR=0, opcode QUERY, AA/TC clear; Z clear; RCODE 0. AD and CD may be set (dig and kdig
+    // set AD by default): AD is not echoed, CD is, as in the general path.
+    if p[2] & 0xfe != 0 || p[3] & 0x40 != 0 || p[3] & 0x0f != 0 {
         return None;
     }
     let (qd, an, ns, ar) = (be16(p, 4)?, be16(p, 6)?, be16(p, 8)?, be16(p, 10)?);
