@@ -5,22 +5,32 @@
 //! NXDOMAIN vs NODATA, REFUSED outside our zones, minimal ANY (RFC 8482), truncation. It is a
 //! plain function of (snapshot, packet, source, transport), so tests drive it without sockets.
 //!
+//! Around it: the raw EDNS checks ([`edns`]: FORMERR for what hickory forgives), DNS COOKIE
+//! ([`cookie`], RFC 7873/9018) and UDP response rate limiting ([`rrl`]), applied to the
+//! finished answer so both paths share it.
+//!
 //! The servers are in [`server`]: UDP on plain threads with one `SO_REUSEPORT` socket each
 //! (no async runtime between the socket and the answer), TCP on Berth's own capped accept
 //! loop. Not here: how a region is chosen ([`crate::routing`]).
 
+pub mod cookie;
+pub mod edns;
 mod fast;
+pub mod rrl;
 pub mod server;
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, HINFO};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 
-use crate::config::Config;
+use crate::config::{Config, CookieSecret};
 use crate::live::Live;
 use crate::snapshot::Snapshot;
 use crate::zone::{Lookup, ZoneSet};
@@ -35,10 +45,48 @@ pub enum Transport {
 /// The EDNS payload size we advertise; RFC 9715 / DNS Flag Day 2020 value.
 pub const OUR_PAYLOAD: u16 = 1232;
 
-/// Precomputed, per-snapshot DNS data for routed names.
-#[derive(Debug, Clone)]
+/// Precomputed, per-snapshot DNS data: routed names, the cookie secret, the rate limiter.
 pub struct Tables {
     routed: Vec<RoutedEntry>,
+    /// None: cookies are off and the COOKIE option is ignored like any unknown one.
+    cookie: Option<cookie::Secret>,
+    /// None: no rate limiting. Its state starts over when a reload builds new tables.
+    rrl: Option<rrl::Limiter>,
+}
+
+/// 32 random bytes for this process: the default cookie secret and the limiter's hash key.
+fn process_random() -> Result<&'static [u8; 32], String> {
+    static RANDOM: OnceLock<[u8; 32]> = OnceLock::new();
+    if let Some(r) = RANDOM.get() {
+        return Ok(r);
+    }
+    let mut r = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut r))
+        .map_err(|e| format!("cannot read /dev/urandom for the DNS cookie secret: {e}"))?;
+    Ok(RANDOM.get_or_init(|| r))
+}
+
+/// The cookie secret the config names, or this process's random one.
+fn cookie_secret(source: Option<&CookieSecret>) -> Result<cookie::Secret, String> {
+    match source {
+        Some(CookieSecret::Hex(hex)) => cookie::Secret::from_hex(hex),
+        Some(CookieSecret::File(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "dns.cookie.secret_file: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            cookie::Secret::from_hex(&text)
+                .map_err(|m| format!("dns.cookie.secret_file {}: {m}", path.display()))
+        }
+        None => {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&process_random()?[..16]);
+            Ok(cookie::Secret(key))
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -112,7 +160,24 @@ impl Tables {
                 negative_soa: negative,
             });
         }
-        Ok(Tables { routed })
+        let dns = &config.dns;
+        let cookie = if dns.cookie.enabled {
+            Some(cookie_secret(dns.cookie.secret.as_ref())?)
+        } else {
+            None
+        };
+        let rrl = if dns.rate_limit.enabled {
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&process_random()?[16..]);
+            Some(rrl::Limiter::new(&dns.rate_limit, key))
+        } else {
+            None
+        };
+        Ok(Tables {
+            routed,
+            cookie,
+            rrl,
+        })
     }
 
     fn find_wire(&self, wire: &[u8]) -> Option<&RoutedEntry> {
@@ -125,40 +190,145 @@ impl Tables {
     }
 }
 
-/// Answer one query packet. `None` means: send nothing (not a query, or too short to answer).
+/// Unix seconds for cookie timestamps: read at most once per query, and only when a cookie
+/// needs it (the fast path for queries without one never reads it).
+pub(crate) struct Clock(Option<u32>);
+
+impl Clock {
+    fn unix_secs(&mut self) -> u32 {
+        *self.0.get_or_insert_with(|| {
+            // RFC 9018 timestamps are Unix time modulo 2^32.
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as u32)
+        })
+    }
+}
+
+/// An answer, and whether its query showed a valid server cookie (then it is not limited).
+pub(crate) struct Answered {
+    bytes: Vec<u8>,
+    cookie_ok: bool,
+}
+
+/// Answer one query packet. `None` means: send nothing (not a query, too short to answer, or
+/// held back by the rate limiter).
 pub fn answer(live: &Live, packet: &[u8], src: IpAddr, transport: Transport) -> Option<Vec<u8>> {
+    answer_at(live, packet, src, transport, None)
+}
+
+/// [`answer`] with the cookie clock given (Unix seconds); `None` reads the system clock.
+/// Tests compare the two paths at one instant this way.
+#[doc(hidden)]
+pub fn answer_at(
+    live: &Live,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    unix_secs: Option<u32>,
+) -> Option<Vec<u8>> {
     // Fewer than 12 octets has no ID to answer with; a response must never be answered
     // (two servers would bounce it forever).
     if packet.len() < 12 || packet[2] & 0x80 != 0 {
-        live.metrics
-            .dropped
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        live.metrics.dropped.fetch_add(1, Ordering::Relaxed);
         return None;
     }
-    let tcp = transport == Transport::Tcp;
-    if !tcp {
-        let snap = live.snapshot.load();
-        if let Some(out) = fast::answer(live, &snap, packet, src, snap.config.dns.max_udp_payload) {
-            return Some(out);
+    let snap = live.snapshot.load();
+    let mut clock = Clock(unix_secs);
+    if transport == Transport::Tcp {
+        // TCP proves the source address: never limited.
+        return Some(general(live, &snap, packet, src, transport, &mut clock).bytes);
+    }
+    let answered = match fast::answer(live, &snap, packet, src, &mut clock) {
+        Some(a) => a,
+        None => general(live, &snap, packet, src, transport, &mut clock),
+    };
+    limit(live, &snap, answered, src)
+}
+
+/// Response rate limiting: send, drop, or send an empty truncated answer (slip).
+fn limit(live: &Live, snap: &Snapshot, answered: Answered, src: IpAddr) -> Option<Vec<u8>> {
+    let Some(limiter) = &snap.dns.rrl else {
+        return Some(answered.bytes);
+    };
+    // A valid server cookie proves the source address, as TCP does (BIND and Knot agree).
+    if answered.cookie_ok {
+        return Some(answered.bytes);
+    }
+    match limiter.check(src, live.now().saturating_mul(1000)) {
+        rrl::Verdict::Send => Some(answered.bytes),
+        rrl::Verdict::Slip => {
+            live.metrics.rrl_slipped.fetch_add(1, Ordering::Relaxed);
+            Some(slip(&answered.bytes))
+        }
+        rrl::Verdict::Drop => {
+            live.metrics.rrl_dropped.fetch_add(1, Ordering::Relaxed);
+            None
         }
     }
+}
+
+/// The empty truncated form of one of our answers: header with TC set, the question, the OPT
+/// (with its server cookie, so the client can come back with it and pass), no records.
+fn slip(out: &[u8]) -> Vec<u8> {
+    let layout = edns::layout(out).ok();
+    let end = layout.as_ref().map_or(12, |l| l.question_end);
+    let mut s = out[..end.min(out.len())].to_vec();
+    s[2] |= 0x02;
+    if end == 12 {
+        s[4..6].fill(0);
+    }
+    s[6..10].fill(0);
+    s[10..12].fill(0);
+    if let Some(opt) = layout.and_then(|l| l.opt) {
+        s[11] = 1;
+        s.extend_from_slice(&out[opt]);
+    }
+    s
+}
+
+/// The general path: hickory parses, [`respond_with`] answers, the answer is encoded.
+fn general(
+    live: &Live,
+    snap: &Snapshot,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    clock: &mut Clock,
+) -> Answered {
+    let tcp = transport == Transport::Tcp;
     let request = match Message::from_vec(packet) {
         Ok(m) => m,
         Err(_) => {
             live.metrics.query(tcp, ResponseCode::FormErr.low());
-            return Some(formerr(packet));
+            return Answered {
+                bytes: formerr(packet),
+                cookie_ok: false,
+            };
         }
     };
-    let snap = live.snapshot.load();
-    let response = respond(live, &snap, &request, src);
+    let opt = query_options(packet, snap.dns.cookie.is_some());
+    let (response, cookie_ok) = respond_with(live, snap, &request, opt, src, clock);
     live.metrics
         .query(tcp, response.metadata.response_code.low());
-    Some(encode(
-        &response,
-        &request,
-        transport,
-        snap.config.dns.max_udp_payload,
-    ))
+    Answered {
+        bytes: encode(
+            &response,
+            &request,
+            transport,
+            snap.config.dns.max_udp_payload,
+        ),
+        cookie_ok,
+    }
+}
+
+/// The OPT options of a query, from its bytes.
+fn query_options(packet: &[u8], cookies: bool) -> Result<edns::Options<'_>, edns::Malformed> {
+    let layout = edns::layout(packet)?;
+    match layout.opt_rdata(packet) {
+        Some(rdata) => edns::options(rdata, cookies),
+        None => Ok(edns::Options::default()),
+    }
 }
 
 /// FORMERR for a packet we could not parse: its ID and opcode, no question.
@@ -172,22 +342,54 @@ fn formerr(packet: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The general path alone (no fast path): tests compare the two.
+/// The fast path alone: `None` where it leaves the query to the general path. Tests compare.
 #[doc(hidden)]
-pub fn answer_general(live: &Live, packet: &[u8], src: IpAddr) -> Option<Vec<u8>> {
-    let request = Message::from_vec(packet).ok()?;
+pub fn answer_fast(
+    live: &Live,
+    packet: &[u8],
+    src: IpAddr,
+    unix_secs: Option<u32>,
+) -> Option<Vec<u8>> {
     let snap = live.snapshot.load();
-    let response = respond(live, &snap, &request, src);
-    Some(encode(
-        &response,
-        &request,
-        Transport::Udp,
-        snap.config.dns.max_udp_payload,
-    ))
+    fast::answer(live, &snap, packet, src, &mut Clock(unix_secs)).map(|a| a.bytes)
 }
 
-/// The protocol logic on parsed messages; used by UDP and TCP alike.
+/// The general path alone (no fast path, no rate limiting): tests compare the two.
+#[doc(hidden)]
+pub fn answer_general(
+    live: &Live,
+    packet: &[u8],
+    src: IpAddr,
+    unix_secs: Option<u32>,
+) -> Option<Vec<u8>> {
+    if packet.len() < 12 || packet[2] & 0x80 != 0 {
+        return None;
+    }
+    let snap = live.snapshot.load();
+    let mut clock = Clock(unix_secs);
+    Some(general(live, &snap, packet, src, Transport::Udp, &mut clock).bytes)
+}
+
+/// The protocol logic on a message hickory-server already parsed (its TCP handler). The
+/// options are read from hickory's re-encoding of it, which keeps the ones Berth acts on;
+/// [`answer`] with [`Transport::Tcp`] does the same from the bytes as received.
 pub fn respond(live: &Live, snap: &Snapshot, request: &Message, src: IpAddr) -> Message {
+    let bytes = request.to_vec().unwrap_or_default();
+    let opt = query_options(&bytes, snap.dns.cookie.is_some());
+    respond_with(live, snap, request, opt, src, &mut Clock(None)).0
+}
+
+/// The protocol logic on parsed messages, used by UDP and TCP alike. `opt` is what the query's
+/// OPT record says, read from its bytes ([`edns`]). Also says whether the query showed a valid
+/// server cookie.
+fn respond_with(
+    live: &Live,
+    snap: &Snapshot,
+    request: &Message,
+    opt: Result<edns::Options<'_>, edns::Malformed>,
+    src: IpAddr,
+    clock: &mut Clock,
+) -> (Message, bool) {
     let mut resp = Message::response(request.metadata.id, request.metadata.op_code);
     resp.metadata.recursion_desired = request.metadata.recursion_desired;
     resp.metadata.checking_disabled = request.metadata.checking_disabled;
@@ -199,13 +401,38 @@ pub fn respond(live: &Live, snap: &Snapshot, request: &Message, src: IpAddr) -> 
         e.set_dnssec_ok(req.flags().dnssec_ok);
         e
     });
+    // A malformed OPT (options overrunning its RDATA, a bad ECS or COOKIE option) is a
+    // FORMERR (RFC 6891 6.1.1, RFC 7871 6, RFC 7873 5.2.2), not an answer without options.
+    let opts = match opt {
+        Ok(o) if request.edns.is_some() => o,
+        Ok(_) => edns::Options::default(),
+        Err(_) => {
+            let mut resp = resp;
+            if let Some(mut e) = edns_out {
+                e.set_rcode_high(ResponseCode::FormErr.high());
+                resp.set_edns(e);
+            }
+            resp.metadata.response_code = ResponseCode::FormErr;
+            return (resp, false);
+        }
+    };
+    // Every answer to a query with a client cookie carries our server cookie (RFC 7873 5.2).
+    let cookie = match (&snap.dns.cookie, &opts.cookie) {
+        (Some(secret), Some(c)) => Some(cookie::answer(secret, c, src, clock.unix_secs())),
+        _ => None,
+    };
+    let cookie_ok = cookie.is_some_and(|c| c.valid);
     let finish = |mut resp: Message, rcode: ResponseCode, edns: Option<Edns>| {
         if let Some(mut e) = edns {
             e.set_rcode_high(rcode.high());
+            if let Some(c) = &cookie {
+                e.options_mut()
+                    .insert(EdnsOption::Unknown(edns::OPT_COOKIE, c.option.to_vec()));
+            }
             resp.set_edns(e);
         }
         resp.metadata.response_code = rcode;
-        resp
+        (resp, cookie_ok)
     };
 
     if request.metadata.message_type != MessageType::Query {
@@ -224,18 +451,7 @@ pub fn respond(live: &Live, snap: &Snapshot, request: &Message, src: IpAddr) -> 
     {
         return finish(resp, ResponseCode::FormErr, edns_out);
     }
-    let ecs = match request
-        .edns
-        .as_ref()
-        .and_then(|e| e.option(EdnsCode::Subnet))
-    {
-        Some(EdnsOption::Subnet(cs)) => match valid_ecs(cs) {
-            Some(cs) => Some(cs),
-            // RFC 7871 7.1.1: stray address bits or a bad prefix is a FORMERR.
-            None => return finish(resp, ResponseCode::FormErr, edns_out),
-        },
-        _ => None,
-    };
+    let ecs = opts.ecs;
     let query = &request.queries[0];
     let qname = query.name();
     let qtype = query.query_type();
@@ -253,7 +469,7 @@ pub fn respond(live: &Live, snap: &Snapshot, request: &Message, src: IpAddr) -> 
 
     // The client's address for routing: ECS unless absent or /0 (RFC 7871 7.1.2).
     let (client, has_ecs) = match &ecs {
-        Some(cs) if cs.source_prefix() > 0 => (cs.addr(), true),
+        Some(cs) if cs.source > 0 => (cs.ip(), true),
         _ => (src, false),
     };
     // The ECS scope we answer with: 0 unless the answer depended on the client's address.
@@ -337,8 +553,8 @@ pub fn respond(live: &Live, snap: &Snapshot, request: &Message, src: IpAddr) -> 
     };
 
     if let (Some(e), Some(cs)) = (edns_out.as_mut(), &ecs) {
-        let mut echo = ClientSubnet::new(cs.addr(), cs.source_prefix(), scope);
-        echo.set_scope_prefix(scope);
+        // Exactly the octets the query sent: Ecs::parse checked they are what the prefix needs.
+        let echo = ClientSubnet::new(cs.ip(), cs.source, scope);
         e.options_mut().insert(EdnsOption::Subnet(echo));
     }
     finish(resp, rcode, edns_out)
@@ -360,6 +576,14 @@ fn routed_answer(
     qtype: RecordType,
     client: IpAddr,
 ) -> RoutedAnswer {
+    // With addresses in every region, only A, AAAA and ANY answers depend on the region:
+    // anything else is NODATA for every client, so scope /0 (RFC 7871 7.2.1) and no routing.
+    if entry.fast && !matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY) {
+        return RoutedAnswer {
+            records: Vec::new(),
+            scope: 0,
+        };
+    }
     let rn = &snap.config.routed_names[entry.index];
     let routed = live.route(snap, entry.index, client);
     let scope = rn.client_prefix(&client);
@@ -410,16 +634,6 @@ fn routed_answer(
         _ => {}
     }
     RoutedAnswer { records, scope }
-}
-
-/// An ECS option is usable when its prefix fits the family and no address bit is set past it.
-fn valid_ecs(cs: &ClientSubnet) -> Option<ClientSubnet> {
-    let prefix = cs.source_prefix();
-    let net = ipnet::IpNet::new(cs.addr(), prefix).ok()?;
-    if net.trunc().addr() != cs.addr() {
-        return None;
-    }
-    Some(*cs)
 }
 
 /// The SOA for a routed name's NODATA: its negative TTL is capped at the routed TTL, so a

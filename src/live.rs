@@ -432,7 +432,15 @@ impl Live {
 fn restart_only_changes(prev: &Config, next: &Config) -> Vec<&'static str> {
     let (p, n) = (&prev.proxy, &next.proxy);
     [
-        ("[dns]", prev.dns != next.dns),
+        // [dns.rate_limit] and [dns.cookie] live in the snapshot: a reload applies them.
+        (
+            "[dns] (but rate_limit and cookie)",
+            crate::config::DnsConfig {
+                rate_limit: next.dns.rate_limit.clone(),
+                cookie: next.dns.cookie.clone(),
+                ..prev.dns.clone()
+            } != next.dns,
+        ),
         ("[sticky]", prev.sticky != next.sticky),
         // The state file too: the flags were loaded from it at start and are written there.
         ("[admin]", prev.admin != next.admin),
@@ -516,7 +524,12 @@ mod tests {
         let other = parse("127.0.0.1:1053", "", "[sticky]\ncapacity = 10\n");
         assert_eq!(restart_only_changes(&base, &other), ["[sticky]"]);
         let other = parse("127.0.0.1:53", "", "");
-        assert_eq!(restart_only_changes(&base, &other), ["[dns]"]);
+        assert_eq!(
+            restart_only_changes(&base, &other),
+            ["[dns] (but rate_limit and cookie)"]
+        );
+        let other = parse("127.0.0.1:1053", "", "[dns.rate_limit]\nslip = 1\n");
+        assert!(restart_only_changes(&base, &other).is_empty());
         let other = parse("127.0.0.1:1053", "state_file = \"/tmp/other.json\"", "");
         assert_eq!(restart_only_changes(&base, &other), ["[admin]"]);
     }

@@ -38,6 +38,10 @@ pub struct Metrics {
     /// Regions reported down by the proxy's passive health (a run of timeouts or failed
     /// connections), all regions.
     pub proxy_passive_downs: AtomicU64,
+    /// UDP answers the response rate limiter dropped.
+    pub rrl_dropped: AtomicU64,
+    /// UDP answers the response rate limiter sent as empty truncated ones (slip).
+    pub rrl_slipped: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -49,6 +53,8 @@ impl Default for Metrics {
             reloads_failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             proxy: ProxyMetrics::default(),
+            rrl_dropped: AtomicU64::new(0),
+            rrl_slipped: AtomicU64::new(0),
             proxy_upstream_timeouts: AtomicU64::new(0),
             proxy_passive_downs: AtomicU64::new(0),
             dns_tcp_refused: AtomicU64::new(0),
@@ -601,6 +607,15 @@ impl Metrics {
             "berth_proxy_passive_downs_total {}",
             self.proxy_passive_downs.load(Ordering::Relaxed)
         );
+        let _ = writeln!(o, "# HELP berth_dns_rate_limited_total UDP answers held back by response rate limiting: dropped, or sent truncated (slip).");
+        let _ = writeln!(o, "# TYPE berth_dns_rate_limited_total counter");
+        for (action, c) in [("drop", &self.rrl_dropped), ("slip", &self.rrl_slipped)] {
+            let _ = writeln!(
+                o,
+                "berth_dns_rate_limited_total{{action=\"{action}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
         o
     }
 }

@@ -173,3 +173,82 @@ fn dns_tcp_limits_have_defaults_and_are_validated() {
         assert_eq!(error_of(&with(listen, &format!("{listen}\n{keys}"))), want);
     }
 }
+
+#[test]
+fn rate_limit_and_cookie_sections() {
+    let path = Path::new("/etc/berth/berth.toml");
+    // Defaults: no rate limiting (as BIND and Knot ship), cookies answered with a random secret.
+    let c = Config::parse(BASE, path).expect("valid");
+    assert!(!c.dns.rate_limit.enabled);
+    assert!(c.dns.cookie.enabled && c.dns.cookie.secret.is_none());
+    // Writing the section turns it on; every key can be set.
+    let text = format!(
+        "{BASE}\n[dns.rate_limit]\nresponses_per_second = 20\nwindow = \"5s\"\nslip = 1\n\
+         ipv4_prefix = 32\nipv6_prefix = 64\ntable_size = 1024\n\
+         [dns.cookie]\nsecret_file = \"cookie.key\"\n"
+    );
+    let c = Config::parse(&text, path).expect("valid");
+    let r = &c.dns.rate_limit;
+    assert!(r.enabled);
+    assert_eq!(
+        (r.responses_per_second, r.window.as_secs(), r.slip),
+        (20, 5, 1)
+    );
+    assert_eq!((r.ipv4_prefix, r.ipv6_prefix, r.table_size), (32, 64, 1024));
+    assert_eq!(
+        c.dns.cookie.secret,
+        Some(berth::config::CookieSecret::File(
+            "/etc/berth/cookie.key".into()
+        ))
+    );
+    let off = format!("{BASE}\n[dns.rate_limit]\nenabled = false\n[dns.cookie]\nenabled = false\n");
+    let c = Config::parse(&off, path).expect("valid");
+    assert!(!c.dns.rate_limit.enabled && !c.dns.cookie.enabled);
+    // A secret given inline never shows in a printed config.
+    let inline = format!("{BASE}\n[dns.cookie]\nsecret = \"e5e973e5a6b2a43f48e7dc849e37bfcf\"\n");
+    let c = Config::parse(&inline, path).expect("valid");
+    assert!(!format!("{c:?}").contains("e5e973"));
+
+    let cases = [
+        (
+            "[dns.rate_limit]\nresponses_per_second = 0",
+            "dns.rate_limit.responses_per_second: 0 is not between 1 and 1000000 (to stop limiting, set enabled = false)",
+        ),
+        (
+            "[dns.rate_limit]\nslip = 11",
+            "dns.rate_limit.slip: 11 is above 10; 0 drops every limited answer, 1 truncates every one, 2 every other",
+        ),
+        (
+            "[dns.rate_limit]\nwindow = \"2h\"",
+            "dns.rate_limit.window: \"2h\" is longer than the 1h the limiter can hold",
+        ),
+        (
+            "[dns.rate_limit]\nipv4_prefix = 33",
+            "dns.rate_limit.ipv4_prefix: 33 is not an IPv4 prefix length (0-32)",
+        ),
+        (
+            "[dns.rate_limit]\nipv6_prefix = 129",
+            "dns.rate_limit.ipv6_prefix: 129 is not an IPv6 prefix length (0-128)",
+        ),
+        (
+            "[dns.rate_limit]\ntable_size = 10",
+            "dns.rate_limit.table_size: 10 is not between 64 and 16777216 entries",
+        ),
+        (
+            "[dns.cookie]\nsecret = \"abcd\"",
+            "dns.cookie.secret: a cookie secret is 32 hexadecimal digits (128 bits, e.g. `openssl rand -hex 16`), not 4 characters",
+        ),
+        (
+            "[dns.cookie]\nsecret = \"e5e973e5a6b2a43f48e7dc849e37bfcf\"\nsecret_file = \"k\"",
+            "dns.cookie.secret_file: give secret or secret_file, not both",
+        ),
+    ];
+    for (section, want) in cases {
+        let e = error_of(&format!("{BASE}\n{section}\n"));
+        assert_eq!(e, format!("/etc/berth/berth.toml: {want}"));
+    }
+    let e = error_of(&format!("{BASE}\n[dns.rate_limit]\nrate = 5\n"));
+    assert!(e.contains("unknown field `rate`"), "{e}");
+    let e = error_of(&format!("{BASE}\n[dns.cookie]\nkey = \"x\"\n"));
+    assert!(e.contains("unknown field `key`"), "{e}");
+}

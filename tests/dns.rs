@@ -16,8 +16,13 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::with(&[], "")
+    }
+
+    /// The demo config with `replace` applied and `extra` TOML appended.
+    fn with(replace: &[(&str, &str)], extra: &str) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = demo_config(dir.path(), &[], "");
+        let path = demo_config(dir.path(), replace, extra);
         let berth = Berth::start(&path);
         let addr = berth.dns;
         Server {
@@ -189,7 +194,12 @@ fn hickory_resolver_gets_the_source_address_answer() {
 }
 
 fn udp_exchange(s: &Server, packet: &[u8]) -> Option<Vec<u8>> {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp_exchange_from(s, "127.0.0.1", packet)
+}
+
+/// One query from a socket bound to `from` (any 127/8 address works on Linux loopback).
+fn udp_exchange_from(s: &Server, from: &str, packet: &[u8]) -> Option<Vec<u8>> {
+    let sock = UdpSocket::bind((from, 0)).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     sock.send_to(packet, s.addr).unwrap();
@@ -291,7 +301,40 @@ mod fuzz {
         1, 0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7, 0, 1, 24, 0, 198, 51, 100,
     ];
 
+    /// A routed AAAA query with ECS and a client cookie, the second seed.
+    const SEED_COOKIE: &[u8] = &[
+        0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 8, b'r', b'e', b'g', b'i', b's', b't', b'r',
+        b'y', 7, b'e', b'x', b'a', b'm', b'p', b'l', b'e', 4, b't', b'e', b's', b't', 0, 0, 28, 0,
+        1, 0, 0, 41, 0x10, 0, 0, 0, 0x80, 0, 0, 23, 0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113, 0, 10, 0,
+        8, 1, 2, 3, 4, 5, 6, 7, 8,
+    ];
+
+    const NOW: u32 = 1_800_000_000;
+
+    /// Differential: whenever the fast path answers, the general path gives the same bytes
+    /// (the same message for NODATA, whose SOA only hickory compresses).
+    fn same_as_general(packet: &[u8]) -> Result<(), TestCaseError> {
+        let live = live();
+        let src: IpAddr = "127.0.0.1".parse().expect("literal");
+        if let Some(a) = berth::dns::answer_fast(&live, packet, src, Some(NOW)) {
+            let b = berth::dns::answer_general(&live, packet, src, Some(NOW));
+            prop_assert!(
+                b.is_some(),
+                "the general path answers what the fast path did"
+            );
+            let b = b.expect("checked");
+            if a[7] == 0 {
+                let (ma, mb) = (Message::from_vec(&a), Message::from_vec(&b));
+                prop_assert_eq!(format!("{ma:?}"), format!("{mb:?}"));
+            } else {
+                prop_assert_eq!(a, b);
+            }
+        }
+        Ok(())
+    }
+
     fn check(packet: &[u8]) -> Result<(), TestCaseError> {
+        same_as_general(packet)?;
         let live = live();
         let src: IpAddr = "127.0.0.1".parse().expect("literal");
         for transport in [Transport::Udp, Transport::Tcp] {
@@ -324,6 +367,31 @@ mod fuzz {
             p.truncate(cut);
             check(&p)?;
         }
+
+        #[test]
+        fn mutated_cookie_queries_never_panic_and_both_paths_agree(
+            flips in proptest::collection::vec((0..SEED_COOKIE.len(), any::<u8>()), 0..4),
+            cut in 12..=SEED_COOKIE.len(),
+            extra in proptest::collection::vec(any::<u8>(), 0..24),
+        ) {
+            let mut p = SEED_COOKIE.to_vec();
+            for (i, b) in flips {
+                p[i] = b;
+            }
+            p.truncate(cut);
+            p.extend_from_slice(&extra);
+            check(&p)?;
+        }
+    }
+
+    #[test]
+    fn the_seeds_take_the_fast_path() {
+        let live = live();
+        let src: IpAddr = "127.0.0.1".parse().expect("literal");
+        for seed in [SEED, SEED_COOKIE] {
+            assert!(berth::dns::answer_fast(&live, seed, src, Some(NOW)).is_some());
+            same_as_general(seed).expect("same");
+        }
     }
 
     #[test]
@@ -342,20 +410,30 @@ mod fuzz {
 }
 
 /// The UDP fast path answers plain routed queries by hand; the general path (hickory) is the
-/// reference. Same query, same state: the same message, for every shape the fast path takes.
+/// reference. Same query, same state, same instant: the same bytes, for every shape the fast
+/// path takes (ECS, DO, RD, case, cookies: none, client only, valid, forged).
 #[test]
 fn fast_path_answers_exactly_like_the_general_path() {
-    use berth::dns::{answer, answer_general, Transport};
+    use berth::dns::cookie::{server_cookie, Secret};
+    use berth::dns::{answer_at, answer_general, Transport};
     use berth::live::Live;
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
     use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
     use hickory_proto::rr::{Name, RecordType};
 
+    const NOW: u32 = 1_800_000_000;
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = demo_config(dir.path(), &[], "");
+    let extra = format!("[dns.cookie]\nsecret = \"{COOKIE_SECRET}\"\n");
+    let path = demo_config(dir.path(), &[], &extra);
     let fast = Live::load(&path).expect("loads");
     let general = Live::load(&path).expect("loads");
     let src: IpAddr = "127.0.0.1".parse().expect("literal");
+    let secret = Secret::from_hex(COOKIE_SECRET).unwrap();
+    let client = [1, 2, 3, 4, 5, 6, 7, 8];
+    let mut valid = client.to_vec();
+    valid.extend_from_slice(&server_cookie(&secret, &client, src, NOW - 100));
+    let mut forged = valid.clone();
+    forged[20] ^= 0x40;
     let mut shapes = 0;
     for name in ["registry.example.test.", "REGISTRY.Example.TEST."] {
         for qtype in [RecordType::A, RecordType::AAAA] {
@@ -368,47 +446,54 @@ fn fast_path_answers_exactly_like_the_general_path() {
                 Some("0.0.0.0/0"),
                 Some("2001:db8:1::/48"),
             ] {
-                for (edns, dnssec_ok, rd) in [
-                    (false, false, false),
-                    (true, false, true),
-                    (true, true, false),
+                for (edns, dnssec_ok, rd, ad_cd) in [
+                    (false, false, false, false),
+                    (false, false, true, true),
+                    (true, false, true, false),
+                    (true, true, false, true),
                 ] {
-                    if ecs.is_some() && !edns {
-                        continue;
-                    }
-                    let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
-                    m.metadata.recursion_desired = rd;
-                    m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
-                    if edns {
-                        let mut e = Edns::new();
-                        e.set_max_payload(4096);
-                        e.set_dnssec_ok(dnssec_ok);
-                        if let Some(s) = ecs {
-                            let cs: ClientSubnet = s.parse().expect("subnet");
-                            e.options_mut().insert(EdnsOption::Subnet(cs));
+                    for cookie in [None, Some(&client[..]), Some(&valid[..]), Some(&forged[..])] {
+                        if (ecs.is_some() || cookie.is_some()) && !edns {
+                            continue;
                         }
-                        m.set_edns(e);
+                        let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
+                        m.metadata.recursion_desired = rd;
+                        m.metadata.authentic_data = ad_cd;
+                        m.metadata.checking_disabled = ad_cd;
+                        m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+                        if edns {
+                            let mut e = Edns::new();
+                            e.set_max_payload(4096);
+                            e.set_dnssec_ok(dnssec_ok);
+                            if let Some(s) = ecs {
+                                let cs: ClientSubnet = s.parse().expect("subnet");
+                                e.options_mut().insert(EdnsOption::Subnet(cs));
+                            }
+                            if let Some(c) = cookie {
+                                e.options_mut().insert(EdnsOption::Unknown(10, c.to_vec()));
+                            }
+                            m.set_edns(e);
+                        }
+                        let q = m.to_vec().expect("encode");
+                        let a = berth::dns::answer_fast(&fast, &q, src, Some(NOW))
+                            .expect("the fast path answers");
+                        let b =
+                            answer_general(&general, &q, src, Some(NOW)).expect("general answer");
+                        let what = format!("{name} {qtype} ecs {ecs:?} edns {edns} do {dnssec_ok} ad/cd {ad_cd} cookie {cookie:?}");
+                        assert_eq!(a, b, "{what}");
+                        // And through the front door, the same.
+                        let c =
+                            answer_at(&fast, &q, src, Transport::Udp, Some(NOW)).expect("answer");
+                        assert_eq!(c, a, "{what}");
+                        shapes += 1;
                     }
-                    let q = m.to_vec().expect("encode");
-                    let a = answer(&fast, &q, src, Transport::Udp).expect("fast answer");
-                    let b = answer_general(&general, &q, src).expect("general answer");
-                    let (ma, mb) = (
-                        Message::from_vec(&a).expect("fast parses"),
-                        Message::from_vec(&b).expect("general parses"),
-                    );
-                    // Debug, not ==: hickory's Record equality ignores TTLs.
-                    assert_eq!(
-                        format!("{ma:?}"),
-                        format!("{mb:?}"),
-                        "{name} {qtype} ecs {ecs:?} edns {edns} do {dnssec_ok}"
-                    );
-                    shapes += 1;
                 }
             }
         }
     }
-    assert_eq!(shapes, 2 * 2 * (7 * 2 + 1));
-    // All regions disabled: NODATA with the SOA, the same from both paths.
+    assert_eq!(shapes, 2 * 2 * (7 * 2 * 4 + 2));
+    // All regions disabled: NODATA with the SOA, the same message from both paths (the fast
+    // path does not compress the SOA's names, hickory does: compare messages).
     for live in [&fast, &general] {
         for r in ["westus", "eastus", "westeurope", "southeastasia"] {
             live.set_enabled(r, false).expect("flag");
@@ -420,9 +505,388 @@ fn fast_path_answers_exactly_like_the_general_path() {
         RecordType::A,
     ));
     let q = m.to_vec().expect("encode");
-    let a = Message::from_vec(&answer(&fast, &q, src, Transport::Udp).expect("answer"))
+    let a = Message::from_vec(&berth::dns::answer_fast(&fast, &q, src, None).expect("answer"))
         .expect("parses");
-    let b = Message::from_vec(&answer_general(&general, &q, src).expect("answer")).expect("parses");
+    let b = Message::from_vec(&answer_general(&general, &q, src, None).expect("answer"))
+        .expect("parses");
+    // Debug, not ==: hickory's Record equality ignores TTLs.
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
     assert!(a.answers.is_empty() && a.authorities.len() == 1);
+}
+
+/// A query for `name`/`qtype` with one OPT record whose RDATA is `rdata` as given (its RDLENGTH
+/// is `rdlength`, so it can lie), then `trailer` octets.
+fn query_with_opt(name: &str, qtype: u16, rdlength: u16, rdata: &[u8], trailer: &[u8]) -> Vec<u8> {
+    let mut q = vec![0xab, 0xcd, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1, 0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+    q.extend_from_slice(&rdlength.to_be_bytes());
+    q.extend_from_slice(rdata);
+    q.extend_from_slice(trailer);
+    q
+}
+
+fn ecs_option(family: u16, source: u8, addr: &[u8]) -> Vec<u8> {
+    let mut o = vec![0, 8];
+    o.extend_from_slice(&(4 + addr.len() as u16).to_be_bytes());
+    o.extend_from_slice(&family.to_be_bytes());
+    o.extend_from_slice(&[source, 0]);
+    o.extend_from_slice(addr);
+    o
+}
+
+fn rcode(answer: &[u8]) -> u8 {
+    answer[3] & 0x0f
+}
+
+/// Defect 6a: RFC 7871 6 wants FORMERR for an ECS address with more (or fewer) octets than its
+/// source prefix needs; hickory reads only the octets it needs and answered NOERROR. Routed A
+/// (the fast path's shape), routed TXT and static data (the general path) alike, UDP and TCP.
+#[test]
+fn ecs_with_the_wrong_number_of_address_octets_is_formerr() {
+    let s = Server::start();
+    let live = s.berth.running().live.clone();
+    let src: IpAddr = "127.0.0.1".parse().unwrap();
+    for (name, qtype) in [
+        ("registry.example.test", 1),
+        ("registry.example.test", 16),
+        ("static.example.test", 1),
+    ] {
+        for (source, addr, ok) in [
+            (24, &[198, 51, 100][..], true),
+            (24, &[198, 51, 100, 0][..], false),
+            (24, &[198, 51][..], false),
+            (0, &[0][..], false),
+            (16, &[198, 51, 0, 0][..], false),
+        ] {
+            let opt = ecs_option(1, source, addr);
+            let q = query_with_opt(name, qtype, opt.len() as u16, &opt, &[]);
+            let got = udp_exchange(&s, &q).expect("an answer");
+            let want = if ok { 0 } else { 1 };
+            assert_eq!(rcode(&got), want, "{name} type {qtype} /{source} {addr:?}");
+            let tcp = berth::dns::answer(&live, &q, src, berth::dns::Transport::Tcp)
+                .expect("a TCP answer");
+            assert_eq!(
+                rcode(&tcp),
+                want,
+                "TCP {name} type {qtype} /{source} {addr:?}"
+            );
+        }
+    }
+}
+
+/// Defect 6b: an OPT whose RDLENGTH is shorter or longer than its options was answered as if
+/// it had none; it is a FORMERR (the options cannot be read).
+#[test]
+fn an_opt_whose_rdlength_disagrees_with_its_options_is_formerr() {
+    let s = Server::start();
+    let opt = ecs_option(1, 24, &[198, 51, 100]);
+    for name in ["registry.example.test", "static.example.test"] {
+        // The control: the same option with the right RDLENGTH is answered.
+        let q = query_with_opt(name, 1, opt.len() as u16, &opt, &[]);
+        assert_eq!(rcode(&udp_exchange(&s, &q).expect("answer")), 0, "{name}");
+        // Shorter: the option runs three octets past the RDATA.
+        let q = query_with_opt(name, 1, 8, &opt[..8], &opt[8..]);
+        assert_eq!(
+            rcode(&udp_exchange(&s, &q).expect("answer")),
+            1,
+            "{name} short"
+        );
+        // Longer: two octets of a next option header inside the RDATA.
+        let mut long = opt.clone();
+        long.extend_from_slice(&[0, 99]);
+        let q = query_with_opt(name, 1, long.len() as u16, &long, &[]);
+        assert_eq!(
+            rcode(&udp_exchange(&s, &q).expect("answer")),
+            1,
+            "{name} long"
+        );
+    }
+}
+
+/// Defect 6c: NODATA at a routed name (TXT) does not depend on the client: scope /0 (RFC 7871
+/// 7.2.1), while the routed A answer keeps the routed name's /24.
+#[test]
+fn nodata_at_a_routed_name_has_scope_zero() {
+    let s = Server::start();
+    for transport in ["+notcp", "+tcp"] {
+        let d = dig(
+            &s,
+            &[
+                transport,
+                "registry.example.test",
+                "TXT",
+                "+subnet=198.51.100.0/24",
+            ],
+        );
+        assert_eq!(d.status, "NOERROR", "{}", d.raw);
+        assert!(d.answer.is_empty(), "{}", d.raw);
+        assert!(d.authority[0].contains("SOA"), "{}", d.raw);
+        assert_eq!(d.ecs.as_deref(), Some("198.51.100.0/24/0"), "{}", d.raw);
+        let d = dig(
+            &s,
+            &[
+                transport,
+                "registry.example.test",
+                "A",
+                "+subnet=198.51.100.0/24",
+            ],
+        );
+        assert_eq!(d.ecs.as_deref(), Some("198.51.100.0/24/24"), "{}", d.raw);
+    }
+}
+
+/// The server cookie dig printed (`; COOKIE: <client><server> (good)`), as hex.
+fn dig_cookie(d: &support::Dig) -> String {
+    d.raw
+        .lines()
+        .find_map(|l| l.strip_prefix("; COOKIE: "))
+        .unwrap_or_else(|| panic!("no COOKIE in\n{}", d.raw))
+        .split_whitespace()
+        .next()
+        .expect("hex")
+        .to_string()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as u32
+}
+
+const COOKIE_SECRET: &str = "e5e973e5a6b2a43f48e7dc849e37bfcf";
+
+/// DNS COOKIE with real clients: dig and kdig get an RFC 9018 server cookie (the one an
+/// independent computation with the configured secret gives), a valid one sent back is
+/// accepted (echoed while young), a forged or expired one is replaced by a fresh one, and a
+/// COOKIE option of a bad length is a FORMERR.
+#[test]
+fn cookies_are_answered_checked_and_renewed() {
+    use berth::dns::cookie::{server_cookie, Secret};
+    let s = Server::with(
+        &[],
+        &format!("[dns.cookie]\nsecret = \"{COOKIE_SECRET}\"\n"),
+    );
+    let secret = Secret::from_hex(COOKIE_SECRET).unwrap();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    for transport in ["+notcp", "+tcp"] {
+        let d = dig(&s, &[transport, "+cookie", "registry.example.test", "A"]);
+        assert_eq!(d.status, "NOERROR", "{}", d.raw);
+        let c = unhex(&dig_cookie(&d));
+        assert_eq!(c.len(), 24, "{}", d.raw);
+        assert!(d.raw.contains("(good)"), "client cookie echoed\n{}", d.raw);
+        let client: [u8; 8] = c[..8].try_into().unwrap();
+        let stamp = u32::from_be_bytes(c[12..16].try_into().unwrap());
+        assert_eq!(
+            c[8..],
+            server_cookie(&secret, &client, ip, stamp),
+            "RFC 9018"
+        );
+    }
+    // kdig shows it too, for static data and for NXDOMAIN.
+    for name in ["static.example.test", "nope.example.test"] {
+        let out = Command::new("kdig")
+            .arg(format!("@{}", s.addr.ip()))
+            .args(["-p", &s.addr.port().to_string(), "+cookie", name, "A"])
+            .output()
+            .expect("kdig runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(";; COOKIE: "))
+            .unwrap_or_else(|| panic!("kdig shows no cookie\n{text}"));
+        assert_eq!(line.len(), ";; COOKIE: ".len() + 48, "{text}");
+    }
+
+    // A valid cookie minted ten minutes ago is accepted: sent back unchanged (a fresh one
+    // would carry the current time).
+    let client = [0x24, 0x64, 0xc4, 0xab, 0xcf, 0x10, 0xc9, 0x57];
+    let ten_min_ago = server_cookie(&secret, &client, ip, unix_now() - 600);
+    let sent = format!("{}{}", hex(&client), hex(&ten_min_ago));
+    let cookie_arg = format!("+cookie={sent}");
+    for transport in ["+notcp", "+tcp"] {
+        let d = dig(&s, &[transport, &cookie_arg, "registry.example.test", "A"]);
+        assert_eq!(
+            dig_cookie(&d),
+            sent,
+            "{transport}: accepted and echoed\n{}",
+            d.raw
+        );
+    }
+    let out = Command::new("kdig")
+        .arg(format!("@{}", s.addr.ip()))
+        .args(["-p", &s.addr.port().to_string(), &cookie_arg])
+        .args(["registry.example.test", "A"])
+        .output()
+        .expect("kdig runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(";; COOKIE: {}", sent.to_uppercase())),
+        "kdig: accepted and echoed\n{text}"
+    );
+    // Forged (one hash bit flipped) or expired (two hours old): a fresh cookie, not an error.
+    let mut forged = ten_min_ago;
+    forged[15] ^= 1;
+    let expired = server_cookie(&secret, &client, ip, unix_now() - 7200);
+    for bad in [forged, expired] {
+        let arg = format!("+cookie={}{}", hex(&client), hex(&bad));
+        let d = dig(&s, &[&arg, "registry.example.test", "A"]);
+        assert_eq!(d.status, "NOERROR", "{}", d.raw);
+        let c = unhex(&dig_cookie(&d));
+        assert_ne!(c[8..], bad, "a fresh cookie\n{}", d.raw);
+        let stamp = u32::from_be_bytes(c[12..16].try_into().unwrap());
+        assert!(stamp.abs_diff(unix_now()) < 60, "stamped now\n{}", d.raw);
+        assert_eq!(c[8..], server_cookie(&secret, &client, ip, stamp));
+    }
+    // A COOKIE option no cookie fits (5 octets; 12: a server cookie under 8): FORMERR.
+    for len in [5usize, 12, 41] {
+        let mut opt = vec![0, 10];
+        opt.extend_from_slice(&(len as u16).to_be_bytes());
+        opt.extend(std::iter::repeat_n(7u8, len));
+        for name in ["registry.example.test", "static.example.test"] {
+            let q = query_with_opt(name, 1, opt.len() as u16, &opt, &[]);
+            let got = udp_exchange(&s, &q).expect("an answer");
+            assert_eq!(rcode(&got), 1, "{name}: COOKIE of {len} octets");
+        }
+    }
+}
+
+/// Response rate limiting with a real burst: from one source, past the burst, answers are
+/// dropped except every `slip`-th, which is an empty TC=1 answer; another source
+/// (127.0.0.2) is answered; TCP is never limited; and a client showing a valid server cookie
+/// (learnt over TCP, as a resolver would after a truncated answer) is not limited either. The
+/// limiter's clock is frozen, so the counts are exact.
+#[test]
+fn rate_limiting_drops_and_slips_past_the_rate_but_spares_others_tcp_and_cookies() {
+    let s = Server::with(
+        &[],
+        // /32: loopback clients all sit in 127.0.0.0/24, and 127.0.0.2 stands for another.
+        "[dns.rate_limit]\nresponses_per_second = 5\nwindow = \"1s\"\nslip = 2\nipv4_prefix = 32\n",
+    );
+    let live = s.berth.running().live.clone();
+    live.set_clock(1_000_000);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let n = 100u16;
+    for id in 0..n {
+        let mut q = query_with_opt("registry.example.test", 1, 0, &[], &[]);
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        sock.send_to(&q, s.addr).unwrap();
+    }
+    // The burst: 5/s x 1 s, plus the one in hand = 6 answers; the other 94 are limited, and
+    // every second of them (47) slips out truncated.
+    let (mut full, mut truncated) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 1500];
+    while full + truncated < 6 + 47 && std::time::Instant::now() < deadline {
+        let Ok((len, _)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let m = hickory_proto::op::Message::from_vec(&buf[..len]).expect("parses");
+        if m.metadata.truncation {
+            assert!(m.answers.is_empty() && m.queries.len() == 1, "{m:?}");
+            truncated += 1;
+        } else {
+            assert_eq!(m.answers.len(), 1, "{m:?}");
+            full += 1;
+        }
+    }
+    assert_eq!((full, truncated), (6, 47));
+    let metrics = &live.metrics;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while load(&metrics.rrl_dropped) < 47 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        (load(&metrics.rrl_dropped), load(&metrics.rrl_slipped)),
+        (47, 47)
+    );
+    let text = live.render_metrics();
+    assert!(
+        text.contains("berth_dns_rate_limited_total{action=\"drop\"} 47"),
+        "{text}"
+    );
+
+    // Another source (prefix) has its own budget.
+    let q = query_with_opt("registry.example.test", 1, 0, &[], &[]);
+    let got = udp_exchange_from(&s, "127.0.0.2", &q).expect("127.0.0.2 is answered");
+    let m = hickory_proto::op::Message::from_vec(&got).expect("parses");
+    assert!(!m.metadata.truncation && m.answers.len() == 1, "{m:?}");
+
+    // TCP is never limited; it also hands out the server cookie...
+    let d = dig(&s, &["+tcp", "+cookie", "registry.example.test", "A"]);
+    assert_eq!(d.answer_data(), vec!["192.0.2.10"], "{}", d.raw);
+    let cookie = dig_cookie(&d);
+    // ...with which UDP from the limited source is answered, every time.
+    for _ in 0..10 {
+        let d = dig(
+            &s,
+            &[
+                "+notcp",
+                "+ignore",
+                &format!("+cookie={cookie}"),
+                "registry.example.test",
+                "A",
+            ],
+        );
+        assert!(!d.flags.contains(&"tc".to_string()), "{}", d.raw);
+        assert_eq!(d.answer_data(), vec!["192.0.2.10"], "{}", d.raw);
+    }
+    // Without it, still limited (dropped or truncated, never answered in full).
+    let before = load(&metrics.rrl_dropped) + load(&metrics.rrl_slipped);
+    let q = query_with_opt("registry.example.test", 1, 0, &[], &[]);
+    if let Some(got) = udp_exchange(&s, &q) {
+        assert_eq!(got[2] & 0x02, 0x02, "only a truncated answer");
+    }
+    assert_eq!(
+        load(&metrics.rrl_dropped) + load(&metrics.rrl_slipped),
+        before + 1
+    );
+}
+
+/// The same cookie secret in a file, two instances: a cookie from one is valid at the other,
+/// which shows as the rate-limit exemption (the other limits everything else from here).
+#[test]
+fn instances_sharing_a_secret_file_accept_each_others_cookies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cookie.secret");
+    std::fs::write(&file, format!("{COOKIE_SECRET}\n")).unwrap();
+    let extra = format!(
+        "[dns.cookie]\nsecret_file = \"{}\"\n[dns.rate_limit]\nresponses_per_second = 1\nwindow = \"1s\"\nslip = 0\n",
+        file.display()
+    );
+    let a = Server::with(&[], &extra);
+    let b = Server::with(&[], &extra);
+    b.berth.running().live.set_clock(5_000);
+    let d = dig(&a, &["+cookie", "registry.example.test", "A"]);
+    let cookie = dig_cookie(&d);
+    for i in 0..5 {
+        let d = dig(
+            &b,
+            &[&format!("+cookie={cookie}"), "registry.example.test", "A"],
+        );
+        assert_eq!(d.answer_data(), vec!["192.0.2.10"], "query {i}\n{}", d.raw);
+    }
+    // The control: without the cookie, b drops everything past its burst of 2.
+    let q = query_with_opt("registry.example.test", 1, 0, &[], &[]);
+    let answered = (0..4).filter(|_| udp_exchange(&b, &q).is_some()).count();
+    assert_eq!(answered, 2);
 }

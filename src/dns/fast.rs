@@ -1,21 +1,24 @@
 //! The fast path: plain routed-name A/AAAA queries, answered without building hickory
 //! messages. It parses just what such a query holds (header, one question, an optional OPT
-//! with ECS), routes through the same [`Live::route`] as the general path, and writes the
-//! answer bytes directly. Anything else (other types, odd flags, extra sections, BADVERS, a
-//! dirty ECS option, CNAME-mode regions) returns `None` *before routing*, and the general path
-//! answers it. `tests/dns.rs` checks both paths give the same messages.
+//! with ECS and/or COOKIE), routes through the same [`Live::route`] as the general path, and
+//! writes the answer bytes directly. Anything else (other types, odd flags, extra sections,
+//! BADVERS, a malformed OPT or option, an ECS scope in the query, CNAME-mode regions) returns
+//! `None` *before routing*, and the general path answers it (FORMERR where it is one).
+//! `tests/dns.rs` checks both paths give the same messages.
+//!
+//! Cookies are answered here rather than sent to the general path: resolvers (BIND's among
+//! them) send them on every query, and the SipHash is small next to a fallback.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-use super::{RoutedEntry, OUR_PAYLOAD};
+use super::edns::{self, Cookie, Ecs, OPT_COOKIE, OPT_ECS, TYPE_OPT};
+use super::{cookie, Answered, Clock, RoutedEntry, OUR_PAYLOAD};
 use crate::live::Live;
 use crate::snapshot::Snapshot;
 
 const TYPE_A: u16 = 1;
 const TYPE_AAAA: u16 = 28;
-const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
-const OPT_ECS: u16 = 8;
 
 /// What the fast path understood of a query.
 struct Parsed<'a> {
@@ -31,20 +34,21 @@ struct Parsed<'a> {
 struct Opt<'a> {
     payload: u16,
     dnssec_ok: bool,
-    /// (family, source prefix, address octets as sent)
-    ecs: Option<(u16, u8, &'a [u8])>,
+    ecs: Option<Ecs<'a>>,
+    cookie: Option<Cookie<'a>>,
 }
 
 fn be16(b: &[u8], i: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]))
 }
 
-fn parse(p: &[u8]) -> Option<Parsed<'_>> {
+fn parse(p: &[u8], cookies: bool) -> Option<Parsed<'_>> {
     if p.len() < 12 {
         return None;
     }
-    // QR=0, opcode QUERY, AA/TC clear; Z clear; RCODE 0.
-    if p[2] & 0xfe != 0 || p[3] & 0x70 != 0 || p[3] & 0x0f != 0 {
+    // QR=0, opcode QUERY, AA/TC clear; Z clear; RCODE 0. AD and CD may be set (dig and kdig
+    // set AD by default): AD is not echoed, CD is, as in the general path.
+    if p[2] & 0xfe != 0 || p[3] & 0x40 != 0 || p[3] & 0x0f != 0 {
         return None;
     }
     let (qd, an, ns, ar) = (be16(p, 4)?, be16(p, 6)?, be16(p, 8)?, be16(p, 10)?);
@@ -93,48 +97,20 @@ fn parse(p: &[u8]) -> Option<Parsed<'_>> {
             return None;
         }
         let rdlen = usize::from(be16(p, i + 9)?);
-        let mut j = i + 11;
-        let end = j + rdlen;
-        if end != p.len() {
+        let rdata = p.get(i + 11..i + 11 + rdlen)?;
+        if i + 11 + rdlen != p.len() {
             return None;
         }
-        let mut ecs = None;
-        while j < end {
-            let code = be16(p, j)?;
-            let len = usize::from(be16(p, j + 2)?);
-            let data = p.get(j + 4..j + 4 + len)?;
-            if j + 4 + len > end {
-                return None;
-            }
-            if code == OPT_ECS {
-                if ecs.is_some() || len < 4 {
-                    return None;
-                }
-                let family = be16(data, 0)?;
-                let (source, scope, addr) = (data[2], data[3], &data[4..]);
-                let max = match family {
-                    1 => 32,
-                    2 => 128,
-                    _ => return None,
-                };
-                // Exactly the octets the prefix needs, no bits past it, scope 0 in a query.
-                if source > max || scope != 0 || addr.len() != usize::from(source).div_ceil(8) {
-                    return None;
-                }
-                if source % 8 != 0 {
-                    let last = addr[addr.len() - 1];
-                    if last & (0xffu8 >> (source % 8)) != 0 {
-                        return None;
-                    }
-                }
-                ecs = Some((family, source, addr));
-            }
-            j += 4 + len;
+        let opts = edns::options(rdata, cookies).ok()?;
+        // A scope in a query is wrong but answered; the general path does that.
+        if opts.ecs.is_some_and(|e| e.scope != 0) {
+            return None;
         }
         edns = Some(Opt {
             payload,
             dnssec_ok: flags & 0x8000 != 0,
-            ecs,
+            ecs: opts.ecs,
+            cookie: opts.cookie,
         });
     } else if i != p.len() {
         return None;
@@ -148,35 +124,29 @@ fn parse(p: &[u8]) -> Option<Parsed<'_>> {
     })
 }
 
-fn ecs_addr(family: u16, octets: &[u8]) -> IpAddr {
-    if family == 1 {
-        let mut a = [0u8; 4];
-        a[..octets.len()].copy_from_slice(octets);
-        IpAddr::V4(Ipv4Addr::from(a))
-    } else {
-        let mut a = [0u8; 16];
-        a[..octets.len()].copy_from_slice(octets);
-        IpAddr::V6(Ipv6Addr::from(a))
-    }
-}
-
-/// Answer `packet` if it is a plain routed A/AAAA query; `None` sends it to the general path.
-pub fn answer(
+/// Answer `packet` if it is a plain routed A/AAAA query over UDP; `None` sends it to the
+/// general path.
+pub(super) fn answer(
     live: &Live,
     snap: &Snapshot,
     packet: &[u8],
     src: IpAddr,
-    max_udp: u16,
-) -> Option<Vec<u8>> {
-    let q = parse(packet)?;
+    clock: &mut Clock,
+) -> Option<Answered> {
+    let q = parse(packet, snap.dns.cookie.is_some())?;
     let entry: &RoutedEntry = snap.dns.find_wire(&q.name[..q.name_len])?;
     if !entry.fast {
         return None;
     }
+    let max_udp = snap.config.dns.max_udp_payload;
     let rn = &snap.config.routed_names[entry.index];
     let (client, has_ecs) = match q.edns.as_ref().and_then(|e| e.ecs) {
-        Some((family, source, octets)) if source > 0 => (ecs_addr(family, octets), true),
+        Some(e) if e.source > 0 => (e.ip(), true),
         _ => (src, false),
+    };
+    let cookie = match (&snap.dns.cookie, q.edns.as_ref().and_then(|e| e.cookie)) {
+        (Some(secret), Some(c)) => Some(cookie::answer(secret, &c, src, clock.unix_secs())),
+        _ => None,
     };
     let routed = live.route(snap, entry.index, client);
     let scope = if has_ecs {
@@ -220,7 +190,7 @@ pub fn answer(
     }
     let body_end = out.len();
     if let Some(e) = &q.edns {
-        write_opt(&mut out, e, scope);
+        write_opt(&mut out, e, scope, cookie.as_ref().map(|c| &c.option));
     }
     let limit = match &q.edns {
         None => 512,
@@ -238,25 +208,34 @@ pub fn answer(
     out[counts_at..counts_at + 2].copy_from_slice(&answers.to_be_bytes());
     out[counts_at + 2..counts_at + 4].copy_from_slice(&authorities.to_be_bytes());
     live.metrics.query(false, 0);
-    Some(out)
+    Some(Answered {
+        bytes: out,
+        cookie_ok: cookie.is_some_and(|c| c.valid),
+    })
 }
 
-fn write_opt(out: &mut Vec<u8>, e: &Opt<'_>, scope: u8) {
+/// Our OPT: payload, DO echoed, then ECS and COOKIE in the order the general path adds them.
+fn write_opt(out: &mut Vec<u8>, e: &Opt<'_>, scope: u8, cookie: Option<&[u8; 24]>) {
     out.push(0);
     out.extend_from_slice(&TYPE_OPT.to_be_bytes());
     out.extend_from_slice(&OUR_PAYLOAD.to_be_bytes());
     out.extend_from_slice(&[0, 0, if e.dnssec_ok { 0x80 } else { 0 }, 0]);
-    match e.ecs {
-        Some((family, source, addr)) => {
-            let len = 4 + addr.len();
-            out.extend_from_slice(&((4 + len) as u16).to_be_bytes());
-            out.extend_from_slice(&OPT_ECS.to_be_bytes());
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-            out.extend_from_slice(&family.to_be_bytes());
-            out.push(source);
-            out.push(scope);
-            out.extend_from_slice(addr);
-        }
-        None => out.extend_from_slice(&[0, 0]),
+    let rdlen_at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    if let Some(ecs) = e.ecs {
+        let len = 4 + ecs.addr.len();
+        out.extend_from_slice(&OPT_ECS.to_be_bytes());
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+        out.extend_from_slice(&ecs.family.to_be_bytes());
+        out.push(ecs.source);
+        out.push(scope);
+        out.extend_from_slice(ecs.addr);
     }
+    if let Some(c) = cookie {
+        out.extend_from_slice(&OPT_COOKIE.to_be_bytes());
+        out.extend_from_slice(&(c.len() as u16).to_be_bytes());
+        out.extend_from_slice(c);
+    }
+    let rdlen = (out.len() - rdlen_at - 2) as u16;
+    out[rdlen_at..rdlen_at + 2].copy_from_slice(&rdlen.to_be_bytes());
 }
