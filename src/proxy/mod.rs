@@ -12,7 +12,7 @@
 //! regions.
 //!
 //! Modules depend downwards only: `mod.rs` (start, stop) -> `service` -> `manifest` ->
-//! `request` -> `choose` -> `oci`, `token`; nothing imports from `mod.rs`.
+//! `request` -> `choose` -> `oci`, `token`; no file here imports from `mod.rs`.
 //!
 //! Owns: the listeners, the proxy's runtime, tokens, affinity, the proxy metrics' numbers.
 //! Does not own: which region a client should use (the routing core), health, flags, config.
