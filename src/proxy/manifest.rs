@@ -13,12 +13,12 @@ use pingora::proxy::Session;
 use pingora::Result;
 use std::sync::atomic::Ordering;
 
+use super::choose::{next_region, refusal_of, routed};
 use super::oci::{self, References};
-use super::service::{
-    is_timeout, passive_failure, passive_success, peer_for, refusal_of, respond, set_forwarding,
-    Ctx,
+use super::request::{
+    is_timeout, passive_failure, passive_success, peer_for, respond, set_forwarding, Ctx, Shared,
 };
-use super::{next_region, token, Shared};
+use super::token;
 use crate::config::RegionId;
 use crate::routing::ClientKey;
 use crate::snapshot::Snapshot;
@@ -44,7 +44,7 @@ async fn exchange(
     id: RegionId,
     req: RequestHeader,
     body: Option<Bytes>,
-) -> std::result::Result<(Reply, String), String> {
+) -> Exchanged {
     // A pooled connection the registry has closed fails at once: then try a new one.
     for _ in 0..3 {
         match exchange_once(shared, snap, id, req.clone(), body.clone()).await {
@@ -155,50 +155,18 @@ async fn holds_all(
     true
 }
 
+/// What a region answered, with its authority as its upstream URL writes it; or why not.
+type Exchanged = std::result::Result<(Reply, String), String>;
+
 /// Handle a manifest PUT whole; always answers (returns Ok(true) for pingora).
 pub(super) async fn put(shared: &Shared, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     let snap = ctx.snap();
     let limit = snap.config.proxy.manifest_buffer_limit;
-    let mut body = BytesMut::new();
-    while let Some(chunk) = session.read_request_body().await? {
-        if body.len() + chunk.len() > limit {
-            ctx.answered_by_berth = true;
-            let r = refusal_of(
-                413,
-                "MANIFEST_INVALID",
-                "manifest invalid",
-                Some(format!(
-                    "larger than the proxy's manifest_buffer_limit of {limit} bytes"
-                )),
-            );
-            respond(session, &r).await?;
-            return Ok(true);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let body = body.freeze();
-    ctx.bytes_in = body.len() as u64;
-
-    let mut req = session.req_header().clone();
-    req.set_version(http::Version::HTTP_11);
-    let pq = match &ctx.upstream_uri {
-        Some(u) => u.clone(),
-        None => req
-            .uri
-            .path_and_query()
-            .map_or("/".parse().expect("literal URI"), |p| {
-                p.as_str().parse().expect("a path and query re-parse")
-            }),
+    let Some(body) = read_body(session, ctx, limit).await? else {
+        return Ok(true);
     };
-    req.set_uri(pq);
-    for h in ["transfer-encoding", "expect", "connection", "keep-alive"] {
-        req.remove_header(h);
-    }
-    req.insert_header("content-length", body.len().to_string())?;
-    if req.headers.get("host").is_none() {
-        req.insert_header("host", ctx.public_host.as_str())?;
-    }
-    set_forwarding(&mut req, ctx)?;
+    ctx.bytes_in = body.len() as u64;
+    let req = upstream_request(session.req_header(), ctx, body.len())?;
 
     let first = ctx.region.expect("request_filter chose a region");
     ctx.tried.push(first);
@@ -216,32 +184,102 @@ pub(super) async fn put(shared: &Shared, session: &mut Session, ctx: &mut Ctx) -
         }
     };
     if refused {
-        if let (Some(refs), Some(repo), Some(rn)) = (
-            oci::references(&body),
-            ctx.repo.clone(),
-            snap.config.routed_names.get(snap.config.proxy.routed_name),
-        ) {
-            while let Some(id) = next_region(&snap, rn, ctx.client, &ctx.tried) {
-                ctx.tried.push(id);
-                if !holds_all(shared, &snap, id, &repo, &refs, &req, ctx).await {
-                    continue;
-                }
-                let name = &snap.config.regions[id].name;
-                tracing::info!(region = %name, repo = %repo, "manifest safety net: the blobs are here, storing the manifest here");
-                let second = exchange(shared, &snap, id, req.clone(), Some(body.clone())).await;
-                if second.is_ok() {
-                    if let Some(c) = snap.counters.region(id) {
-                        c.proxy.safety_net.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let key = ClientKey::new(ctx.client, rn.client_prefix(&ctx.client));
-                    shared.affinity.record(key, &repo, name, shared.live.now());
-                    ctx.region = Some(id);
-                    reply = second;
-                    break;
-                }
-            }
+        if let Some(second) = safety_net(shared, &snap, ctx, &req, &body).await {
+            reply = Ok(second);
         }
     }
+    answer(session, ctx, &snap, first, reply).await?;
+    Ok(true)
+}
+
+/// The whole manifest, or None when it is over `limit` (then Berth has answered 413).
+async fn read_body(session: &mut Session, ctx: &mut Ctx, limit: usize) -> Result<Option<Bytes>> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > limit {
+            ctx.answered_by_berth = true;
+            let r = refusal_of(
+                413,
+                "MANIFEST_INVALID",
+                "manifest invalid",
+                Some(format!(
+                    "larger than the proxy's manifest_buffer_limit of {limit} bytes"
+                )),
+            );
+            respond(session, &r).await?;
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
+/// The client's PUT as Berth sends it on: HTTP/1.1, token stripped, a whole body of `len`.
+fn upstream_request(client: &RequestHeader, ctx: &Ctx, len: usize) -> Result<RequestHeader> {
+    let mut req = client.clone();
+    req.set_version(http::Version::HTTP_11);
+    let pq = match &ctx.upstream_uri {
+        Some(u) => u.clone(),
+        None => req
+            .uri
+            .path_and_query()
+            .map_or("/".parse().expect("literal URI"), |p| {
+                p.as_str().parse().expect("a path and query re-parse")
+            }),
+    };
+    req.set_uri(pq);
+    for h in ["transfer-encoding", "expect", "connection", "keep-alive"] {
+        req.remove_header(h);
+    }
+    req.insert_header("content-length", len.to_string())?;
+    if req.headers.get("host").is_none() {
+        req.insert_header("host", ctx.public_host.as_str())?;
+    }
+    set_forwarding(&mut req, ctx)?;
+    Ok(req)
+}
+
+/// The first region refused the manifest (or could not be reached): store it in the next
+/// eligible region that holds everything it names, and move the affinity there.
+async fn safety_net(
+    shared: &Shared,
+    snap: &Snapshot,
+    ctx: &mut Ctx,
+    req: &RequestHeader,
+    body: &Bytes,
+) -> Option<(Reply, String)> {
+    let refs = oci::references(body)?;
+    let repo = ctx.repo.clone()?;
+    let rn = routed(snap)?;
+    while let Some(id) = next_region(snap, rn, ctx.client, &ctx.tried) {
+        ctx.tried.push(id);
+        if !holds_all(shared, snap, id, &repo, &refs, req, ctx).await {
+            continue;
+        }
+        let name = &snap.config.regions[id].name;
+        tracing::info!(region = %name, repo = %repo, "manifest safety net: the blobs are here, storing the manifest here");
+        if let Ok(second) = exchange(shared, snap, id, req.clone(), Some(body.clone())).await {
+            if let Some(c) = snap.counters.region(id) {
+                c.proxy.safety_net.fetch_add(1, Ordering::Relaxed);
+            }
+            let key = ClientKey::new(ctx.client, rn.client_prefix(&ctx.client));
+            shared.affinity.record(key, &repo, name, shared.live.now());
+            ctx.region = Some(id);
+            return Some(second);
+        }
+    }
+    None
+}
+
+/// Give the client the region's answer (its `Location` made public), or the refusal when no
+/// region took the manifest.
+async fn answer(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    snap: &Snapshot,
+    first: RegionId,
+    reply: Exchanged,
+) -> Result<()> {
     match reply {
         Ok((r, authority)) => {
             let mut header = r.header;
@@ -283,5 +321,5 @@ pub(super) async fn put(shared: &Shared, session: &mut Session, ctx: &mut Ctx) -
             respond(session, &r).await?;
         }
     }
-    Ok(true)
+    Ok(())
 }

@@ -1,30 +1,37 @@
 //! The proxy front end: an OCI-aware HTTP reverse proxy (pingora) in front of the regions'
-//! registry replicas, so every request of one push lands in one region (design section 5).
+//! registry replicas, so every request of one push lands in one region.
 //!
-//! Flow of a request (`service`): client key from the TCP peer (or a trusted
-//! `X-Forwarded-For`) -> the path parsed ([`oci`]) -> a region: an upload session's signed
-//! token ([`token`]) names it; a repository request uses the (client key, repository)
-//! affinity ([`affinity`]) or, for a new one, the routing core's decision; other paths get the
-//! client's region -> forwarded with the token stripped and `X-Forwarded-Host/Proto` set ->
-//! the answer's `Location` gets a fresh token. Manifest PUTs are buffered and go through the
-//! safety net (`manifest`); 404 reads fall back to other regions.
+//! Flow of a request (`service`, thin pingora phases around a `request::Ctx`): client key from
+//! the TCP peer (or a trusted `X-Forwarded-For`) -> the path parsed ([`oci`]) -> the upload
+//! token checked ([`token`]) and the (client key, repository) affinity looked up
+//! ([`affinity`]) -> [`choose`] (pure) picks the region: an upload session's token names it; a
+//! repository request keeps its affinity (or, for a new one, takes the routing core's
+//! decision); other paths get the client's region -> forwarded with the token stripped and
+//! `X-Forwarded-Host/Proto` set -> the answer's `Location` gets a fresh token. Manifest PUTs
+//! are buffered and go through the safety net (`manifest`); 404 reads fall back to other
+//! regions.
+//!
+//! Modules depend downwards only: `mod.rs` (start, stop) -> `service` -> `manifest` ->
+//! `request` -> `choose` -> `oci`, `token`; no file here imports from `mod.rs`.
 //!
 //! Owns: the listeners, the proxy's runtime, tokens, affinity, the proxy metrics' numbers.
 //! Does not own: which region a client should use (the routing core), health, flags, config.
 //! Only this module names pingora types.
 
 pub mod affinity;
+pub mod choose;
 mod head;
 mod manifest;
 pub mod oci;
 mod passive;
+mod request;
 mod service;
 pub mod tls;
 pub mod token;
 pub mod upstream;
 
 use std::io::Read as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::IntoRawFd as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,28 +42,14 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Fds;
 use pingora::services::ServiceWithDependents as _;
 
-use crate::config::{ProxyConfig, RegionId, RoutedName, TokenSource};
+use crate::config::{ProxyConfig, TokenSource};
 use crate::live::Live;
-use crate::snapshot::Snapshot;
 
 use affinity::{AffinityTable, SessionTable};
+pub use passive::passively_down;
+use request::Shared;
 use token::Signer;
 use upstream::Addresses;
-
-/// What every request of the proxy shares.
-pub(crate) struct Shared {
-    live: Arc<Live>,
-    signer: Signer,
-    affinity: AffinityTable,
-    sessions: SessionTable,
-    addresses: Arc<Addresses>,
-    /// For the requests the proxy makes itself (manifest PUTs, the safety net's HEADs).
-    connector: pingora::connectors::http::Connector,
-    /// Requests in flight, so a stop can wait for them (up to the grace period).
-    inflight: Arc<AtomicUsize>,
-    /// Runs of timeouts and failed connections per region (passive health).
-    passive: passive::Passive,
-}
 
 /// The upload-token secret: from the file or environment variable the config names, read once
 /// at start. With none configured (or the variable unset), a random per-process secret: upload
@@ -128,6 +121,85 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// The proxy's sockets, bound, with their real addresses.
+struct Listeners {
+    /// pingora's table of inherited listeners, keyed by the address string.
+    fds: Fds,
+    addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+}
+
+/// We bind the sockets ourselves (port 0 works, errors surface now) and hand them to pingora
+/// through its table of inherited listeners.
+fn listeners(cfg: &ProxyConfig) -> anyhow::Result<Listeners> {
+    let mut fds = Fds::new();
+    let mut bound = |addr: SocketAddr, what: &str| -> anyhow::Result<SocketAddr> {
+        let l = bind(addr).with_context(|| format!("cannot bind proxy {what} listener {addr}"))?;
+        let real = l.local_addr()?;
+        fds.add(real.to_string(), l.into_raw_fd());
+        Ok(real)
+    };
+    let addr = cfg.listen.map(|a| bound(a, "HTTP")).transpose()?;
+    let tls_addr = cfg
+        .tls
+        .as_ref()
+        .map(|t| bound(t.listen, "HTTPS"))
+        .transpose()?;
+    Ok(Listeners {
+        fds,
+        addr,
+        tls_addr,
+    })
+}
+
+fn server_conf(cfg: &ProxyConfig, threads: usize) -> anyhow::Result<ServerConf> {
+    let mut conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(cfg.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 256,
+        ..ServerConf::default()
+    };
+    if let Some(ca) = &cfg.upstream_ca_file {
+        anyhow::ensure!(
+            ca.is_file(),
+            "proxy upstream_ca_file {} is not a readable file",
+            ca.display()
+        );
+        conf.ca_file = Some(ca.display().to_string());
+    }
+    Ok(conf)
+}
+
+type App = head::HeadDeadline<pingora::proxy::HttpProxy<service::BerthProxy>>;
+
+/// pingora's HTTP proxy app behind a total deadline for each request head, on our listeners.
+fn listening_service(
+    conf: &Arc<ServerConf>,
+    shared: Arc<Shared>,
+    cfg: &ProxyConfig,
+    listeners: &Listeners,
+    certificate: Option<&Arc<tls::Certificate>>,
+) -> anyhow::Result<pingora::services::listening::Service<App>> {
+    let app = head::HeadDeadline::new(
+        pingora::proxy::http_proxy(conf, service::BerthProxy::new(shared)),
+        cfg.request_head_timeout,
+    );
+    let mut svc = pingora::services::listening::Service::new("berth-proxy".to_string(), app);
+    if let Some(a) = listeners.addr {
+        svc.add_tcp(&a.to_string());
+    }
+    if let (Some(a), Some(cert)) = (listeners.tls_addr, certificate) {
+        // Empty paths: the certificate comes from the resolver, which reloads.
+        let mut settings =
+            pingora::listeners::tls::TlsSettings::intermediate("", "").context("TLS settings")?;
+        settings.set_cert_resolver(cert.clone());
+        settings.enable_h2();
+        svc.add_tls_with_settings(&a.to_string(), None, settings);
+    }
+    Ok(svc)
+}
+
 impl Proxy {
     /// Bind the proxy's listeners and start serving on a runtime of its own. Binding errors
     /// (and a bad certificate) are returned here, before anything runs.
@@ -143,44 +215,12 @@ impl Proxy {
         } else {
             cfg.threads
         };
-
-        // We bind the sockets ourselves (port 0 works, errors surface now) and hand them to
-        // pingora through its table of inherited listeners, keyed by the address string.
-        let mut fds = Fds::new();
-        let mut bound = |addr: SocketAddr, what: &str| -> anyhow::Result<SocketAddr> {
-            let l =
-                bind(addr).with_context(|| format!("cannot bind proxy {what} listener {addr}"))?;
-            let real = l.local_addr()?;
-            fds.add(real.to_string(), l.into_raw_fd());
-            Ok(real)
-        };
-        let addr = cfg.listen.map(|a| bound(a, "HTTP")).transpose()?;
-        let tls_addr = cfg
-            .tls
-            .as_ref()
-            .map(|t| bound(t.listen, "HTTPS"))
-            .transpose()?;
+        let listeners = listeners(&cfg)?;
         let certificate = match &cfg.tls {
             Some(t) => Some(tls::Certificate::load(&t.cert, &t.key)?),
             None => None,
         };
-
-        let mut conf = ServerConf {
-            threads,
-            grace_period_seconds: Some(cfg.shutdown_grace.as_secs()),
-            graceful_shutdown_timeout_seconds: Some(1),
-            upstream_keepalive_pool_size: 256,
-            ..ServerConf::default()
-        };
-        if let Some(ca) = &cfg.upstream_ca_file {
-            anyhow::ensure!(
-                ca.is_file(),
-                "proxy upstream_ca_file {} is not a readable file",
-                ca.display()
-            );
-            conf.ca_file = Some(ca.display().to_string());
-        }
-        let conf = Arc::new(conf);
+        let conf = Arc::new(server_conf(&cfg, threads)?);
 
         let inflight = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
@@ -195,23 +235,13 @@ impl Proxy {
             inflight: inflight.clone(),
             passive: passive::Passive::default(),
         });
-        // pingora's HTTP proxy app, behind a total deadline for each request head.
-        let app = head::HeadDeadline::new(
-            pingora::proxy::http_proxy(&conf, service::BerthProxy::new(shared.clone())),
-            cfg.request_head_timeout,
-        );
-        let mut svc = pingora::services::listening::Service::new("berth-proxy".to_string(), app);
-        if let Some(a) = addr {
-            svc.add_tcp(&a.to_string());
-        }
-        if let (Some(a), Some(cert)) = (tls_addr, &certificate) {
-            // Empty paths: the certificate comes from the resolver, which reloads.
-            let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
-                .context("TLS settings")?;
-            settings.set_cert_resolver(cert.clone());
-            settings.enable_h2();
-            svc.add_tls_with_settings(&a.to_string(), None, settings);
-        }
+        let mut svc = listening_service(
+            &conf,
+            shared.clone(),
+            &cfg,
+            &listeners,
+            certificate.as_ref(),
+        )?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -220,6 +250,11 @@ impl Proxy {
             .build()
             .context("cannot start the proxy's runtime")?;
         let (shutdown, stop) = tokio::sync::watch::channel(false);
+        let Listeners {
+            fds,
+            addr,
+            tls_addr,
+        } = listeners;
         let fds = Arc::new(parking_lot::Mutex::new(fds));
         let service = {
             let stop = stop.clone();
@@ -236,10 +271,7 @@ impl Proxy {
         };
         runtime.spawn(shared.addresses.clone().run(live.clone(), stop.clone()));
         runtime.spawn(housekeeping(shared, certificate, stop));
-        live.metrics
-            .proxy
-            .running
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        live.metrics.proxy.running.store(true, Ordering::Relaxed);
         for a in addr.iter() {
             tracing::info!(addr = %a, "serving the registry proxy (HTTP)");
         }
@@ -325,45 +357,4 @@ async fn housekeeping(
             }
         }
     }
-}
-
-/// Is this verdict the proxy's passive health marking the region down?
-pub fn passively_down(h: &crate::live::HealthInfo) -> bool {
-    !h.healthy
-        && h.last_error
-            .as_deref()
-            .is_some_and(|e| e.starts_with(passive::MARK))
-}
-
-/// Can `id` be sent requests now: enabled and healthy, or any enabled one while the routed
-/// name fails open.
-fn usable(snap: &Snapshot, rn: &RoutedName, id: RegionId) -> bool {
-    snap.states
-        .get(id)
-        .is_some_and(|s| s.enabled && (s.healthy || snap.fail_open(rn)))
-}
-
-/// The region the routing core picks for `client` when the regions in `exclude` are out:
-/// the next one in the policy's order (latency order under `performance`).
-fn next_region(
-    snap: &Snapshot,
-    rn: &RoutedName,
-    client: IpAddr,
-    exclude: &[RegionId],
-) -> Option<RegionId> {
-    let region = if exclude.is_empty() {
-        snap.route_with(rn, client, None).decision.region
-    } else {
-        let mut states = snap.states.clone();
-        for &id in exclude {
-            if let Some(s) = states.get_mut(id) {
-                s.enabled = false;
-            }
-        }
-        snap.with_states(states)
-            .route_with(rn, client, None)
-            .decision
-            .region
-    }?;
-    (!exclude.contains(&region) && usable(snap, rn, region)).then_some(region)
 }

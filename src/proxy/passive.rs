@@ -5,7 +5,7 @@
 //! back. A replica that answers its probe (`GET /v2/`) but hangs on everything else is only
 //! ever seen this way.
 //!
-//! This file only counts (no clock, no IO); `service` reports the verdicts.
+//! This file only counts (no clock, no IO); `request` reports the verdicts.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +14,11 @@ use parking_lot::Mutex;
 
 /// The text a passive verdict's `last_error` starts with, so it can be told from a probe's.
 pub const MARK: &str = "passive health: ";
+
+/// Is this verdict the proxy's passive health marking the region down?
+pub fn passively_down(h: &crate::live::HealthInfo) -> bool {
+    !h.healthy && h.last_error.as_deref().is_some_and(|e| e.starts_with(MARK))
+}
 
 /// Consecutive failures per region name (names, not ids: they survive reloads).
 #[derive(Default)]
