@@ -14,7 +14,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::config::{Config, ConfigError, RegionId, RoutedName};
-use crate::dns::Tables;
+use crate::dns::tables::Tables;
 use crate::geo::{GeoDb, GeoError, GeoHit};
 use crate::metrics::Counters;
 use crate::routing::{self, stable_key, ClientKey, Decision, Query, RegionState};
