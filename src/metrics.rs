@@ -279,7 +279,6 @@ impl ProxyMetrics {
         if !self.running.load(Ordering::Relaxed) {
             return;
         }
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         // (label, counters, is a region): the regions of this config, then Berth's own row.
         let mut rows: Vec<(&str, &ProxyCounters, bool)> = regions
             .iter()
@@ -287,33 +286,35 @@ impl ProxyMetrics {
             .filter_map(|(i, r)| Some((r.name, &counters.region(i)?.proxy, true)))
             .collect();
         rows.push(("", &self.unrouted, false));
-        for (metric, help, errors) in [
-            (
-                "berth_proxy_requests_total",
-                "Proxied requests by region and method (region=\"\": answered by Berth).",
-                false,
-            ),
-            (
-                "berth_proxy_errors_total",
-                "Proxied requests that failed or got a 5xx, by region and method.",
-                true,
-            ),
-        ] {
-            let _ = writeln!(o, "# HELP {metric} {help}");
-            let _ = writeln!(o, "# TYPE {metric} counter");
-            for (name, row, is_region) in &rows {
+        let by_method = |errors: bool| {
+            rows.iter().flat_map(move |(name, row, is_region)| {
                 let table = if errors { &row.errors } else { &row.requests };
-                for (m, method) in PROXY_METHODS.iter().enumerate() {
-                    let v = load(&table[m]);
-                    if v > 0 || (*is_region && m == 0) {
-                        let _ =
-                            writeln!(o, "{metric}{{region=\"{name}\",method=\"{method}\"}} {v}");
-                    }
-                }
-            }
-        }
+                PROXY_METHODS
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(m, method)| {
+                        let v = load(&table[m]);
+                        (v > 0 || (*is_region && m == 0))
+                            .then(|| (format!("{{region=\"{name}\",method=\"{method}\"}}"), v))
+                    })
+            })
+        };
+        family(
+            o,
+            "berth_proxy_requests_total",
+            "counter",
+            "Proxied requests by region and method (region=\"\": answered by Berth).",
+            by_method(false),
+        );
+        family(
+            o,
+            "berth_proxy_errors_total",
+            "counter",
+            "Proxied requests that failed or got a 5xx, by region and method.",
+            by_method(true),
+        );
         type Pick = fn(&ProxyCounters) -> &AtomicU64;
-        let scalars: [(&str, &str, Pick, bool); 5] = [
+        let scalars: [(&str, &str, Pick, bool); 6] = [
             (
                 "berth_proxy_request_bytes_total",
                 "Request body bytes sent to each region.",
@@ -344,42 +345,42 @@ impl ProxyMetrics {
                 |r| &r.failovers,
                 false,
             ),
+            (
+                "berth_proxy_upload_sessions",
+                "Upload sessions seen lately and not finished, by region.",
+                |r| &r.upload_sessions,
+                false,
+            ),
         ];
         for (metric, help, pick, with_none) in scalars {
-            let _ = writeln!(o, "# HELP {metric} {help}");
-            let _ = writeln!(o, "# TYPE {metric} counter");
-            for (name, row, is_region) in &rows {
-                if !*is_region && !with_none {
-                    continue;
-                }
-                let _ = writeln!(o, "{metric}{{region=\"{name}\"}} {}", load(pick(row)));
-            }
-        }
-        let _ = writeln!(o, "# HELP berth_proxy_upload_sessions Upload sessions seen lately and not finished, by region.");
-        let _ = writeln!(o, "# TYPE berth_proxy_upload_sessions gauge");
-        for (name, row, _) in rows.iter().filter(|r| r.2) {
-            let _ = writeln!(
+            let kind = if metric.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            family(
                 o,
-                "berth_proxy_upload_sessions{{region=\"{name}\"}} {}",
-                load(&row.upload_sessions)
+                metric,
+                kind,
+                help,
+                rows.iter()
+                    .filter(|(_, _, is_region)| *is_region || with_none)
+                    .map(|(name, row, _)| (format!("{{region=\"{name}\"}}"), load(pick(row)))),
             );
         }
-        let _ = writeln!(o, "# HELP berth_proxy_refused_sessions_total Upload requests refused: forged token or the session's region gone.");
-        let _ = writeln!(o, "# TYPE berth_proxy_refused_sessions_total counter");
-        let _ = writeln!(
+        family(
             o,
-            "berth_proxy_refused_sessions_total {}",
-            load(&self.refused_sessions)
+            "berth_proxy_refused_sessions_total",
+            "counter",
+            "Upload requests refused: forged token or the session's region gone.",
+            single(load(&self.refused_sessions)),
         );
-        let _ = writeln!(
+        family(
             o,
-            "# HELP berth_proxy_affinity_entries (client, repository) affinities remembered."
-        );
-        let _ = writeln!(o, "# TYPE berth_proxy_affinity_entries gauge");
-        let _ = writeln!(
-            o,
-            "berth_proxy_affinity_entries {}",
-            load(&self.affinity_entries)
+            "berth_proxy_affinity_entries",
+            "gauge",
+            "(client, repository) affinities remembered.",
+            single(load(&self.affinity_entries)),
         );
     }
 }
@@ -433,189 +434,229 @@ const RCODES: [&str; 16] = [
     "NXRRSET", "NOTAUTH", "NOTZONE", "RCODE11", "RCODE12", "RCODE13", "RCODE14", "RCODE15",
 ];
 
+/// One metric family: its HELP and TYPE lines, then `name{labels} value` per row.
+fn family<V: std::fmt::Display>(
+    o: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (String, V)>,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+    for (labels, v) in rows {
+        let _ = writeln!(o, "{name}{labels} {v}");
+    }
+}
+
+/// The one row of a family without labels.
+fn single<V>(v: V) -> [(String, V); 1] {
+    [(String::new(), v)]
+}
+
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
 impl Metrics {
     pub fn render(&self, g: &Gauges<'_>) -> String {
         let mut o = String::new();
-        let _ = writeln!(
-            o,
-            "# HELP berth_dns_queries_total DNS queries answered, by transport and response code."
-        );
-        let _ = writeln!(o, "# TYPE berth_dns_queries_total counter");
-        for (t, tname) in ["udp", "tcp"].iter().enumerate() {
-            for (rc, rname) in RCODES.iter().enumerate() {
-                let v = self.queries[t][rc].load(Ordering::Relaxed);
-                if v > 0 || rc == 0 || rc == 3 || rc == 5 {
-                    let _ = writeln!(
-                        o,
-                        "berth_dns_queries_total{{transport=\"{tname}\",rcode=\"{rname}\"}} {v}"
-                    );
-                }
-            }
-        }
-        let _ = writeln!(o, "# HELP berth_dns_dropped_total Packets dropped without an answer (too short, or not a query).");
-        let _ = writeln!(o, "# TYPE berth_dns_dropped_total counter");
-        let _ = writeln!(
-            o,
-            "berth_dns_dropped_total {}",
-            self.dropped.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(o, "# HELP berth_routed_answers_total Routed-name answers by region (region=\"\" is NODATA).");
-        let _ = writeln!(o, "# TYPE berth_routed_answers_total counter");
-        let c = g.counters;
-        for (n, name) in g.names.iter().enumerate() {
-            for (r, region) in g.regions.iter().enumerate() {
-                let v = c.answers.get(n).and_then(|row| row.get(r));
-                let _ = writeln!(
-                    o,
-                    "berth_routed_answers_total{{name=\"{name}\",region=\"{}\"}} {}",
-                    region.name,
-                    v.map_or(0, |v| v.load(Ordering::Relaxed))
-                );
-            }
-            let _ = writeln!(
-                o,
-                "berth_routed_answers_total{{name=\"{name}\",region=\"\"}} {}",
-                c.names
-                    .get(n)
-                    .map_or(0, |v| v.nodata.load(Ordering::Relaxed))
-            );
-        }
-        let _ = writeln!(o, "# HELP berth_fail_open_answers_total Routed answers given while no enabled region was healthy.");
-        let _ = writeln!(o, "# TYPE berth_fail_open_answers_total counter");
-        for (n, name) in g.names.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "berth_fail_open_answers_total{{name=\"{name}\"}} {}",
-                c.names
-                    .get(n)
-                    .map_or(0, |v| v.fail_open_answers.load(Ordering::Relaxed))
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP berth_fail_open 1 while a routed name has no healthy enabled region."
-        );
-        let _ = writeln!(o, "# TYPE berth_fail_open gauge");
-        for (name, fo) in g.names.iter().zip(&g.fail_open) {
-            let _ = writeln!(o, "berth_fail_open{{name=\"{name}\"}} {}", u8::from(*fo));
-        }
-        let _ = writeln!(
-            o,
-            "# HELP berth_fail_open_events_total Times failing open started."
-        );
-        let _ = writeln!(o, "# TYPE berth_fail_open_events_total counter");
-        let _ = writeln!(
-            o,
-            "berth_fail_open_events_total {}",
-            self.fail_open_events.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(o, "# HELP berth_region_healthy 1 if the region's probes say it is healthy (or it is not probed yet).");
-        let _ = writeln!(o, "# TYPE berth_region_healthy gauge");
-        for r in &g.regions {
-            let _ = writeln!(
-                o,
-                "berth_region_healthy{{region=\"{}\"}} {}",
-                r.name,
-                u8::from(r.healthy)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP berth_region_enabled The operator's endpoint_enabled flag."
-        );
-        let _ = writeln!(o, "# TYPE berth_region_enabled gauge");
-        for r in &g.regions {
-            let _ = writeln!(
-                o,
-                "berth_region_enabled{{region=\"{}\"}} {}",
-                r.name,
-                u8::from(r.enabled)
-            );
-        }
-        let _ = writeln!(o, "# HELP berth_region_down_events_total Health transitions to down (failovers of the region's clients).");
-        let _ = writeln!(o, "# TYPE berth_region_down_events_total counter");
-        for (i, r) in g.regions.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "berth_region_down_events_total{{region=\"{}\"}} {}",
-                r.name,
-                c.region(i)
-                    .map_or(0, |v| v.down_events.load(Ordering::Relaxed))
-            );
-        }
-        let _ = writeln!(o, "# HELP berth_probe_latency_ms Smoothed probe latency.");
-        let _ = writeln!(o, "# TYPE berth_probe_latency_ms gauge");
-        for r in &g.regions {
-            if let Some(ms) = r.probe_latency_ms {
-                let _ = writeln!(o, "berth_probe_latency_ms{{region=\"{}\"}} {ms:.3}", r.name);
-            }
-        }
-        let _ = writeln!(
-            o,
-            "# HELP berth_sticky_entries Clients remembered in the sticky table."
-        );
-        let _ = writeln!(o, "# TYPE berth_sticky_entries gauge");
-        let _ = writeln!(o, "berth_sticky_entries {}", g.sticky_entries);
-        let _ = writeln!(
-            o,
-            "# HELP berth_config_generation Generation of the snapshot serving now."
-        );
-        let _ = writeln!(o, "# TYPE berth_config_generation gauge");
-        let _ = writeln!(o, "berth_config_generation {}", g.generation);
-        let _ = writeln!(o, "# HELP berth_reloads_total Config reloads by result.");
-        let _ = writeln!(o, "# TYPE berth_reloads_total counter");
-        let _ = writeln!(
-            o,
-            "berth_reloads_total{{result=\"ok\"}} {}",
-            self.reloads_ok.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            o,
-            "berth_reloads_total{{result=\"rejected\"}} {}",
-            self.reloads_failed.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(o, "# HELP berth_last_reload_ok 0 if the last reload was rejected (the previous config keeps serving).");
-        let _ = writeln!(o, "# TYPE berth_last_reload_ok gauge");
-        let _ = writeln!(o, "berth_last_reload_ok {}", u8::from(g.last_reload_ok));
-        self.proxy.render(&mut o, &g.regions, c);
-        let _ = writeln!(o, "# HELP berth_dns_tcp_refused_total DNS TCP connections closed at once: dns.tcp_max_connections or dns.tcp_max_connections_per_client reached.");
-        let _ = writeln!(o, "# TYPE berth_dns_tcp_refused_total counter");
-        let _ = writeln!(
-            o,
-            "berth_dns_tcp_refused_total {}",
-            self.dns_tcp_refused.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(o, "# HELP berth_dns_tcp_accept_pauses_total Pauses in accepting DNS TCP connections for lack of file descriptors.");
-        let _ = writeln!(o, "# TYPE berth_dns_tcp_accept_pauses_total counter");
-        let _ = writeln!(
-            o,
-            "berth_dns_tcp_accept_pauses_total {}",
-            self.dns_tcp_accept_pauses.load(Ordering::Relaxed)
-        );
-        self.workers.render(&mut o);
-        let _ = writeln!(o, "# HELP berth_proxy_upstream_timeouts_total Requests to a region that timed out (connect, read or write).");
-        let _ = writeln!(o, "# TYPE berth_proxy_upstream_timeouts_total counter");
-        let _ = writeln!(
-            o,
-            "berth_proxy_upstream_timeouts_total {}",
-            self.proxy_upstream_timeouts.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(o, "# HELP berth_proxy_passive_downs_total Regions reported down by the proxy after a run of timeouts or failed connections.");
-        let _ = writeln!(o, "# TYPE berth_proxy_passive_downs_total counter");
-        let _ = writeln!(
-            o,
-            "berth_proxy_passive_downs_total {}",
-            self.proxy_passive_downs.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(o, "# HELP berth_dns_rate_limited_total UDP answers held back by response rate limiting: dropped, or sent truncated (slip).");
-        let _ = writeln!(o, "# TYPE berth_dns_rate_limited_total counter");
-        for (action, c) in [("drop", &self.rrl_dropped), ("slip", &self.rrl_slipped)] {
-            let _ = writeln!(
-                o,
-                "berth_dns_rate_limited_total{{action=\"{action}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
+        self.render_queries(&mut o);
+        render_routing(&mut o, g);
+        self.render_control(&mut o, g);
+        self.proxy.render(&mut o, &g.regions, g.counters);
+        self.render_protection(&mut o);
         o
     }
+
+    fn render_queries(&self, o: &mut String) {
+        let rows = ["udp", "tcp"].iter().enumerate().flat_map(|(t, tname)| {
+            RCODES.iter().enumerate().filter_map(move |(rc, rname)| {
+                let v = load(&self.queries[t][rc]);
+                (v > 0 || rc == 0 || rc == 3 || rc == 5)
+                    .then(|| (format!("{{transport=\"{tname}\",rcode=\"{rname}\"}}"), v))
+            })
+        });
+        family(
+            o,
+            "berth_dns_queries_total",
+            "counter",
+            "DNS queries answered, by transport and response code.",
+            rows,
+        );
+        family(
+            o,
+            "berth_dns_dropped_total",
+            "counter",
+            "Packets dropped without an answer (too short, or not a query).",
+            single(load(&self.dropped)),
+        );
+    }
+
+    fn render_control(&self, o: &mut String, g: &Gauges<'_>) {
+        family(
+            o,
+            "berth_fail_open_events_total",
+            "counter",
+            "Times failing open started.",
+            single(load(&self.fail_open_events)),
+        );
+        render_region_gauges(o, g);
+        family(
+            o,
+            "berth_sticky_entries",
+            "gauge",
+            "Clients remembered in the sticky table.",
+            single(g.sticky_entries),
+        );
+        family(
+            o,
+            "berth_config_generation",
+            "gauge",
+            "Generation of the snapshot serving now.",
+            single(g.generation),
+        );
+        family(
+            o,
+            "berth_reloads_total",
+            "counter",
+            "Config reloads by result.",
+            [
+                ("{result=\"ok\"}".to_string(), load(&self.reloads_ok)),
+                (
+                    "{result=\"rejected\"}".to_string(),
+                    load(&self.reloads_failed),
+                ),
+            ],
+        );
+        family(
+            o,
+            "berth_last_reload_ok",
+            "gauge",
+            "0 if the last reload was rejected (the previous config keeps serving).",
+            single(u8::from(g.last_reload_ok)),
+        );
+    }
+
+    /// What guards Berth against hostile or broken peers: caps, pauses, panics, timeouts, RRL.
+    fn render_protection(&self, o: &mut String) {
+        family(
+            o,
+            "berth_dns_tcp_refused_total",
+            "counter",
+            "DNS TCP connections closed at once: dns.tcp_max_connections or dns.tcp_max_connections_per_client reached.",
+            single(load(&self.dns_tcp_refused)),
+        );
+        family(
+            o,
+            "berth_dns_tcp_accept_pauses_total",
+            "counter",
+            "Pauses in accepting DNS TCP connections for lack of file descriptors.",
+            single(load(&self.dns_tcp_accept_pauses)),
+        );
+        self.workers.render(o);
+        family(
+            o,
+            "berth_proxy_upstream_timeouts_total",
+            "counter",
+            "Requests to a region that timed out (connect, read or write).",
+            single(load(&self.proxy_upstream_timeouts)),
+        );
+        family(
+            o,
+            "berth_proxy_passive_downs_total",
+            "counter",
+            "Regions reported down by the proxy after a run of timeouts or failed connections.",
+            single(load(&self.proxy_passive_downs)),
+        );
+        family(
+            o,
+            "berth_dns_rate_limited_total",
+            "counter",
+            "UDP answers held back by response rate limiting: dropped, or sent truncated (slip).",
+            [("drop", &self.rrl_dropped), ("slip", &self.rrl_slipped)]
+                .map(|(action, c)| (format!("{{action=\"{action}\"}}"), load(c))),
+        );
+    }
+}
+
+/// Answers by routed name and region, and while failing open.
+fn render_routing(o: &mut String, g: &Gauges<'_>) {
+    let c = g.counters;
+    let rows = g.names.iter().enumerate().flat_map(|(n, name)| {
+        let by_region = g.regions.iter().enumerate().map(move |(r, region)| {
+            let v = c.answers.get(n).and_then(|row| row.get(r));
+            (
+                format!("{{name=\"{name}\",region=\"{}\"}}", region.name),
+                v.map_or(0, |v| load(v)),
+            )
+        });
+        let nodata = c.names.get(n).map_or(0, |v| load(&v.nodata));
+        by_region.chain([(format!("{{name=\"{name}\",region=\"\"}}"), nodata)])
+    });
+    family(
+        o,
+        "berth_routed_answers_total",
+        "counter",
+        "Routed-name answers by region (region=\"\" is NODATA).",
+        rows,
+    );
+    family(
+        o,
+        "berth_fail_open_answers_total",
+        "counter",
+        "Routed answers given while no enabled region was healthy.",
+        g.names.iter().enumerate().map(|(n, name)| {
+            let v = c.names.get(n).map_or(0, |v| load(&v.fail_open_answers));
+            (format!("{{name=\"{name}\"}}"), v)
+        }),
+    );
+    family(
+        o,
+        "berth_fail_open",
+        "gauge",
+        "1 while a routed name has no healthy enabled region.",
+        g.names
+            .iter()
+            .zip(&g.fail_open)
+            .map(|(name, fo)| (format!("{{name=\"{name}\"}}"), u8::from(*fo))),
+    );
+}
+
+/// Per-region gauges (health, flag, probe latency) and down events.
+fn render_region_gauges(o: &mut String, g: &Gauges<'_>) {
+    let label = |r: &RegionGauge<'_>| format!("{{region=\"{}\"}}", r.name);
+    family(
+        o,
+        "berth_region_healthy",
+        "gauge",
+        "1 if the region's probes say it is healthy (or it is not probed yet).",
+        g.regions.iter().map(|r| (label(r), u8::from(r.healthy))),
+    );
+    family(
+        o,
+        "berth_region_enabled",
+        "gauge",
+        "The operator's endpoint_enabled flag.",
+        g.regions.iter().map(|r| (label(r), u8::from(r.enabled))),
+    );
+    family(
+        o,
+        "berth_region_down_events_total",
+        "counter",
+        "Health transitions to down (failovers of the region's clients).",
+        g.regions.iter().enumerate().map(|(i, r)| {
+            let v = g.counters.region(i).map_or(0, |v| load(&v.down_events));
+            (label(r), v)
+        }),
+    );
+    family(
+        o,
+        "berth_probe_latency_ms",
+        "gauge",
+        "Smoothed probe latency.",
+        g.regions
+            .iter()
+            .filter_map(|r| Some((label(r), format!("{:.3}", r.probe_latency_ms?)))),
+    );
 }
