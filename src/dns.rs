@@ -186,6 +186,15 @@ pub fn answer_general(live: &Live, packet: &[u8], src: IpAddr) -> Option<Vec<u8>
     ))
 }
 
+/// The UDP fast path alone: `None` means it leaves the packet to the general path. For the
+/// differential fuzz tests (`tests/fuzz.rs`, `fuzz/`), which compare it with
+/// [`answer_general`]; servers call [`answer`].
+#[doc(hidden)]
+pub fn answer_fast(live: &Live, packet: &[u8], src: IpAddr) -> Option<Vec<u8>> {
+    let snap = live.snapshot.load();
+    fast::answer(live, &snap, packet, src, snap.config.dns.max_udp_payload)
+}
+
 /// The protocol logic on parsed messages; used by UDP and TCP alike.
 pub fn respond(live: &Live, snap: &Snapshot, request: &Message, src: IpAddr) -> Message {
     let mut resp = Message::response(request.metadata.id, request.metadata.op_code);
