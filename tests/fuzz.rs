@@ -34,7 +34,7 @@ fn dns() -> &'static Dns {
 fn dns_for(disabled: u8) -> &'static Dns {
     static DNS: OnceLock<Dns> = OnceLock::new();
     if disabled % 8 == 0 {
-        DNS.get_or_init(|| Dns::demo_all_disabled(repo()))
+        DNS.get_or_init(|| Dns::demo(repo()).all_disabled())
     } else {
         dns()
     }

@@ -38,31 +38,41 @@ pub fn demo_config(repo: &Path, dir: &Path) -> PathBuf {
 pub struct Dns {
     pub fast: Arc<Live>,
     pub general: Arc<Live>,
-    _dir: tempfile::TempDir,
+    /// Holds the config and state file when [`Dns::demo`] made the directory.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Dns {
+    /// The demo config in a fresh temporary directory.
     pub fn demo(repo: &Path) -> Dns {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = demo_config(repo, dir.path());
+        let mut dns = Dns::demo_in(repo, dir.path());
+        dns._dir = Some(dir);
+        dns
+    }
+
+    /// The demo config written to `dir` (the fuzz targets reuse one directory: a fuzzer
+    /// restarts its target process too often to leave a temporary directory each time).
+    pub fn demo_in(repo: &Path, dir: &Path) -> Dns {
+        std::fs::create_dir_all(dir).expect("work directory");
+        let path = demo_config(repo, dir);
         Dns {
             fast: Live::load(&path).expect("demo loads"),
             general: Live::load(&path).expect("demo loads"),
-            _dir: dir,
+            _dir: None,
         }
     }
 
     /// The demo with every region disabled by the operator: routed names answer NODATA with
     /// the zone's SOA, the fast path's other kind of answer.
-    pub fn demo_all_disabled(repo: &Path) -> Dns {
-        let dns = Dns::demo(repo);
-        let config = dns.fast.snapshot.load().config.clone();
-        for live in [&dns.fast, &dns.general] {
+    pub fn all_disabled(self) -> Dns {
+        let config = self.fast.snapshot.load().config.clone();
+        for live in [&self.fast, &self.general] {
             for r in &config.regions {
                 live.set_enabled(&r.name, false).expect("flag");
             }
         }
-        dns
+        self
     }
 }
 
