@@ -942,3 +942,26 @@ fn demo_files_are_valid_seeds() {
     check_config(&demo_text("config/demo.toml"));
     check_zone(&demo_text("zones/example.test.zone"));
 }
+
+/// Inputs a coverage-guided run found (`benches/fuzz.sh` prints them), replayed through the
+/// targets' own input decoding: a file in `tests/fuzz/regressions/<target>/` is a regression
+/// case of the suite.
+#[test]
+fn saved_afl_inputs_replay() {
+    let dir = repo().join("tests/fuzz/regressions");
+    for target in ["dns_diff", "oci_token", "config_zone"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(target)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            let data = std::fs::read(&path).expect("saved input");
+            eprintln!("replaying {}", path.display());
+            match target {
+                "dns_diff" => props::dns_input(dns(), dns_for(0), &data),
+                "oci_token" => props::oci_input(&data),
+                _ => props::text_input(&data),
+            }
+        }
+    }
+}

@@ -422,6 +422,69 @@ pub fn check_token_text(text: &str) {
     let _ = token::rewrite_location(text, upstream, public, None);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The coverage-guided targets' inputs: one selector octet, then the input. Here, so that a
+// crash an AFL run saved replays in the test suite (`tests/fuzz/regressions/<target>/`).
+
+/// `dns_diff`: selector bits 0-2 pick the source address, bit 7 the all-disabled servers.
+pub fn dns_input(enabled: &Dns, disabled: &Dns, data: &[u8]) {
+    let Some((&sel, packet)) = data.split_first() else {
+        return;
+    };
+    let dns = if sel & 0x80 != 0 { disabled } else { enabled };
+    check_dns(dns, packet, source(&[sel & 0x07]));
+}
+
+/// `oci_token`: selector 0 a request path, 1 a token / query / `Location` text, 2 a manifest
+/// or error body, 3 two upload sessions as eight lines (secret, region, repository, uuid, then
+/// the other session's).
+pub fn oci_input(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match sel % 4 {
+        0 => check_oci_path(&text),
+        1 => check_token_text(&text),
+        2 => check_body(rest),
+        _ => {
+            let f: Vec<&str> = text.split('\n').collect();
+            if f.len() < 8 {
+                return;
+            }
+            let s = Session {
+                secret: f[0].as_bytes(),
+                region: f[1],
+                repo: f[2],
+                uuid: f[3],
+            };
+            let o = Session {
+                secret: f[4].as_bytes(),
+                region: f[5],
+                repo: f[6],
+                uuid: f[7],
+            };
+            check_token(&s, &o);
+        }
+    }
+}
+
+/// `config_zone`: an even selector takes the text as a config file, an odd one as the zone
+/// `example.test.`.
+pub fn text_input(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
+    if sel % 2 == 0 {
+        check_config(text);
+    } else {
+        check_zone(text);
+    }
+}
+
 /// An error's message with its causes, for assertion messages.
 pub fn chain(e: &dyn Error) -> String {
     let mut s = e.to_string();
