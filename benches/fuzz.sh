@@ -15,9 +15,12 @@
 # Prints one line per target: executions, executions/s, corpus size, crashes, hangs, and
 # how to replay each crash. Exit 1 when something crashed.
 #
-# Needs cargo-afl, which builds AFL++ itself (needs cc and make, no clang): installed here
-# with `cargo install cargo-afl --locked` when missing. The first build instruments every
-# dependency in release mode (about 15 minutes on 2 cores); later ones are incremental.
+# Needs cargo-afl for AFL++ itself (afl-fuzz and its runtime; `cargo install cargo-afl --locked`
+# builds them with cc and make, no clang): installed here when missing. The targets are built
+# by plain cargo through fuzz/rustc-afl.sh, which instruments Berth's own code only; the
+# dependencies are an ordinary debug build (fuzz/target/debug: copy target/debug there to
+# reuse it), so the first build takes minutes rather than the hour an instrumented release
+# build of every dependency (`cargo afl build`) takes on 2 cores.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-300}
@@ -29,8 +32,13 @@ if ! cargo afl --version >/dev/null 2>&1; then
   echo "fuzz: installing cargo-afl (builds AFL++)" >&2
   cargo install cargo-afl --locked
 fi
-(cd "$here/fuzz" && cargo afl build --release)
-bin=$here/fuzz/target/release
+release=$(rustc -vV | awk '/^release:/ { print $2 }')
+commit=$(rustc -vV | awk '/^commit-hash:/ { print substr($2, 1, 7) }')
+AFL_RUNTIME=$(ls "${XDG_DATA_HOME:-$HOME/.local/share}"/afl.rs/rustc-"$release-$commit"/afl.rs-*/afl-llvm/afl-compiler-rt.o 2>/dev/null | tail -1)
+[ -n "$AFL_RUNTIME" ] || { echo "fuzz: no AFL++ runtime for rustc $release: cargo afl config --build" >&2; exit 2; }
+export AFL_RUNTIME
+(cd "$here/fuzz" && RUSTC_WRAPPER="$here/fuzz/rustc-afl.sh" cargo build --bins)
+bin=$here/fuzz/target/debug
 work=$here/target/fuzz
 rm -rf "$work/seeds"
 "$bin/seeds" "$work/seeds" >/dev/null
