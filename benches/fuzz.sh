@@ -15,6 +15,9 @@
 # Prints one line per target: executions, executions/s, corpus size, crashes, hangs, and
 # how to replay each crash. Exit 1 when something crashed.
 #
+# Measured on the 2-core development machine (shared with other builds), 240 s each:
+# dns_diff 7.7k execs/s, oci_token 13k/s, config_zone 1.3k/s; nothing found.
+#
 # Needs cargo-afl for AFL++ itself (afl-fuzz and its runtime; `cargo install cargo-afl --locked`
 # builds them with cc and make, no clang): installed here when missing. The targets are built
 # by plain cargo through fuzz/rustc-afl.sh, which instruments Berth's own code only; the
