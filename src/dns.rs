@@ -291,33 +291,12 @@ fn respond_with(
         (resp, cookie_ok)
     };
 
-    if request.metadata.message_type != MessageType::Query {
-        return finish(resp, ResponseCode::FormErr, edns_out);
-    }
-    if request.metadata.op_code != OpCode::Query {
-        return finish(resp, ResponseCode::NotImp, edns_out);
-    }
-    if let Some(req_edns) = &request.edns {
-        if req_edns.version() > 0 {
-            // RFC 6891 6.1.3: BADVERS, with the OPT record saying which version we speak.
-            return finish(resp, ResponseCode::BADVERS, edns_out);
-        }
-    }
-    if request.queries.len() != 1 || !request.answers.is_empty() || !request.authorities.is_empty()
-    {
-        return finish(resp, ResponseCode::FormErr, edns_out);
+    if let Some(rcode) = precheck(request) {
+        return finish(resp, rcode, edns_out);
     }
     let ecs = opts.ecs;
     let query = &request.queries[0];
     let qname = query.name();
-    let qtype = query.query_type();
-    if query.query_class() != DNSClass::IN {
-        return finish(resp, ResponseCode::Refused, edns_out);
-    }
-    if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-        // Zone transfers are not offered: other servers of the zone run Berth too.
-        return finish(resp, ResponseCode::Refused, edns_out);
-    }
     let Some(zone) = snap.zones.find(qname) else {
         return finish(resp, ResponseCode::Refused, edns_out);
     };
@@ -328,85 +307,25 @@ fn respond_with(
         Some(cs) if cs.source > 0 => (cs.ip(), true),
         _ => (src, false),
     };
-    // The ECS scope we answer with: 0 unless the answer depended on the client's address.
-    let mut scope = 0u8;
-    let rcode = if let Some(entry) = snap.dns.find(qname) {
-        let routed = routed_answer(live, snap, entry, qname, qtype, client);
-        if has_ecs {
-            scope = routed.scope;
-        }
-        resp.add_answers(routed.records);
-        if resp.answers.is_empty() {
-            let ttl = snap.config.routed_names[entry.index].ttl;
-            resp.add_authority(negative_soa(zone.negative_soa(), ttl));
-        }
-        ResponseCode::NoError
-    } else {
-        let lookup_type = if qtype == RecordType::ANY {
-            RecordType::HINFO
-        } else {
-            qtype
-        };
-        match zone.lookup(qname, lookup_type) {
-            Lookup::Answer {
-                answers,
-                additionals,
-            } => {
-                resp.add_answers(answers);
-                resp.add_additionals(additionals);
-                ResponseCode::NoError
-            }
-            Lookup::NoData { cname_chain }
-                if qtype == RecordType::ANY && cname_chain.is_empty() =>
-            {
-                // RFC 8482 4.2: answer ANY with one synthesized HINFO instead of everything.
-                resp.add_answer(Record::from_rdata(
-                    qname.clone(),
-                    zone.soa().ttl.min(3600),
-                    RData::HINFO(HINFO::new("RFC8482".to_string(), String::new())),
-                ));
-                ResponseCode::NoError
-            }
-            Lookup::NoData { cname_chain } => {
-                // A CNAME into a routed name (`www CNAME registry`): the zone sees an empty
-                // non-terminal there, the answer comes from the routing core.
-                let target = match cname_chain.last().map(|r| &r.data) {
-                    Some(RData::CNAME(CNAME(t))) => snap.dns.find(t).map(|e| (e, t.clone())),
-                    _ => None,
-                };
-                resp.add_answers(cname_chain);
-                match target {
-                    Some((entry, t)) => {
-                        let routed = routed_answer(live, snap, entry, &t, qtype, client);
-                        if has_ecs {
-                            scope = routed.scope;
-                        }
-                        let empty = routed.records.is_empty();
-                        resp.add_answers(routed.records);
-                        if empty {
-                            resp.add_authority(zone.negative_soa());
-                        }
-                    }
-                    None => {
-                        resp.add_authority(zone.negative_soa());
-                    }
-                }
-                ResponseCode::NoError
-            }
-            Lookup::NxDomain { cname_chain } => {
-                // RFC 6604: after a CNAME chain the rcode speaks of the last name in it.
-                resp.add_answers(cname_chain);
-                resp.add_authority(zone.negative_soa());
-                ResponseCode::NXDomain
-            }
-            Lookup::Referral { ns, glue } => {
-                resp.metadata.authoritative = false;
-                resp.add_authorities(ns);
-                resp.add_additionals(glue);
-                ResponseCode::NoError
-            }
-        }
+    let asked = Asked {
+        name: qname,
+        qtype: query.query_type(),
+        client,
     };
+    let (rcode, scope) = match snap.dns.find(qname) {
+        Some(entry) => {
+            let routed = routed_answer(live, snap, entry, qname, asked.qtype, client);
+            resp.add_answers(routed.records);
+            if resp.answers.is_empty() {
+                let ttl = snap.config.routed_names[entry.index].ttl;
+                resp.add_authority(negative_soa(zone.negative_soa(), ttl));
+            }
+            (ResponseCode::NoError, routed.scope)
+        }
+        None => zone_answer(live, snap, zone, &mut resp, &asked),
+    };
+    // The ECS scope we answer with: 0 unless the answer depended on the client's address.
+    let scope = if has_ecs { scope } else { 0 };
 
     if let (Some(e), Some(cs)) = (edns_out.as_mut(), &ecs) {
         // Exactly the octets the query sent: Ecs::parse checked they are what the prefix needs.
@@ -414,6 +333,114 @@ fn respond_with(
         e.options_mut().insert(EdnsOption::Subnet(echo));
     }
     finish(resp, rcode, edns_out)
+}
+
+/// The rcode a query is rejected with before any lookup: not a query, an opcode or EDNS
+/// version we do not speak, not exactly one question, another class, a zone transfer.
+fn precheck(request: &Message) -> Option<ResponseCode> {
+    if request.metadata.message_type != MessageType::Query {
+        return Some(ResponseCode::FormErr);
+    }
+    if request.metadata.op_code != OpCode::Query {
+        return Some(ResponseCode::NotImp);
+    }
+    if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+        // RFC 6891 6.1.3: BADVERS, with the OPT record saying which version we speak.
+        return Some(ResponseCode::BADVERS);
+    }
+    if request.queries.len() != 1 || !request.answers.is_empty() || !request.authorities.is_empty()
+    {
+        return Some(ResponseCode::FormErr);
+    }
+    let query = &request.queries[0];
+    if query.query_class() != DNSClass::IN {
+        return Some(ResponseCode::Refused);
+    }
+    if matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR) {
+        // Zone transfers are not offered: other servers of the zone run Berth too.
+        return Some(ResponseCode::Refused);
+    }
+    None
+}
+
+/// The question, and whom routed answers are for.
+struct Asked<'a> {
+    name: &'a Name,
+    qtype: RecordType,
+    client: IpAddr,
+}
+
+/// A name that is not routed: the zone's data, possibly a CNAME chain into a routed name.
+/// Returns the rcode and the ECS scope the answer depended on (0 unless routed).
+fn zone_answer(
+    live: &Live,
+    snap: &Snapshot,
+    zone: &crate::zone::Zone,
+    resp: &mut Message,
+    asked: &Asked<'_>,
+) -> (ResponseCode, u8) {
+    let (qname, qtype) = (asked.name, asked.qtype);
+    let lookup_type = if qtype == RecordType::ANY {
+        RecordType::HINFO
+    } else {
+        qtype
+    };
+    match zone.lookup(qname, lookup_type) {
+        Lookup::Answer {
+            answers,
+            additionals,
+        } => {
+            resp.add_answers(answers);
+            resp.add_additionals(additionals);
+            (ResponseCode::NoError, 0)
+        }
+        Lookup::NoData { cname_chain } if qtype == RecordType::ANY && cname_chain.is_empty() => {
+            // RFC 8482 4.2: answer ANY with one synthesized HINFO instead of everything.
+            resp.add_answer(Record::from_rdata(
+                qname.clone(),
+                zone.soa().ttl.min(3600),
+                RData::HINFO(HINFO::new("RFC8482".to_string(), String::new())),
+            ));
+            (ResponseCode::NoError, 0)
+        }
+        Lookup::NoData { cname_chain } => {
+            // A CNAME into a routed name (`www CNAME registry`): the zone sees an empty
+            // non-terminal there, the answer comes from the routing core.
+            let target = match cname_chain.last().map(|r| &r.data) {
+                Some(RData::CNAME(CNAME(t))) => snap.dns.find(t).map(|e| (e, t.clone())),
+                _ => None,
+            };
+            resp.add_answers(cname_chain);
+            let mut scope = 0;
+            match target {
+                Some((entry, t)) => {
+                    let routed = routed_answer(live, snap, entry, &t, qtype, asked.client);
+                    scope = routed.scope;
+                    let empty = routed.records.is_empty();
+                    resp.add_answers(routed.records);
+                    if empty {
+                        resp.add_authority(zone.negative_soa());
+                    }
+                }
+                None => {
+                    resp.add_authority(zone.negative_soa());
+                }
+            }
+            (ResponseCode::NoError, scope)
+        }
+        Lookup::NxDomain { cname_chain } => {
+            // RFC 6604: after a CNAME chain the rcode speaks of the last name in it.
+            resp.add_answers(cname_chain);
+            resp.add_authority(zone.negative_soa());
+            (ResponseCode::NXDomain, 0)
+        }
+        Lookup::Referral { ns, glue } => {
+            resp.metadata.authoritative = false;
+            resp.add_authorities(ns);
+            resp.add_additionals(glue);
+            (ResponseCode::NoError, 0)
+        }
+    }
 }
 
 /// The records a routed name answers with, and the ECS scope they depended on.
