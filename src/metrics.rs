@@ -286,33 +286,7 @@ impl ProxyMetrics {
             .filter_map(|(i, r)| Some((r.name, &counters.region(i)?.proxy, true)))
             .collect();
         rows.push(("", &self.unrouted, false));
-        let by_method = |errors: bool| {
-            rows.iter().flat_map(move |(name, row, is_region)| {
-                let table = if errors { &row.errors } else { &row.requests };
-                PROXY_METHODS
-                    .iter()
-                    .enumerate()
-                    .filter_map(move |(m, method)| {
-                        let v = load(&table[m]);
-                        (v > 0 || (*is_region && m == 0))
-                            .then(|| (format!("{{region=\"{name}\",method=\"{method}\"}}"), v))
-                    })
-            })
-        };
-        family(
-            o,
-            "berth_proxy_requests_total",
-            "counter",
-            "Proxied requests by region and method (region=\"\": answered by Berth).",
-            by_method(false),
-        );
-        family(
-            o,
-            "berth_proxy_errors_total",
-            "counter",
-            "Proxied requests that failed or got a 5xx, by region and method.",
-            by_method(true),
-        );
+        render_by_method(o, &rows);
         type Pick = fn(&ProxyCounters) -> &AtomicU64;
         let scalars: [(&str, &str, Pick, bool); 6] = [
             (
@@ -433,6 +407,37 @@ const RCODES: [&str; 16] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
     "NXRRSET", "NOTAUTH", "NOTZONE", "RCODE11", "RCODE12", "RCODE13", "RCODE14", "RCODE15",
 ];
+
+/// The proxy's requests and errors by region and method.
+fn render_by_method(o: &mut String, rows: &[(&str, &ProxyCounters, bool)]) {
+    let by_method = |errors: bool| {
+        rows.iter().flat_map(move |(name, row, is_region)| {
+            let table = if errors { &row.errors } else { &row.requests };
+            PROXY_METHODS
+                .iter()
+                .enumerate()
+                .filter_map(move |(m, method)| {
+                    let v = load(&table[m]);
+                    (v > 0 || (*is_region && m == 0))
+                        .then(|| (format!("{{region=\"{name}\",method=\"{method}\"}}"), v))
+                })
+        })
+    };
+    family(
+        o,
+        "berth_proxy_requests_total",
+        "counter",
+        "Proxied requests by region and method (region=\"\": answered by Berth).",
+        by_method(false),
+    );
+    family(
+        o,
+        "berth_proxy_errors_total",
+        "counter",
+        "Proxied requests that failed or got a 5xx, by region and method.",
+        by_method(true),
+    );
+}
 
 /// One metric family: its HELP and TYPE lines, then `name{labels} value` per row.
 fn family<V: std::fmt::Display>(

@@ -555,6 +555,24 @@ mod batch {
         0
     }
 
+    /// Send every prepared answer, in as few `sendmmsg` calls as the kernel allows.
+    fn send_all(fd: std::os::fd::RawFd, msgs: &mut [libc::mmsghdr]) {
+        let mut sent = 0;
+        while sent < msgs.len() {
+            // SAFETY: msgs[sent..] point at answers and addresses the caller keeps alive.
+            let r = unsafe {
+                libc::sendmmsg(fd, msgs[sent..].as_mut_ptr(), (msgs.len() - sent) as u32, 0)
+            };
+            if r <= 0 {
+                // A send that fails (e.g. a full buffer) loses this answer, like a dropped
+                // packet; the client retries. Skip it rather than spin.
+                sent += 1;
+            } else {
+                sent += r as usize;
+            }
+        }
+    }
+
     pub fn run(sock: &UdpSocket, live: &Live, stop: &AtomicBool, unit: &Unit) {
         let fd = sock.as_raw_fd();
         // Only a wildcard socket asked for the destination addresses (see `bind_udp`); the
@@ -637,25 +655,7 @@ mod batch {
                 h.msg_flags = 0;
                 out_msgs[k].msg_len = 0;
             }
-            let mut sent = 0;
-            while sent < outs.len() {
-                // SAFETY: out_msgs[sent..] point at `outs` and `addrs`, alive until this loop ends.
-                let r = unsafe {
-                    libc::sendmmsg(
-                        fd,
-                        out_msgs[sent..].as_mut_ptr(),
-                        (outs.len() - sent) as u32,
-                        0,
-                    )
-                };
-                if r <= 0 {
-                    // A send that fails (e.g. a full buffer) loses this answer, like a dropped
-                    // packet; the client retries. Skip it rather than spin.
-                    sent += 1;
-                } else {
-                    sent += r as usize;
-                }
-            }
+            send_all(fd, &mut out_msgs[..outs.len()]);
         }
     }
 }
