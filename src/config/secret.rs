@@ -101,3 +101,37 @@ impl Validator<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_read_trimmed_from_its_file_and_an_unset_variable_is_none() {
+        let dir = std::env::temp_dir().join(format!("berth-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "  s3cret\n").unwrap();
+        let from_file = TokenSource::File(file.clone());
+        assert_eq!(
+            from_file.read("admin token", "x").unwrap().as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(from_file.describe(), file.display().to_string());
+
+        let missing = TokenSource::File(dir.join("missing"));
+        let e = missing.read("proxy secret", "x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot read proxy secret file {}",
+                dir.join("missing").display()
+            )
+        );
+
+        let unset = TokenSource::Env("BERTH_TEST_VARIABLE_NOBODY_SETS".into());
+        assert_eq!(unset.read("admin token", "x").unwrap(), None);
+        assert_eq!(unset.describe(), "$BERTH_TEST_VARIABLE_NOBODY_SETS");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
