@@ -30,7 +30,7 @@ mod zone;
 pub use admin::{AdminConfig, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS};
 pub use dns::{CookieConfig, CookieSecret, DnsConfig, RateLimitConfig};
 pub use parse::{parse_duration, parse_size, UpstreamUrl};
-pub use policy::Policy;
+pub use policy::{Policy, PolicyKind};
 pub use proxy::{
     ProxyConfig, ProxyTls, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MANIFEST_BUFFER_LIMIT,
     DEFAULT_PASSIVE_FALL, DEFAULT_PUSH_AFFINITY, DEFAULT_READ_FALLBACK_MAX,

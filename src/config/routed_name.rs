@@ -37,6 +37,7 @@ pub(super) struct RawLatency {
     pub(super) ms: HashMap<String, f64>,
 }
 
+/// Operator-measured latencies for clients in one network; they override the distance model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatencyEntry {
     pub network: IpNet,
