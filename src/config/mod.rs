@@ -6,10 +6,10 @@
 //! paths name (that is [`crate::snapshot`]'s job), nor any runtime state.
 //!
 //! One module per section, each holding its `Raw*` serde type, its validated type and the
-//! [`Validator`] method that turns one into the other: [`dns`], [`admin`], [`proxy`],
-//! [`sticky`], [`zone`], [`region`] (with its probe), [`routed_name`] (with [`policy`]).
-//! [`parse`] holds the typed parsers every section shares (socket address, duration, size,
-//! URL, domain name) and [`secret`] the token/secret sources and their one reader.
+//! `Validator` method that turns one into the other: `dns`, `admin`, `proxy`,
+//! `sticky`, `zone`, `region` (with its probe), `routed_name` (with `policy`).
+//! `parse` holds the typed parsers every section shares (socket address, duration, size,
+//! URL, domain name) and `secret` the token/secret sources and their one reader.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

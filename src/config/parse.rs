@@ -1,5 +1,5 @@
 //! The typed parsers every section shares: socket address, duration, size, domain name and
-//! upstream URL. The free functions return the bare message; the [`Validator`] methods put the
+//! upstream URL. The free functions return the bare message; the `Validator` methods put the
 //! file and key in front of it.
 
 use std::fmt;
@@ -34,7 +34,7 @@ impl Validator<'_> {
         })
     }
 
-    /// An optional `address:port` (see [`Validator::socket_addr`]).
+    /// An optional `address:port` (see `Validator::socket_addr`).
     pub(super) fn opt_socket_addr(
         &self,
         key: &str,

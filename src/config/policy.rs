@@ -1,6 +1,6 @@
 //! A routed name's policy and the options that belong to it. An option of one policy given
 //! under another is an error, so a typo'd policy never silently ignores what the operator
-//! configured: [`OPTIONS`] says which [`PolicyKind`] owns which key, and each kind has its
+//! configured: `OPTIONS` says which [`PolicyKind`] owns which key, and each kind has its
 //! own validator that builds its [`Policy`] variant with that variant's options.
 
 use std::collections::HashMap;

@@ -45,7 +45,7 @@ pub struct ProxyConfig {
     /// Plain HTTP listener; None (and no `tls`): no proxy.
     pub listen: Option<SocketAddr>,
     pub tls: Option<ProxyTls>,
-    /// Index in [`Config::routed_names`] of the name whose regions the proxy serves.
+    /// Index in [`Config::routed_names`](super::Config::routed_names) of the name whose regions the proxy serves.
     pub routed_name: usize,
     /// The HMAC key for upload-session tokens, shared by every instance; None: a random
     /// per-process key (sessions then only work through this instance).

@@ -1,4 +1,4 @@
-//! `[[routed_name]]`: a name answered by routing, its regions, policy ([`super::policy`]),
+//! `[[routed_name]]`: a name answered by routing, its regions, policy (`policy`),
 //! TTL, client prefixes, distance model and measured latencies.
 
 use std::collections::HashMap;
