@@ -73,27 +73,17 @@ fn start_monitor(live: &Arc<Live>, applied: &Applied, regions: Vec<Region>) -> M
 
 /// The admin token, read once at start (a reload does not re-read it).
 pub fn admin_token(admin: &AdminConfig) -> anyhow::Result<Option<String>> {
-    let token = match &admin.token {
-        None => None,
-        Some(TokenSource::Env(var)) => match std::env::var(var) {
-            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-            _ => {
-                tracing::warn!("environment variable {var} is not set: the admin API is read-only");
-                None
-            }
-        },
-        Some(TokenSource::File(path)) => {
-            let t = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read admin token file {}", path.display()))?;
-            let t = t.trim().to_string();
-            anyhow::ensure!(
-                !t.is_empty(),
-                "admin token file {} is empty",
-                path.display()
-            );
-            Some(t)
-        }
+    let Some(source) = &admin.token else {
+        return Ok(None);
     };
+    let token = source.read("admin token", "the admin API is read-only")?;
+    if let (Some(t), TokenSource::File(path)) = (&token, source) {
+        anyhow::ensure!(
+            !t.is_empty(),
+            "admin token file {} is empty",
+            path.display()
+        );
+    }
     Ok(token)
 }
 

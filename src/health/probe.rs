@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::state::ProbeOutcome;
-use crate::config::{ProbeKind, Region};
+use crate::config::{ProbeKind, Region, UpstreamUrl};
 
 /// Headers longer than this are not a registry's `/v2/` answer; stop reading rather than buffer.
 const MAX_HEAD: usize = 16 * 1024;
@@ -118,7 +118,7 @@ fn describe(region: &Region) -> String {
     let upstream = region.upstream.as_deref().unwrap_or("(no upstream)");
     match region.probe.kind {
         ProbeKind::Http => format!("GET {}", join_url(upstream, &region.probe.path)),
-        ProbeKind::Tcp => match Upstream::parse(upstream) {
+        ProbeKind::Tcp => match parse_upstream(upstream) {
             Ok(u) => format!("connect to {}", u.authority),
             Err(_) => format!("connect to {upstream}"),
         },
@@ -137,7 +137,7 @@ async fn check(region: &Region) -> Result<Option<u16>, ProbeError> {
         .ok_or_else(|| ProbeError::NoUpstream {
             region: region.name.clone(),
         })?;
-    let upstream = Upstream::parse(url)?;
+    let upstream = parse_upstream(url)?;
     match region.probe.kind {
         ProbeKind::Tcp => {
             connect(&upstream).await?;
@@ -149,7 +149,7 @@ async fn check(region: &Region) -> Result<Option<u16>, ProbeError> {
                     url: url.to_string(),
                 });
             }
-            let path = format!("{}{}", upstream.base_path, region.probe.path);
+            let path = format!("{}{}", upstream.path, region.probe.path);
             let full = join_url(url, &region.probe.path);
             let status = http_get(&upstream, &path, &full).await?;
             let healthy = region
@@ -166,70 +166,15 @@ async fn check(region: &Region) -> Result<Option<u16>, ProbeError> {
     }
 }
 
-/// The parts of an upstream URL a probe needs.
-#[derive(Debug, PartialEq)]
-struct Upstream {
-    tls: bool,
-    /// Host as written, without brackets for an IPv6 literal; what we resolve.
-    host: String,
-    port: u16,
-    /// `host[:port]` as written in the URL; what the Host header and messages say.
-    authority: String,
-    /// Any path in the upstream URL, without a trailing '/' (usually empty).
-    base_path: String,
-}
-
-impl Upstream {
-    fn parse(url: &str) -> Result<Upstream, ProbeError> {
-        let bad = || ProbeError::BadUpstream {
-            url: url.to_string(),
-        };
-        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else {
-            return Err(bad());
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return Err(bad());
-        }
-        let default_port = if tls { 443 } else { 80 };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
-            let port = match after {
-                "" => default_port,
-                p => p
-                    .strip_prefix(':')
-                    .and_then(|p| p.parse().ok())
-                    .ok_or_else(bad)?,
-            };
-            (host, port)
-        } else {
-            match authority.split_once(':') {
-                Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
-                None => (authority, default_port),
-            }
-        };
-        if host.is_empty() {
-            return Err(bad());
-        }
-        Ok(Upstream {
-            tls,
-            host: host.to_string(),
-            port,
-            authority: authority.to_string(),
-            base_path: path.trim_end_matches('/').to_string(),
-        })
-    }
+/// The region's upstream parsed by the config's one URL parser, or the probe's error.
+fn parse_upstream(url: &str) -> Result<UpstreamUrl, ProbeError> {
+    UpstreamUrl::parse(url).ok_or_else(|| ProbeError::BadUpstream {
+        url: url.to_string(),
+    })
 }
 
 /// Resolve and connect, trying each address in turn; the last error if none answers.
-async fn connect(u: &Upstream) -> Result<TcpStream, ProbeError> {
+async fn connect(u: &UpstreamUrl) -> Result<TcpStream, ProbeError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((u.host.as_str(), u.port))
         .await
         .map_err(|source| ProbeError::Resolve {
@@ -250,7 +195,7 @@ async fn connect(u: &Upstream) -> Result<TcpStream, ProbeError> {
 }
 
 /// Send `GET path` and return the status code of the answer.
-async fn http_get(u: &Upstream, path: &str, url: &str) -> Result<u16, ProbeError> {
+async fn http_get(u: &UpstreamUrl, path: &str, url: &str) -> Result<u16, ProbeError> {
     let mut stream = connect(u).await?;
     let io_err = |source| ProbeError::Exchange {
         url: url.to_string(),
@@ -381,24 +326,24 @@ mod tests {
 
     #[test]
     fn upstream_urls() {
-        let u = Upstream::parse("http://127.0.0.1:5001").unwrap();
+        let u = parse_upstream("http://127.0.0.1:5001").unwrap();
         assert_eq!(
             u,
-            Upstream {
+            UpstreamUrl {
                 tls: false,
                 host: "127.0.0.1".into(),
                 port: 5001,
                 authority: "127.0.0.1:5001".into(),
-                base_path: String::new(),
+                path: String::new(),
             }
         );
-        let u = Upstream::parse("https://[::1]/mirror/").unwrap();
+        let u = parse_upstream("https://[::1]/mirror/").unwrap();
         assert_eq!((u.tls, u.host.as_str(), u.port), (true, "::1", 443));
         assert_eq!(
-            (u.authority.as_str(), u.base_path.as_str()),
+            (u.authority.as_str(), u.path.as_str()),
             ("[::1]", "/mirror")
         );
-        let u = Upstream::parse("http://registry.example.test").unwrap();
+        let u = parse_upstream("http://registry.example.test").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("registry.example.test", 80));
         for bad in [
             "ftp://x",
@@ -408,7 +353,7 @@ mod tests {
             "http://[::1",
             "http://u@h",
         ] {
-            let e = Upstream::parse(bad).unwrap_err().to_string();
+            let e = parse_upstream(bad).unwrap_err().to_string();
             assert_eq!(
                 e,
                 format!("upstream {bad:?} is not a URL such as \"http://127.0.0.1:5001\"")

@@ -42,7 +42,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Fds;
 use pingora::services::ServiceWithDependents as _;
 
-use crate::config::{ProxyConfig, TokenSource};
+use crate::config::ProxyConfig;
 use crate::live::Live;
 
 use affinity::{AffinityTable, SessionTable};
@@ -56,20 +56,12 @@ use upstream::Addresses;
 /// sessions then only work through this instance, which is said in the log.
 pub fn read_secret(cfg: &ProxyConfig) -> anyhow::Result<Vec<u8>> {
     let from = match &cfg.secret {
-        Some(TokenSource::Env(var)) => match std::env::var(var) {
-            Ok(s) if !s.trim().is_empty() => {
-                Some((s.trim().as_bytes().to_vec(), format!("${var}")))
-            }
-            _ => {
-                tracing::warn!("environment variable {var} is not set: the proxy uses a random upload-token secret, so upload sessions only work through this instance");
-                None
-            }
-        },
-        Some(TokenSource::File(path)) => {
-            let s = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read proxy secret file {}", path.display()))?;
-            Some((s.trim().as_bytes().to_vec(), path.display().to_string()))
-        }
+        Some(source) => source
+            .read(
+                "proxy secret",
+                "the proxy uses a random upload-token secret, so upload sessions only work through this instance",
+            )?
+            .map(|s| (s.into_bytes(), source.describe())),
         None => {
             tracing::warn!("no [proxy] secret_env or secret_file: the proxy uses a random upload-token secret, so upload sessions only work through this instance");
             None
