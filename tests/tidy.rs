@@ -177,6 +177,16 @@ fn path_segments(rest: &str) -> Vec<&str> {
         .collect()
 }
 
+/// `unwrap()` only in tests: elsewhere `expect("why this holds")` or an error the caller
+/// handles (a panic in a worker is caught, but it is still a bug).
+#[test]
+fn no_unwrap_outside_tests() {
+    assert_none(
+        "no unwrap() in src/ outside #[cfg(test)] (use expect with the invariant, or ?)",
+        only_in(".unwrap()", &[]),
+    );
+}
+
 /// `crate::` and `super::` imports between modules (submodules count on their own, so a
 /// parent's child may import a sibling): no cycles.
 #[test]

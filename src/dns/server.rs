@@ -582,11 +582,15 @@ mod batch {
         let mut bufs = vec![[0u8; BUF]; BATCH];
         // SAFETY: all-zero is a valid value for these plain C structs.
         let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
+        // SAFETY: as above (plain C struct, pointers null until filled in).
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        // SAFETY: as above.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
         let mut ctrls = [Ctrl([0; 64]); BATCH];
         let mut outs: Vec<(usize, Vec<u8>)> = Vec::with_capacity(BATCH);
+        // SAFETY: as above.
         let mut out_iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        // SAFETY: as above.
         let mut out_msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
         let mut out_ctrls = [Ctrl([0; 64]); BATCH];
         while !stop.load(Ordering::Relaxed) {
