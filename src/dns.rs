@@ -226,15 +226,6 @@ pub fn answer_general(
     Some(general(live, &snap, packet, src, Transport::Udp, &mut clock).bytes)
 }
 
-/// The protocol logic on a message hickory-server already parsed (its TCP handler). The
-/// options are read from hickory's re-encoding of it, which keeps the ones Berth acts on;
-/// [`answer`] with [`Transport::Tcp`] does the same from the bytes as received.
-pub fn respond(live: &Live, snap: &Snapshot, request: &Message, src: IpAddr) -> Message {
-    let bytes = request.to_vec().unwrap_or_default();
-    let opt = query_options(&bytes, snap.dns.cookie.is_some());
-    respond_with(live, snap, request, opt, src, &mut Clock(None)).0
-}
-
 /// The protocol logic on parsed messages, used by UDP and TCP alike. `opt` is what the query's
 /// OPT record says, read from its bytes ([`edns`]). Also says whether the query showed a valid
 /// server cookie.

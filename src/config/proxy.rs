@@ -39,7 +39,7 @@ pub(super) struct RawProxy {
     shutdown_grace: Option<String>,
 }
 
-/// The OCI-aware HTTP proxy front end (design section 5).
+/// The OCI-aware HTTP proxy front end (README, "The registry proxy").
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyConfig {
     /// Plain HTTP listener; None (and no `tls`): no proxy.

@@ -14,7 +14,7 @@ pub(super) struct RawSticky {
     capacity: Option<usize>,
 }
 
-/// Per-instance memory of client -> region (design section 3).
+/// Per-instance memory of client -> region (see `crate::sticky`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StickyConfig {
     /// Forget a client this long after its last query.

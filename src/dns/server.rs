@@ -1,6 +1,7 @@
 //! Sockets for the DNS front end. UDP: one blocking thread per `SO_REUSEPORT` socket, so the
-//! kernel spreads queries over cores and an answer is one `recv_from`, one [`super::answer`],
-//! one `send_to` (batched on Linux). On a wildcard address each answer leaves from the
+//! kernel spreads queries over cores; on Linux a thread takes up to 32 queries in one
+//! `recvmmsg`, answers each with [`super::answer`] and sends the answers in one `sendmmsg`
+//! (elsewhere one `recv_from`, one answer, one `send_to`). On a wildcard address each answer leaves from the
 //! address its query was sent to (`IP_PKTINFO` / `IPV6_PKTINFO`, Linux only).
 //!
 //! TCP: Berth's own accept loop on tokio (RFC 7766 framing, pipelined queries answered in
