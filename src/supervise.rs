@@ -57,7 +57,7 @@ pub fn install_panic_hook() {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
-        let message = panic_text(info.payload());
+        let message = crate::panic_message(info.payload());
         let backtrace = std::backtrace::Backtrace::capture();
         if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
             tracing::error!(thread = name, %location, %backtrace, "panic: {message}");
@@ -65,17 +65,6 @@ pub fn install_panic_hook() {
             tracing::error!(thread = name, %location, "panic: {message}");
         }
     }));
-}
-
-/// A panic's message, when it has one.
-pub fn panic_text(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(no message)".to_string()
-    }
 }
 
 /// One supervised worker.
@@ -137,7 +126,7 @@ impl Workers {
     pub fn panicked(&self, kind: Kind, who: &str, payload: &(dyn Any + Send)) {
         let i = KINDS.iter().position(|k| *k == kind).unwrap_or(0);
         self.panics[i].fetch_add(1, Ordering::Relaxed);
-        let text = panic_text(payload);
+        let text = crate::panic_message(payload);
         tracing::error!(worker = who, panic = %text, "worker panicked; replacing it");
         *self.last_panic.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{who}: {text}"));
     }

@@ -237,15 +237,8 @@ fn get(url: &str) -> (u16, String) {
 }
 
 /// Poll `check` until it holds, failing with `what` after 10 s.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(support::POLL);
-    }
+fn eventually(what: &str, check: impl FnMut() -> bool) {
+    support::wait_until(what, Duration::from_secs(10), check);
 }
 
 /// One UDP query to `to`: answered?

@@ -31,15 +31,8 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Wait until `check` holds, polling; panics with `what` after the deadline.
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let end = std::time::Instant::now() + DEADLINE;
-    while !check() {
-        assert!(
-            std::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(support::POLL);
-    }
+fn wait_for(what: &str, check: impl FnMut() -> bool) {
+    support::wait_until(what, DEADLINE, check);
 }
 
 /// A replica that hangs: accepts every connection and never answers, or with `v2_ok` answers
@@ -558,34 +551,11 @@ fn admin_closes_trickled_and_idle_connections() {
 
     let mut idle = TcpStream::connect(a).expect("connect");
     let mut trickle = TcpStream::connect(a).expect("connect");
-    trickle
-        .write_all(b"GET /api/v1/regions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        .expect("request line");
-    let end = std::time::Instant::now() + DEADLINE;
-    let mut lines = 0;
-    loop {
-        assert!(
-            std::time::Instant::now() < end,
-            "a head trickled for {lines} lines is still open"
-        );
-        // A header line every 100 ms or so (the read waits that long).
-        if trickle.write_all(b"X-Trickle: 1\r\n").is_err() {
-            break;
-        }
-        lines += 1;
-        match closed(&mut trickle) {
-            Some(true) => break,
-            Some(false) => panic!("an answer to a head that never ended"),
-            None => {}
-        }
-    }
-    let end = std::time::Instant::now() + DEADLINE;
-    while closed(&mut idle).is_none() {
-        assert!(
-            std::time::Instant::now() < end,
-            "an idle connection is still open"
-        );
-    }
+    trickled_and_idle_are_closed(
+        &mut trickle,
+        &mut idle,
+        b"GET /api/v1/regions HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+    );
     // The listener still serves.
     assert_eq!(curl(&[&format!("http://{a}/api/v1/regions")]).status, 200);
 }
@@ -618,6 +588,37 @@ fn admin_serves_at_most_max_connections() {
 // Defect 5: a total deadline for the proxy's request heads.
 
 /// Read from `s` until `done` holds for what arrived (or the deadline passes).
+/// Send `head` on `trickle` and then a header line at a time until the server closes it (it
+/// must not answer a head that never ended); `idle`, which sent nothing, must be closed too.
+fn trickled_and_idle_are_closed(trickle: &mut TcpStream, idle: &mut TcpStream, head: &[u8]) {
+    trickle.write_all(head).expect("request line");
+    let end = std::time::Instant::now() + DEADLINE;
+    let mut lines = 0;
+    loop {
+        assert!(
+            std::time::Instant::now() < end,
+            "a head trickled for {lines} lines is still open"
+        );
+        // A header line every 100 ms or so (the read waits that long).
+        if trickle.write_all(b"X-Trickle: 1\r\n").is_err() {
+            break;
+        }
+        lines += 1;
+        match closed(trickle) {
+            Some(true) => break,
+            Some(false) => panic!("an answer to a head that never ended"),
+            None => {}
+        }
+    }
+    let end = std::time::Instant::now() + DEADLINE;
+    while closed(idle).is_none() {
+        assert!(
+            std::time::Instant::now() < end,
+            "an idle connection is still open"
+        );
+    }
+}
+
 fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     s.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let mut got = Vec::new();
@@ -666,33 +667,11 @@ fn the_proxy_closes_trickled_heads_but_not_slow_bodies() {
 
     let mut idle = TcpStream::connect(p).expect("connect");
     let mut trickle = TcpStream::connect(p).expect("connect");
-    trickle
-        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: registry.example.test\r\n")
-        .expect("request line");
-    let end = std::time::Instant::now() + DEADLINE;
-    let mut lines = 0;
-    loop {
-        assert!(
-            std::time::Instant::now() < end,
-            "a head trickled for {lines} lines is still open"
-        );
-        if trickle.write_all(b"X-Trickle: 1\r\n").is_err() {
-            break;
-        }
-        lines += 1;
-        match closed(&mut trickle) {
-            Some(true) => break,
-            Some(false) => panic!("an answer to a head that never ended"),
-            None => {}
-        }
-    }
-    let end = std::time::Instant::now() + DEADLINE;
-    while closed(&mut idle).is_none() {
-        assert!(
-            std::time::Instant::now() < end,
-            "an idle connection is still open"
-        );
-    }
+    trickled_and_idle_are_closed(
+        &mut trickle,
+        &mut idle,
+        b"GET /v2/ HTTP/1.1\r\nHost: registry.example.test\r\n",
+    );
 
     // A blob body sent slowly (48 KB at 16 KB/s, about 3 s): only heads have a deadline.
     let a = curl(&[

@@ -409,15 +409,8 @@ fn wait_until_served(proxy: SocketAddr) {
 }
 
 /// Wait until `check` holds, polling; panics with `what` after the deadline.
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let end = std::time::Instant::now() + DEADLINE;
-    while !check() {
-        assert!(
-            std::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(support::POLL);
-    }
+fn wait_for(what: &str, check: impl FnMut() -> bool) {
+    support::wait_until(what, DEADLINE, check);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
@@ -173,12 +173,8 @@ fn answers_by_region(admin: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let end = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, check: impl FnMut() -> bool) {
+    support::wait_until(what, DEADLINE, check);
 }
 
 fn generation(admin: &str) -> Option<u64> {

@@ -99,17 +99,7 @@ impl Monitor {
         workers: Arc<Workers>,
         publish: impl Fn(HealthReport) + Send + Sync + 'static,
     ) -> MonitorHandle {
-        let states = regions
-            .iter()
-            .map(|r| HealthState::new(r.probe.fall, r.probe.rise))
-            .collect();
-        spawn(
-            regions,
-            states,
-            Arc::new(NetworkProber),
-            Arc::new(publish),
-            workers,
-        )
+        Monitor::spawn_new(regions, Arc::new(NetworkProber), Arc::new(publish), workers)
     }
 
     /// [`Monitor::start`] with another prober (tests script outcomes with one).
@@ -118,17 +108,21 @@ impl Monitor {
         prober: impl Prober,
         publish: impl Fn(HealthReport) + Send + Sync + 'static,
     ) -> MonitorHandle {
+        Monitor::spawn_new(regions, Arc::new(prober), Arc::new(publish), Arc::default())
+    }
+
+    /// Every region starts `Unknown`.
+    fn spawn_new(
+        regions: Vec<Region>,
+        prober: Arc<dyn Prober>,
+        publish: Arc<Publish>,
+        workers: Arc<Workers>,
+    ) -> MonitorHandle {
         let states = regions
             .iter()
             .map(|r| HealthState::new(r.probe.fall, r.probe.rise))
             .collect();
-        spawn(
-            regions,
-            states,
-            Arc::new(prober),
-            Arc::new(publish),
-            Arc::default(),
-        )
+        spawn(regions, states, prober, publish, workers)
     }
 }
 

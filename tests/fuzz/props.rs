@@ -6,7 +6,6 @@
 //! Deliberately not here: how inputs are generated (that differs between the two runners).
 #![allow(dead_code)]
 
-use std::error::Error;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -185,7 +184,7 @@ pub fn check_dns(dns: &Dns, packet: &[u8], src: IpAddr) {
 pub fn check_config(text: &str) {
     let path = Path::new("/fuzz/berth.toml");
     if let Err(e) = Config::parse(text, path) {
-        let msg = chain(&e);
+        let msg = berth::report(&e);
         assert!(
             e.to_string().starts_with("/fuzz/berth.toml"),
             "the error does not name the file: {msg}\ntext:\n{text}"
@@ -201,7 +200,7 @@ pub fn check_zone(text: &str) {
     let zone = match Zone::parse_str(text, &origin, "example.test.zone") {
         Ok(z) => z,
         Err(e) => {
-            let msg = chain(&e);
+            let msg = berth::report(&e);
             assert!(
                 e.to_string().starts_with("example.test.zone"),
                 "the error does not name the file: {msg}\ntext:\n{text}"
@@ -499,18 +498,6 @@ pub fn text_input(data: &[u8]) {
     } else {
         check_zone(text);
     }
-}
-
-/// An error's message with its causes, for assertion messages.
-pub fn chain(e: &dyn Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 pub fn hex(b: &[u8]) -> String {

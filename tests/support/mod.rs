@@ -169,6 +169,19 @@ pub async fn eventually(what: &str, deadline: Duration, mut check: impl FnMut() 
     }
 }
 
+/// Wait until `check` holds, polling from a plain thread; panics naming `what` after
+/// `deadline` (the blocking twin of [`eventually`]).
+pub fn wait_until(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + deadline;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
 /// The demo config with absolute paths, listeners on free ports, and `extra` TOML appended
 /// (or substituted: each `(from, to)` pair is replaced first).
 pub fn demo_config(dir: &Path, replace: &[(&str, &str)], extra: &str) -> PathBuf {
