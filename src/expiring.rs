@@ -61,9 +61,21 @@ impl<K: Hash + Eq, V: Clone + PartialEq> Expiring<K, V> {
     /// `key` used `value` at `now`: refreshes the entry, or starts a new one (and a new age)
     /// if the value changed or the old one had expired.
     pub fn record(&self, key: K, value: V, now: Millis) {
+        self.record_with(key, |v| *v == value, || value.clone(), now);
+    }
+
+    /// As [`Expiring::record`] for a value that costs something to build (an `Arc<str>` from
+    /// a name): `is_same` compares, `make` builds it only when the entry needs a new one.
+    pub fn record_with(
+        &self,
+        key: K,
+        is_same: impl Fn(&V) -> bool,
+        make: impl FnOnce() -> V,
+        now: Millis,
+    ) {
         if let Some(mut e) = self.map.get_mut(&key) {
-            if e.value != value || !self.live(&e, now) {
-                e.value = value;
+            if !is_same(&e.value) || !self.live(&e, now) {
+                e.value = make();
                 e.since = now;
             }
             e.seen = now;
@@ -75,7 +87,7 @@ impl<K: Hash + Eq, V: Clone + PartialEq> Expiring<K, V> {
         self.map.insert(
             key,
             Entry {
-                value,
+                value: make(),
                 since: now,
                 seen: now,
             },

@@ -34,8 +34,9 @@ impl AffinityTable {
 
     /// `client` uses `region` for `repo` at `now` (refreshes or moves the affinity).
     pub fn record(&self, client: ClientKey, repo: &str, region: &str, now: Millis) {
+        let key = (client, Box::from(repo));
         self.inner
-            .record((client, Box::from(repo)), Arc::from(region), now);
+            .record_with(key, |r| **r == *region, || Arc::from(region), now);
     }
 
     pub fn purge(&self, now: Millis) {
@@ -66,7 +67,12 @@ impl SessionTable {
     }
 
     pub fn touch(&self, uuid: &str, region: &str, now: Millis) {
-        self.inner.record(Box::from(uuid), Arc::from(region), now);
+        self.inner.record_with(
+            Box::from(uuid),
+            |r| **r == *region,
+            || Arc::from(region),
+            now,
+        );
     }
 
     /// The session completed or was cancelled.
