@@ -341,6 +341,7 @@ async fn regions(State(ctx): State<Ctx>) -> Response {
         },
         "last_reload": ctx.live.last_reload(),
         "workers": ctx.live.metrics.workers.view(),
+        "instance": crate::metrics::process::instance(),
     }))
     .into_response()
 }

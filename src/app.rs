@@ -163,6 +163,7 @@ impl Running {
     pub async fn start(path: &Path) -> anyhow::Result<Running> {
         let live = Live::load(path)?;
         let snap = live.snapshot.load_full();
+        crate::logs::enable(snap.config.log.access, snap.config.log.queries);
         let admin = snap.config.admin.clone();
         let token = admin_token(&admin)?;
         if let Some(addr) = admin.listen {

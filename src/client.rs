@@ -22,7 +22,7 @@ impl AdminClient {
             .build()
             .into();
         AdminClient {
-            base: base.trim_end_matches('/').to_string(),
+            base: base_url(base),
             token: token.filter(|t| !t.is_empty()),
             agent,
         }
@@ -45,6 +45,14 @@ impl AdminClient {
                 .get("error")
                 .and_then(Value::as_str)
                 .unwrap_or("(no error text)");
+            if status == 401 {
+                let hint = if self.token.is_some() {
+                    format!("{TOKEN_ENV} holds a token the server does not accept")
+                } else {
+                    format!("set {TOKEN_ENV} to the server's admin token")
+                };
+                anyhow::bail!("{what}: {status}: {msg} ({hint})");
+            }
             anyhow::bail!("{what}: {status}: {msg}");
         }
         Ok(body)
@@ -72,6 +80,17 @@ impl AdminClient {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
         self.finish(&format!("POST {path}"), req.send_empty())
+    }
+}
+
+/// The admin API's base URL: `host:port` alone means plain HTTP (as the admin listener
+/// serves); a trailing slash is dropped.
+pub fn base_url(admin: &str) -> String {
+    let admin = admin.trim_end_matches('/');
+    if admin.contains("://") {
+        admin.to_string()
+    } else {
+        format!("http://{admin}")
     }
 }
 

@@ -11,7 +11,9 @@
 //! - [`expiring`]: the bounded map with idle and age expiry behind sticky memory and affinity.
 //! - [`sticky`]: per-instance memory of which region each client was answered with.
 //! - [`flags`]: the operators' per-region `endpoint_enabled` flags, persisted atomically.
-//! - [`metrics`]: hot-path counters and their Prometheus rendering.
+//! - [`metrics`]: hot-path counters and histograms, `process_*`, and their Prometheus rendering.
+//! - [`logs`]: log format (text or JSON, colour only on a terminal), filter, and the optional
+//!   DNS query and proxy access logs.
 //! - [`live`]: what the front ends share at run time: current snapshot, sticky table, clock.
 //! - [`dns`]: the DNS front end (UDP fast path and batched sockets, TCP with connection caps).
 //! - [`proxy`]: the OCI-aware HTTP reverse proxy front end (pingora): affinity, upload tokens,
@@ -33,6 +35,7 @@ pub mod geo;
 pub mod health;
 pub mod limits;
 pub mod live;
+pub mod logs;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

@@ -4,29 +4,79 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use berth::client::{encode, render_regions, AdminClient, TOKEN_ENV};
 use berth::config::Config;
 use berth::snapshot::Snapshot;
 
+/// `--version`: the crate version, the commit and the commit's date (from `build.rs`).
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BERTH_COMMIT"),
+    " of ",
+    env!("BERTH_BUILD_DATE"),
+    ")"
+);
+
+/// Where `serve` looks for its config when no `--config` is given.
+const DEFAULT_CONFIG: &str = "/etc/berth/berth.toml";
+
 #[derive(Parser)]
 #[command(
     name = "berth",
-    version,
-    about = "Geo-aware DNS and routing for replicated container registries"
+    version = LONG_VERSION,
+    about = "Geo-aware DNS and routing for replicated container registries",
+    after_help = "Logs go to stderr. Environment: BERTH_LOG (log filter, as --log-level), \
+                  BERTH_LOG_FORMAT (as --log-format), NO_COLOR (no colours even on a terminal), \
+                  BERTH_ADMIN_TOKEN (the admin token for region commands)."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log line format: text (coloured only on a terminal, never with NO_COLOR) or json (one
+    /// object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "BERTH_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// Log filter: a level (error, warn, info, debug, trace) or directives such as
+    /// "info,berth::proxy=debug". Default: info.
+    #[arg(long, global = true, env = "BERTH_LOG", value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Output of the commands that print a table.
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run every front end the config names, until SIGINT/SIGTERM (SIGHUP reloads).
     Serve {
-        #[arg(long, default_value = "config/demo.toml")]
-        config: PathBuf,
+        /// The config file [default: /etc/berth/berth.toml]
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Log one line per proxied request (target berth::access); also `[log] access`.
+        #[arg(long, env = "BERTH_ACCESS_LOG", value_parser = clap::builder::BoolishValueParser::new())]
+        access_log: bool,
+        /// Log one line per DNS query (target berth::query); also `[log] queries`.
+        #[arg(long, env = "BERTH_QUERY_LOG", value_parser = clap::builder::BoolishValueParser::new())]
+        query_log: bool,
     },
     /// Validate a config and everything it names (zones, GeoIP); exit 1 on the first error.
     CheckConfig { file: PathBuf },
@@ -39,17 +89,28 @@ enum Command {
         name: Option<String>,
         #[arg(long, default_value = "config/demo.toml")]
         config: PathBuf,
-        /// A running server's admin API, e.g. http://127.0.0.1:9180
+        /// A running server's admin API, e.g. http://127.0.0.1:9180 or 127.0.0.1:9180
         #[arg(long)]
         admin: Option<String>,
+        /// Output format (json: the admin API's answer, with --admin).
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// Look at and steer the regions of a running server (token from BERTH_ADMIN_TOKEN).
     Region {
         #[command(subcommand)]
         command: RegionCommand,
+        /// The admin API: http://host:port, https://host:port or host:port.
         #[arg(long, global = true, default_value = "http://127.0.0.1:9180")]
         admin: String,
+        /// Output format of `region list`.
+        #[arg(short = 'o', long, global = true, value_enum, default_value = "text")]
+        output: Output,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to stdout: `berth man | man -l -`.
+    Man,
     /// GeoIP database tools.
     Geoip {
         #[command(subcommand)]
@@ -75,13 +136,14 @@ enum GeoipCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = match cli.log_format {
+        LogFormat::Text => berth::logs::Format::Text,
+        LogFormat::Json => berth::logs::Format::Json,
+    };
+    if let Err(e) = berth::logs::init(format, cli.log_level.as_deref()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     // Panics go to the log like everything else, with the thread's name.
     berth::supervise::install_panic_hook();
     match run(cli) {
@@ -95,7 +157,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            access_log,
+            query_log,
+        } => {
+            let config = config_or_default(config)?;
+            berth::logs::enable(access_log, query_log);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -107,6 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             address,
             name,
             admin: Some(admin),
+            output,
             ..
         } => {
             let c = AdminClient::new(&admin, std::env::var(TOKEN_ENV).ok());
@@ -115,13 +184,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 path.push_str(&format!("&name={}", encode(&n)));
             }
             let v = c.get(&path)?;
-            print!("{}", v["explanation"].as_str().unwrap_or_default());
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", v["explanation"].as_str().unwrap_or_default());
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Region { command, admin } => {
+        Command::Region {
+            command,
+            admin,
+            output,
+        } => {
             region(
                 &AdminClient::new(&admin, std::env::var(TOKEN_ENV).ok()),
                 &command,
+                output,
             )?;
             Ok(ExitCode::SUCCESS)
         }
@@ -130,8 +208,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             config,
             admin: None,
+            output,
         } => {
-            route_offline(&config, name.as_deref(), address)?;
+            route_offline(&config, name.as_deref(), address, output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "berth", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Geoip {
@@ -175,9 +262,29 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `serve`'s config: the one given, else [`DEFAULT_CONFIG`] when it exists.
+fn config_or_default(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let p = PathBuf::from(DEFAULT_CONFIG);
+    anyhow::ensure!(
+        p.exists(),
+        "no --config given and {DEFAULT_CONFIG} does not exist: pass --config FILE \
+         (the demo is --config config/demo.toml)"
+    );
+    Ok(p)
+}
+
 /// `berth region list|enable|disable` against a running server.
-fn region(c: &AdminClient, command: &RegionCommand) -> anyhow::Result<()> {
+fn region(c: &AdminClient, command: &RegionCommand, output: Output) -> anyhow::Result<()> {
     match command {
+        RegionCommand::List if output == Output::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&c.get("/api/v1/regions")?)?
+            )
+        }
         RegionCommand::List => print!("{}", render_regions(&c.get("/api/v1/regions")?)),
         RegionCommand::Disable { name } | RegionCommand::Enable { name } => {
             let enabled = matches!(command, RegionCommand::Enable { .. });
@@ -201,6 +308,7 @@ fn route_offline(
     config: &std::path::Path,
     name: Option<&str>,
     address: std::net::IpAddr,
+    output: Output,
 ) -> anyhow::Result<()> {
     let snap = Snapshot::load(Config::load(config)?, 0)?;
     let rn = match name {
@@ -215,6 +323,19 @@ fn route_offline(
             .ok_or_else(|| anyhow::anyhow!("{} has no routed names", config.display()))?,
     };
     let routed = snap.route(rn, address);
-    print!("{}", snap.explain(rn, &routed));
+    if output == Output::Json {
+        // The same fields the admin API's /api/v1/route gives, minus the live state.
+        let v = serde_json::json!({
+            "client": address.to_string(),
+            "name": rn.name,
+            "explanation": snap.explain(rn, &routed),
+            "client_key": routed.decision.key.to_string(),
+            "region": routed.decision.region.map(|r| snap.config.regions[r].name.clone()),
+            "fail_open": routed.decision.fail_open,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", snap.explain(rn, &routed));
+    }
     Ok(())
 }

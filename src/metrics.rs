@@ -15,6 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
 
+pub mod hist;
+pub mod process;
+pub use hist::Histogram;
+
 pub struct Metrics {
     /// [transport][rcode]: every query answered. Transport 0 = UDP, 1 = TCP.
     queries: [[AtomicU64; 16]; 2],
@@ -42,6 +46,11 @@ pub struct Metrics {
     pub rrl_dropped: AtomicU64,
     /// UDP answers the response rate limiter sent as empty truncated ones (slip).
     pub rrl_slipped: AtomicU64,
+    /// DNS answer times: one histogram per UDP thread (each written by its thread only),
+    /// merged when rendered.
+    dns_udp_times: Mutex<Vec<Arc<Histogram>>>,
+    /// DNS answer times over TCP, per query.
+    pub dns_tcp_times: Histogram,
 }
 
 impl Default for Metrics {
@@ -61,6 +70,8 @@ impl Default for Metrics {
             dns_tcp_accept_pauses: AtomicU64::new(0),
             workers: Default::default(),
             registry: Mutex::new(Registry::default()),
+            dns_udp_times: Mutex::new(Vec::new()),
+            dns_tcp_times: Histogram::new(hist::DNS_BOUNDS),
         }
     }
 }
@@ -187,10 +198,24 @@ pub struct ProxyMetrics {
     pub affinity_entries: AtomicU64,
 }
 
+/// Status classes of proxy requests: "none" is a request that got no answer (it failed).
+pub const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index in [`STATUS_CLASSES`] of an HTTP status (0: no answer).
+pub fn status_class(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100),
+        _ => 0,
+    }
+}
+
 /// One region's proxy counters (or the unrouted row's).
-#[derive(Default)]
 pub struct ProxyCounters {
-    requests: [AtomicU64; PROXY_METHODS.len()],
+    /// [method][status class]: every attempt, also those retried in another region.
+    requests: [[AtomicU64; STATUS_CLASSES.len()]; PROXY_METHODS.len()],
+    /// [method][status class]: time from the request's arrival to its last log, per request
+    /// (not per attempt).
+    durations: Vec<Histogram>,
     /// Answers of 500 and above, and requests that failed without an answer.
     errors: [AtomicU64; PROXY_METHODS.len()],
     /// Request body bytes sent to the region.
@@ -207,16 +232,49 @@ pub struct ProxyCounters {
     pub upload_sessions: AtomicU64,
 }
 
+impl Default for ProxyCounters {
+    fn default() -> Self {
+        ProxyCounters {
+            requests: Default::default(),
+            durations: (0..PROXY_METHODS.len() * STATUS_CLASSES.len())
+                .map(|_| Histogram::new(hist::PROXY_BOUNDS))
+                .collect(),
+            errors: Default::default(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+            safety_net: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            upload_sessions: AtomicU64::new(0),
+        }
+    }
+}
+
 impl ProxyCounters {
-    /// One finished request: its method index, whether it failed, its body bytes each way.
-    pub fn request(&self, method: usize, error: bool, bytes_in: u64, bytes_out: u64) {
+    /// One attempt of a request at this region and what it got (`status` 0: no answer).
+    /// A request retried elsewhere counts here for each region it tried.
+    pub fn attempt(&self, method: usize, status: u16) {
         let m = method.min(PROXY_METHODS.len() - 1);
-        self.requests[m].fetch_add(1, Ordering::Relaxed);
-        if error {
+        self.requests[m][status_class(status)].fetch_add(1, Ordering::Relaxed);
+        if status == 0 || status >= 500 {
             self.errors[m].fetch_add(1, Ordering::Relaxed);
         }
-        self.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
-        self.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    }
+
+    /// The last attempt of a request, its body bytes each way and how long the whole request
+    /// took.
+    pub fn finished(
+        &self,
+        method: usize,
+        status: u16,
+        bytes: (u64, u64),
+        took: std::time::Duration,
+    ) {
+        self.attempt(method, status);
+        let m = method.min(PROXY_METHODS.len() - 1);
+        self.durations[m * STATUS_CLASSES.len() + status_class(status)].observe(took);
+        self.bytes_in.fetch_add(bytes.0, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes.1, Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> ProxyRegionStats {
@@ -225,8 +283,8 @@ impl ProxyCounters {
             requests: PROXY_METHODS
                 .iter()
                 .zip(self.requests.iter())
-                .filter(|(_, c)| load(c) > 0)
-                .map(|(m, c)| (*m, load(c)))
+                .map(|(m, by_status)| (*m, by_status.iter().map(load).sum::<u64>()))
+                .filter(|(_, n)| *n > 0)
                 .collect(),
             errors: self.errors.iter().map(load).sum(),
             bytes_in: load(&self.bytes_in),
@@ -373,6 +431,16 @@ impl Metrics {
         self.queries[usize::from(tcp)][usize::from(rcode & 0x0f)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A histogram for one more DNS UDP thread, which alone writes it.
+    pub fn dns_udp_times(&self) -> Arc<Histogram> {
+        let h = Arc::new(Histogram::new(hist::DNS_BOUNDS));
+        self.dns_udp_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(h.clone());
+        h
+    }
+
     pub fn queries_by_rcode(&self) -> [u64; 16] {
         let mut out = [0u64; 16];
         for t in &self.queries {
@@ -410,32 +478,50 @@ const RCODES: [&str; 16] = [
 
 /// The proxy's requests and errors by region and method.
 fn render_by_method(o: &mut String, rows: &[(&str, &ProxyCounters, bool)]) {
-    let by_method = |errors: bool| {
-        rows.iter().flat_map(move |(name, row, is_region)| {
-            let table = if errors { &row.errors } else { &row.requests };
+    let by_status =
+        rows.iter().flat_map(|(name, row, is_region)| {
             PROXY_METHODS
                 .iter()
                 .enumerate()
-                .filter_map(move |(m, method)| {
-                    let v = load(&table[m]);
-                    (v > 0 || (*is_region && m == 0))
-                        .then(|| (format!("{{region=\"{name}\",method=\"{method}\"}}"), v))
+                .flat_map(move |(m, method)| {
+                    STATUS_CLASSES
+                        .iter()
+                        .enumerate()
+                        .filter_map(move |(c, class)| {
+                            let v = load(&row.requests[m][c]);
+                            // A region's GET 2xx row always shows, so rate() has a series from zero.
+                            (v > 0 || (*is_region && m == 0 && c == 2)).then(|| {
+                                (
+                            format!("{{region=\"{name}\",method=\"{method}\",status=\"{class}\"}}"),
+                            v,
+                        )
+                            })
+                        })
                 })
-        })
-    };
+        });
     family(
         o,
         "berth_proxy_requests_total",
         "counter",
-        "Proxied requests by region and method (region=\"\": answered by Berth).",
-        by_method(false),
+        "Attempts of proxied requests by region, method and status class (status=\"none\": no answer; region=\"\": answered by Berth). A request retried in another region counts once per region tried.",
+        by_status,
     );
+    let errors = rows.iter().flat_map(|(name, row, is_region)| {
+        PROXY_METHODS
+            .iter()
+            .enumerate()
+            .filter_map(move |(m, method)| {
+                let v = load(&row.errors[m]);
+                (v > 0 || (*is_region && m == 0))
+                    .then(|| (format!("{{region=\"{name}\",method=\"{method}\"}}"), v))
+            })
+    });
     family(
         o,
         "berth_proxy_errors_total",
         "counter",
-        "Proxied requests that failed or got a 5xx, by region and method.",
-        by_method(true),
+        "Attempts of proxied requests that failed or got a 5xx, by region and method.",
+        errors,
     );
 }
 
@@ -471,7 +557,65 @@ impl Metrics {
         self.render_control(&mut o, g);
         self.proxy.render(&mut o, &g.regions, g.counters);
         self.render_protection(&mut o);
+        self.render_times(&mut o, g);
+        process::render_build_info(&mut o);
+        process::render_process(&mut o);
         o
+    }
+
+    /// The DNS answer-time and proxy request-duration histograms.
+    fn render_times(&self, o: &mut String, g: &Gauges<'_>) {
+        let name = "berth_dns_answer_duration_seconds";
+        hist::header(
+            o,
+            name,
+            "Time to answer DNS queries: over UDP per receive batch (from its arrival in Berth to its answers sent), over TCP per query.",
+        );
+        let mut udp = hist::Totals::default();
+        for h in self
+            .dns_udp_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            h.add_to(&mut udp);
+        }
+        if udp.is_empty() {
+            udp = Histogram::new(hist::DNS_BOUNDS).totals();
+        }
+        udp.render(o, name, "transport=\"udp\"");
+        self.dns_tcp_times
+            .totals()
+            .render(o, name, "transport=\"tcp\"");
+        if !self.proxy.running.load(Ordering::Relaxed) {
+            return;
+        }
+        let name = "berth_proxy_request_duration_seconds";
+        hist::header(
+            o,
+            name,
+            "Proxied request durations, from arrival to the last byte, by region, method and status class.",
+        );
+        let rows = g
+            .regions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((r.name, &g.counters.region(i)?.proxy)))
+            .chain([("", &self.proxy.unrouted)]);
+        for (region, row) in rows {
+            for (m, method) in PROXY_METHODS.iter().enumerate() {
+                for (c, class) in STATUS_CLASSES.iter().enumerate() {
+                    let h = &row.durations[m * STATUS_CLASSES.len() + c];
+                    if h.count() > 0 {
+                        h.totals().render(
+                            o,
+                            name,
+                            &format!("region=\"{region}\",method=\"{method}\",status=\"{class}\""),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn render_queries(&self, o: &mut String) {
@@ -657,11 +801,11 @@ fn render_region_gauges(o: &mut String, g: &Gauges<'_>) {
     );
     family(
         o,
-        "berth_probe_latency_ms",
+        "berth_probe_latency_seconds",
         "gauge",
         "Smoothed probe latency.",
         g.regions
             .iter()
-            .filter_map(|r| Some((label(r), format!("{:.3}", r.probe_latency_ms?)))),
+            .filter_map(|r| Some((label(r), format!("{:.6}", r.probe_latency_ms? / 1000.0)))),
     );
 }

@@ -137,3 +137,297 @@ fn geoip_build_makes_a_database_the_server_reads() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("bad.csv:2"), "{}", text(&o.stderr));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logs, version, completions, man page, and the admin client's edges, with the real binary.
+
+#[path = "support/mod.rs"]
+mod support;
+
+/// `berth serve` as a child process with its stderr in a file, killed on drop.
+struct Served {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Served {
+    fn start(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Served {
+        let log = config.with_extension("log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--config", config.to_str().expect("utf-8 path")])
+            .args(args)
+            .env_remove("NO_COLOR")
+            .env_remove("BERTH_LOG")
+            .env_remove("BERTH_LOG_FORMAT")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("berth serve runs");
+        Served { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address a "serving ..." line (text or JSON) announced.
+    fn addr(&self, what: &str) -> std::net::SocketAddr {
+        let deadline = std::time::Instant::now() + support::START_DEADLINE;
+        loop {
+            let log = self.log();
+            let found = log.lines().filter(|l| l.contains(what)).find_map(|l| {
+                let at = l.find("127.0.0.1:")?;
+                let rest = &l[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+                    .unwrap_or(rest.len());
+                rest[..end].parse().ok()
+            });
+            if let Some(a) = found {
+                return a;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what:?} line in the log:\n{log}"
+            );
+            std::thread::sleep(support::POLL);
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent.get(url).call().expect("request");
+    (
+        r.status().as_u16(),
+        r.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn logs_to_a_file_have_no_colour_and_no_line_per_query() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = support::demo_config(dir.path(), &[], "");
+    let s = Served::start(&cfg, &[], &[]);
+    let dns = s.addr("serving DNS");
+    for tcp in [true, false] {
+        let mut args = vec!["registry.example.test", "A"];
+        if tcp {
+            args.push("+tcp");
+        }
+        assert_eq!(support::dig(dns, &args).status, "NOERROR");
+    }
+    let admin = s.addr("serving the admin API");
+    // The queries were answered (and counted) before the log is read.
+    let (_, metrics) = http_get(&format!("http://{admin}/metrics"));
+    assert!(
+        metrics.contains("transport=\"tcp\",rcode=\"NOERROR\"} 1"),
+        "{metrics}"
+    );
+    let log = s.log();
+    assert!(!log.contains('\u{1b}'), "ANSI escape in a log file:\n{log}");
+    assert!(log.contains(" INFO berth::app: serving DNS"), "{log}");
+    assert!(
+        !log.contains("registry.example.test"),
+        "a line per query:\n{log}"
+    );
+}
+
+#[test]
+fn json_logs_parse_and_the_access_log_is_off_unless_asked_for() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut reg = support::Registry::new();
+    rt.block_on(reg.start());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let westus = format!("upstream = \"{}\"", reg.upstream());
+    let cfg = support::demo_config(
+        dir.path(),
+        &[("upstream = \"http://127.0.0.1:5001\"", &westus)],
+        "",
+    );
+    for access in [false, true] {
+        let args: &[&str] = if access { &["--query-log"] } else { &[] };
+        let env: &[(&str, &str)] = if access {
+            &[("BERTH_LOG_FORMAT", "json"), ("BERTH_ACCESS_LOG", "1")]
+        } else {
+            &[("BERTH_LOG_FORMAT", "json")]
+        };
+        let s = Served::start(&cfg, args, env);
+        let proxy = s.addr("serving the registry proxy");
+        let admin = s.addr("serving the admin API");
+        let (status, _) = http_get(&format!("http://{proxy}/v2/"));
+        assert_eq!(status, 200);
+        // The request is logged and counted in the same phase: once counted, it was logged.
+        support::wait_until("the request is counted", support::START_DEADLINE, || {
+            http_get(&format!("http://{admin}/metrics"))
+                .1
+                .contains("berth_proxy_request_duration_seconds_count{region=\"westus\",method=\"GET\",status=\"2xx\"} 1")
+        });
+        let log = s.log();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert!(lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+        let access_lines: Vec<_> = lines
+            .iter()
+            .filter(|l| l["target"] == "berth::access")
+            .collect();
+        if !access {
+            assert!(access_lines.is_empty(), "{log}");
+            continue;
+        }
+        assert_eq!(access_lines.len(), 1, "{log}");
+        let a = access_lines[0];
+        assert_eq!(
+            (
+                &a["client"],
+                &a["method"],
+                &a["region"],
+                &a["status"],
+                &a["path"]
+            ),
+            (
+                &"127.0.0.1".into(),
+                &"GET".into(),
+                &"westus".into(),
+                &200.into(),
+                &"/v2/".into()
+            ),
+            "{a}"
+        );
+        assert!(
+            a["duration_seconds"].as_f64().is_some_and(|d| d > 0.0),
+            "{a}"
+        );
+        assert!(
+            a["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+            "{a}"
+        );
+        assert!(a["bytes_out"].is_u64() && a["repository"] == "-", "{a}");
+    }
+}
+
+#[test]
+fn version_names_the_commit_and_completions_and_man_page_come_from_the_cli() {
+    let o = berth(&["--version"]);
+    let v = text(&o.stdout);
+    assert!(
+        v.starts_with(&format!("berth {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("unknown".to_string(), |o| {
+            text(&o.stdout).trim().to_string()
+        });
+    assert!(v.contains(&commit), "{v} lacks {commit}");
+
+    let o = berth(&["completions", "bash"]);
+    assert!(o.status.success());
+    let script = text(&o.stdout);
+    assert!(
+        script.contains("check-config") && script.contains("--log-format"),
+        "{script}"
+    );
+    // bash itself accepts it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = write(dir.path(), "berth.bash", &script);
+    let st = Command::new("bash")
+        .args(["-n", f.to_str().expect("path")])
+        .status()
+        .expect("bash");
+    assert!(st.success());
+
+    let o = berth(&["man"]);
+    let man = text(&o.stdout);
+    assert!(man.starts_with(".ie") || man.contains(".TH berth"), "{man}");
+    assert!(man.contains("BERTH_LOG"), "{man}");
+}
+
+#[test]
+fn serve_without_config_says_where_it_looked() {
+    let o = berth(&["serve"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = text(&o.stderr);
+    assert!(
+        std::path::Path::new("/etc/berth/berth.toml").exists()
+            || e.contains("no --config given and /etc/berth/berth.toml does not exist"),
+        "{e}"
+    );
+}
+
+#[test]
+fn region_list_and_route_speak_json_and_admin_takes_host_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = support::demo_config(dir.path(), &[], "");
+    let s = Served::start(&cfg, &[], &[("BERTH_ADMIN_TOKEN", support::TOKEN)]);
+    let admin = s.addr("serving the admin API").to_string();
+    // host:port without http://
+    let o = berth(&["region", "list", "-o", "json", "--admin", &admin]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["regions"].as_array().map(Vec::len), Some(4), "{v}");
+
+    let o = berth(&["route", "198.51.100.7", "-o", "json", "--admin", &admin]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["region"], "southeastasia", "{v}");
+    let o = berth(&["route", "198.51.100.7", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["region"], "southeastasia", "{v}");
+
+    // A change without the token: the error names the variable to set.
+    let o = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["region", "disable", "westus", "--admin", &admin])
+        .env_remove("BERTH_ADMIN_TOKEN")
+        .output()
+        .expect("berth");
+    let e = text(&o.stderr);
+    assert!(
+        e.contains("401") && e.contains("set BERTH_ADMIN_TOKEN"),
+        "{e}"
+    );
+}
+
+/// The Prometheus alert rules are valid and fire as their unit tests say
+/// (deploy/prometheus/berth-alerts.test.yml); the metrics they read are checked against a live
+/// Berth in tests/proxy.rs.
+#[test]
+fn alert_rules_pass_promtool_unit_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [
+        &["check", "rules", "berth-alerts.yml"][..],
+        &["test", "rules", "berth-alerts.test.yml"][..],
+    ] {
+        let o = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool runs (scripts/setup --test installs it)");
+        assert!(
+            o.status.success(),
+            "promtool {args:?}: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+    }
+}

@@ -493,7 +493,7 @@ fn push_and_pull_through_berth_land_in_one_region() {
         .expect("text");
     assert!(
         metrics.contains(&format!(
-            "berth_proxy_requests_total{{region=\"{region}\",method=\"PATCH\"}}"
+            "berth_proxy_requests_total{{region=\"{region}\",method=\"PATCH\",status=\"2xx\"}}"
         )),
         "{metrics}"
     );
@@ -501,6 +501,96 @@ fn push_and_pull_through_berth_land_in_one_region() {
         metrics.contains("berth_proxy_affinity_entries"),
         "{metrics}"
     );
+
+    // After DNS queries (UDP and TCP) and the push, every family has samples: promtool
+    // accepts the whole exposition, and every metric the Grafana dashboard and the alert
+    // rules read is there.
+    for tcp in [false, true] {
+        let mut args = vec!["registry.example.test", "A"];
+        if tcp {
+            args.push("+tcp");
+        }
+        assert_eq!(support::dig(berth.dns, &args).status, "NOERROR");
+    }
+    let metrics = agent()
+        .get(format!("{}/metrics", berth.admin()))
+        .call()
+        .expect("metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("text");
+    promtool_check_metrics(&metrics);
+    for family in [
+        "berth_proxy_request_duration_seconds_bucket{region=",
+        "berth_dns_answer_duration_seconds_bucket{transport=\"tcp\"",
+        "berth_build_info{version=",
+        "process_resident_memory_bytes ",
+        "berth_probe_latency_seconds{region=",
+    ] {
+        assert!(metrics.contains(family), "no {family} in\n{metrics}");
+    }
+    for file in [
+        "deploy/grafana/berth.json",
+        "deploy/prometheus/berth-alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(support::repo().join(file)).expect(file);
+        for name in metric_names(&text) {
+            assert!(
+                metrics.lines().any(|l| l.starts_with(&name)),
+                "{file} reads {name}, which Berth does not export"
+            );
+        }
+    }
+}
+
+/// `promtool check metrics` (Debian's `prometheus` package; `scripts/setup --test`) on an
+/// exposition: no complaint, exit 0.
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (scripts/setup --test installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The metric names (berth_*, process_*) a dashboard or rule file mentions, with the
+/// histogram suffixes a query adds kept (they are what `/metrics` shows).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for prefix in ["berth_", "process_"] {
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            let before = rest[..at].chars().last();
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            // Only whole names (not "xberth_..." or part of a file name).
+            if !before
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '/' || c == '.')
+            {
+                out.insert(tail[..end].to_string());
+            }
+            rest = &tail[end..];
+        }
+    }
+    out
 }
 
 /// Two Berth instances with one config and secret, and a push whose requests alternate
@@ -609,6 +699,26 @@ fn pull_from_a_client_whose_region_lacks_the_image_falls_back() {
         holders(&regs, "team/app", "1.0", &app, None),
         vec![0],
         "a pull copies nothing"
+    );
+    // Every attempt counts: the 404s in eastus as well as the answers from westus.
+    let metrics = agent()
+        .get(format!("{}/metrics", berth.admin()))
+        .call()
+        .expect("metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("text");
+    let eastus_404s: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("berth_proxy_requests_total{region=\"eastus\"")
+                && l.contains("status=\"4xx\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        eastus_404s >= 4,
+        "eastus's 404 attempts are counted:\n{metrics}"
     );
     // What is nowhere stays a 404 (after trying every region), not an error.
     let resp = agent()

@@ -91,6 +91,26 @@ struct RawConfig {
     regions: Vec<RawRegion>,
     #[serde(default, rename = "routed_name")]
     routed_names: Vec<RawRoutedName>,
+    log: Option<RawLog>,
+}
+
+/// `[log]`: the optional per-request logs (the log format and level are command-line flags,
+/// since they apply before any config is read).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    access: Option<bool>,
+    queries: Option<bool>,
+}
+
+/// `[log]`, validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogConfig {
+    /// One line per proxied request (client, method, repository, region, status, bytes,
+    /// duration, request id), target `berth::access`.
+    pub access: bool,
+    /// One line per DNS query (client, transport, name, type, rcode), target `berth::query`.
+    pub queries: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +134,7 @@ pub struct Config {
     /// Regions in file order; a [`RegionId`] indexes this.
     pub regions: Vec<Region>,
     pub routed_names: Vec<RoutedName>,
+    pub log: LogConfig,
 }
 
 impl Config {
@@ -205,6 +226,10 @@ impl Validator<'_> {
             zones,
             regions,
             routed_names,
+            log: raw.log.map_or_else(LogConfig::default, |l| LogConfig {
+                access: l.access.unwrap_or(false),
+                queries: l.queries.unwrap_or(false),
+            }),
         })
     }
 }

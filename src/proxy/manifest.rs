@@ -184,7 +184,10 @@ pub(super) async fn put(shared: &Shared, session: &mut Session, ctx: &mut Ctx) -
         }
     };
     if refused {
+        let first_status = reply.as_ref().map_or(0, |(r, _)| r.header.status.as_u16());
         if let Some(second) = safety_net(shared, &snap, ctx, &req, &body).await {
+            // The first region's refusal was an attempt too (`logging` counts it).
+            ctx.earlier.push((first, first_status));
             reply = Ok(second);
         }
     }

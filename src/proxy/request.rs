@@ -4,7 +4,7 @@
 //! headers, OCI error answers, the pingora peer of a region, and passive-health reports.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -117,6 +117,28 @@ pub(super) struct Ctx {
     pub answered_by_berth: bool,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// When the request arrived: its duration for the histogram and the access log.
+    pub started: std::time::Instant,
+    /// What the region tried now answered (0: nothing yet), set in `upstream_response_filter`.
+    pub attempt_status: u16,
+    /// Attempts at other regions before the last one, with what each answered (0: no
+    /// answer): each is counted in the metrics too.
+    pub earlier: Vec<(RegionId, u16)>,
+    /// Names this request in the access log: the client's `X-Request-Id` when it sent a
+    /// short printable one, else this process's start time and a counter, both in hex.
+    pub request_id: String,
+}
+
+/// A fresh request id, unique within this process and across restarts.
+fn new_request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let boot = BOOT.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    format!("{boot:x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl Ctx {
@@ -148,7 +170,19 @@ impl Ctx {
             answered_by_berth: false,
             bytes_in: 0,
             bytes_out: 0,
+            started: std::time::Instant::now(),
+            attempt_status: 0,
+            earlier: Vec::new(),
+            request_id: new_request_id(),
         }
+    }
+
+    /// The region being tried is given up for `next`: remember how it answered.
+    pub fn move_on(&mut self, next: RegionId) {
+        if let Some(prev) = self.region.filter(|p| *p != next) {
+            self.earlier.push((prev, self.attempt_status));
+        }
+        self.attempt_status = 0;
     }
 
     pub fn public_origin(&self) -> String {
@@ -170,6 +204,14 @@ impl Ctx {
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         self.peer_trusted = trusted.iter().any(|n| n.contains(&self.peer));
+        if let Some(id) = req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            self.request_id = id.to_string();
+        }
         self.client = self.peer;
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         self.proto = if tls { "https" } else { "http" }.to_string();

@@ -182,6 +182,7 @@ impl ProxyHttp for BerthProxy {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let snap = ctx.snap();
         if let Some(next) = ctx.next.take() {
+            ctx.move_on(next);
             if ctx.failover {
                 ctx.failover = false;
                 if let (Some(from), Some(rn)) = (ctx.region, routed(&snap)) {
@@ -256,6 +257,7 @@ impl ProxyHttp for BerthProxy {
     ) -> Result<()> {
         let snap = ctx.snap();
         let status = resp.status.as_u16();
+        ctx.attempt_status = status;
         if status == 404 && ctx.fallback_left > 0 {
             if let Some(next) =
                 routed(&snap).and_then(|rn| next_region(&snap, rn, ctx.client, &ctx.tried))
@@ -501,28 +503,46 @@ impl ProxyHttp for BerthProxy {
             ctx.region
         };
         let metrics = &self.shared.live.metrics.proxy;
-        metrics
-            .row(ctx.snap.as_ref().map(|s| &*s.counters), region)
-            .request(
-                ctx.method,
-                e.is_some() || status >= 500 || status == 0,
-                ctx.bytes_in,
-                ctx.bytes_out,
-            );
+        let counters = ctx.snap.as_ref().map(|s| &*s.counters);
+        for (r, st) in &ctx.earlier {
+            metrics.row(counters, Some(*r)).attempt(ctx.method, *st);
+        }
+        // A request that failed after its answer began (the client went away mid-body)
+        // keeps the status it was sent with; one that failed before has none.
+        let took = ctx.started.elapsed();
+        metrics.row(counters, region).finished(
+            ctx.method,
+            if e.is_some() && status == 0 {
+                0
+            } else {
+                status
+            },
+            (ctx.bytes_in, ctx.bytes_out),
+            took,
+        );
         let name = ctx
             .snap
             .as_ref()
             .zip(region)
             .map_or("-", |(s, id)| s.config.regions[id].name.as_str());
-        tracing::debug!(
-            client = %ctx.client,
-            method = %session.req_header().method,
-            path = %session.req_header().uri.path(),
-            kind = ?ctx.kind,
-            region = name,
-            status,
-            tried = ctx.tried.len(),
-            "proxied"
-        );
+        if crate::logs::access_log_on() {
+            let req = session.req_header();
+            tracing::info!(
+                target: crate::logs::ACCESS_TARGET,
+                client = %ctx.client,
+                method = %req.method,
+                repository = ctx.repo.as_deref().unwrap_or("-"),
+                path = %req.uri.path(),
+                region = name,
+                status,
+                bytes_in = ctx.bytes_in,
+                bytes_out = ctx.bytes_out,
+                duration_seconds = took.as_secs_f64(),
+                request_id = %ctx.request_id,
+                tried = ctx.tried.len(),
+                error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
+                "request"
+            );
+        }
     }
 }
