@@ -569,7 +569,7 @@ impl Metrics {
         hist::header(
             o,
             name,
-            "Time to answer DNS queries: over UDP per receive batch (from its arrival in Berth to its answers sent), over TCP per query.",
+            "Time to answer DNS queries: over UDP one receive batch in 16, from its arrival in Berth to its answers sent, once per answer in it; over TCP every query.",
         );
         let mut udp = hist::Totals::default();
         for h in self

@@ -248,6 +248,10 @@ return {
       error: tr.querySelector('.error').textContent,
       answers: tr.querySelector('.answers').textContent,
       proxy: tr.querySelector('.proxy-requests').textContent,
+      proxy_total: tr.querySelector('.proxy-requests').title,
+      proxy_bytes: tr.querySelector('.proxy-bytes').textContent,
+      sessions: tr.querySelector('.sessions').textContent,
+      spark_points: [...tr.querySelectorAll('.trend polyline')].map((p) => p.getAttribute('points').split(' ').length),
       marker: m ? m.getAttribute('data-state') : null,
       marker_label: m ? m.getAttribute('aria-label') : null,
     };
@@ -262,6 +266,7 @@ return {
   generation: text('#generation'),
   sticky: text('#sticky'),
   affinity: text('#affinity'),
+  instance: text('#instance'),
   fail_open: text('#fail-open'),
   reload: text('#reload'),
   rcodes: [...document.querySelectorAll('#rcodes tr')].map((r) => r.dataset.rcode),
@@ -326,8 +331,9 @@ fn the_page_shows_every_region_and_turns_a_stopped_replica_down() {
     for r in page["rows"].as_array().expect("rows") {
         assert_eq!(r["enabled"], true, "{r}");
         assert_eq!(r["health"], "up", "{r}");
-        // The API has no proxy figures yet: a dash, not a zero.
-        assert_eq!(r["proxy"], "–", "{r}");
+        // The proxy runs: its figures are numbers (no request yet), not a dash.
+        assert_ne!(r["proxy"], "–", "{r}");
+        assert_ne!(r["sessions"], "–", "{r}");
         assert_eq!(
             r["switch_label"],
             format!("{}: endpoint enabled", r["name"].as_str().expect("name"))
@@ -335,7 +341,39 @@ fn the_page_shows_every_region_and_turns_a_stopped_replica_down() {
     }
     assert_eq!(page["generation"], "1");
     assert_eq!(page["fail_open"], "no");
-    assert_eq!(page["affinity"], "–");
+    assert_eq!(page["affinity"], "0 entries");
+    // Which Berth this is: its host name and version.
+    let instance = page["instance"].as_str().expect("instance");
+    assert!(
+        instance.contains(&format!("berth {}", env!("CARGO_PKG_VERSION"))),
+        "{instance}"
+    );
+    assert!(!instance.starts_with(' '), "a host name first: {instance}");
+
+    // A blob pushed through the proxy: requests, bytes, the affinity and the history show.
+    let proxy = berth.running().proxy_addr.expect("proxy listener");
+    push_blob(proxy);
+    let page = browser.wait_for("proxy figures after a push", |p| {
+        row(p, "westus")["proxy_total"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("3 proxied"))
+            && p["affinity"] == "1 entries"
+            // A few polls of history (one sample per poll after the first).
+            && row(p, "westus")["spark_points"][0].as_u64() >= Some(3)
+    });
+    let w = row(&page, "westus");
+    for field in ["proxy", "proxy_bytes", "sessions"] {
+        assert!(
+            !["–", "", "…"].contains(&w[field].as_str().unwrap_or("")),
+            "{field}: {w}"
+        );
+    }
+    assert!(
+        w["spark_points"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2 && a.iter().all(|n| n.as_u64() >= Some(3))),
+        "two sparklines with history: {w}"
+    );
     assert_eq!(page["reload"], "none since start");
     assert_eq!(
         page["rcodes"],
@@ -645,4 +683,49 @@ fn the_page_warns_when_a_worker_panicked() {
         text.contains(&format!("Last: {udp}: panic injected")),
         "{text}"
     );
+}
+
+/// Push one blob through the proxy as a registry client does: start an upload, then PUT
+/// it whole with its digest (three requests: POST, PUT, and a HEAD to check it).
+fn push_blob(proxy: std::net::SocketAddr) {
+    use sha2::Digest as _;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let body = b"a blob pushed through the dashboard test".to_vec();
+    let hex: String = sha2::Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let digest = format!("sha256:{hex}");
+    let r = agent
+        .post(&format!("http://{proxy}/v2/team/app/blobs/uploads/"))
+        .send_empty()
+        .expect("upload starts");
+    assert_eq!(r.status().as_u16(), 202);
+    let loc = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("Location")
+        .to_string();
+    let url = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("http://{proxy}{loc}")
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let r = agent
+        .put(&format!("{url}{sep}digest={digest}"))
+        .header("Content-Type", "application/octet-stream")
+        .send(&body[..])
+        .expect("upload ends");
+    assert_eq!(r.status().as_u16(), 201);
+    let r = agent
+        .head(&format!("http://{proxy}/v2/team/app/blobs/{digest}"))
+        .call()
+        .expect("blob");
+    assert_eq!(r.status().as_u16(), 200);
 }

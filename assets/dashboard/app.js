@@ -27,6 +27,8 @@ const page = {
   prev: null,
   /** Rates computed from the last two polls: by region name, and by rcode. */
   rates: { regions: {}, queries: {} },
+  /** Per region, the rates of the last polls (oldest first), for the sparklines. */
+  history: {},
   /** When the last poll succeeded, and since when polls fail (null while they succeed). */
   lastOk: null,
   failingSince: null,
@@ -146,8 +148,19 @@ function failingOpen(data) {
   return set;
 }
 
+/** A region's proxy figures as the API serves them (`proxy: {requests: {GET: n, ...},
+ * bytes_in, bytes_out, upload_sessions}`), or null from a server without a proxy. */
+function proxyOf(r) {
+  const p = r.proxy;
+  const running = page.data && page.data.proxy && page.data.proxy.running;
+  if (!running || !p || typeof p !== "object") return null;
+  const requests = Object.values(p.requests || {}).reduce((a, n) => a + n, 0);
+  return { requests, bytes: (p.bytes_in || 0) + (p.bytes_out || 0), uploads: p.upload_sessions || 0 };
+}
+
 function regionState(r, open) {
-  if (!r.endpoint_enabled) return r.upload_sessions > 0 ? "draining" : "disabled";
+  const px = proxyOf(r);
+  if (!r.endpoint_enabled) return px && px.uploads > 0 ? "draining" : "disabled";
   if (r.health === "down" || !r.healthy) return open.has(r.name) ? "failing-open" : "down";
   if (r.health === "unknown") return "unknown";
   return "healthy";
@@ -158,7 +171,8 @@ function regionState(r, open) {
 function sample(data) {
   const regions = {};
   for (const r of data.regions) {
-    regions[r.name] = { answers: r.answers, proxy_requests: r.proxy_requests, proxy_bytes: r.proxy_bytes };
+    const px = proxyOf(r);
+    regions[r.name] = { answers: r.answers, proxy_requests: px ? px.requests : undefined, proxy_bytes: px ? px.bytes : undefined };
   }
   return { t: performance.now() / 1000, regions, queries: { ...data.queries } };
 }
@@ -183,6 +197,37 @@ function updateRates(next) {
     };
   }
   for (const [code, n] of Object.entries(next.queries)) page.rates.queries[code] = rate(n, prev.queries[code], dt);
+  remember(page.rates.regions);
+}
+
+// ---- history ----------------------------------------------------------------------------------
+
+/** Samples kept for the sparklines: 150 polls of 2 s, the last 5 minutes. Kept in the page
+ * only (a reload starts afresh). */
+const HISTORY = 150;
+
+function remember(rates) {
+  for (const [name, r] of Object.entries(rates)) {
+    const h = page.history[name] || (page.history[name] = []);
+    h.push({ answers: r.answers || 0, proxy: r.proxy_requests || 0 });
+    if (h.length > HISTORY) h.shift();
+  }
+}
+
+/** A small SVG line chart of DNS answers/s and proxy requests/s, scaled to its own maximum. */
+function sparkline(samples) {
+  const W = 120;
+  const H = 24;
+  const svg = s("svg", { class: "spark", viewBox: `0 0 ${W} ${H}`, width: W, height: H, "aria-hidden": "true" });
+  const max = Math.max(1e-9, ...samples.map((x) => Math.max(x.answers, x.proxy)));
+  for (const key of ["answers", "proxy"]) {
+    const pts = samples.map((x, i) => {
+      const px = samples.length > 1 ? (i * W) / (HISTORY - 1) : 0;
+      return `${px.toFixed(1)},${(H - 1 - (x[key] / max) * (H - 2)).toFixed(1)}`;
+    });
+    svg.append(s("polyline", { class: `spark-${key}`, points: pts.join(" ") }));
+  }
+  return svg;
 }
 
 // ---- map --------------------------------------------------------------------------------------
@@ -236,7 +281,7 @@ function updateMarkers(data, open) {
 
 const COLUMNS = [
   "Region", "Enabled", "State", "Health", "Probe latency", "DNS answers/s",
-  "Proxy requests/s", "Proxy bytes/s", "Upload sessions", "Last probe error",
+  "Proxy requests/s", "Proxy bytes/s", "Upload sessions", "Last probe error", "Last 5 minutes",
 ];
 
 function buildRows(regions) {
@@ -265,6 +310,7 @@ function buildRows(regions) {
       h("td", { "data-label": COLUMNS[7], class: "proxy-bytes num" }),
       h("td", { "data-label": COLUMNS[8], class: "sessions num" }),
       h("td", { "data-label": COLUMNS[9], class: "error" }),
+      h("td", { "data-label": COLUMNS[10], class: "trend" }),
     );
     body.append(row);
   }
@@ -289,9 +335,15 @@ function updateRows(data, open) {
       typeof r.probe_latency_ms === "number" ? `${r.probe_latency_ms.toFixed(1)} ms` : "–";
     cell("answers").textContent = perSecond(true, rates.answers);
     cell("answers").title = `${count(r.answers)} routed answers since start`;
-    cell("proxy-requests").textContent = perSecond("proxy_requests" in r, rates.proxy_requests);
-    cell("proxy-bytes").textContent = bytesPerSecond("proxy_bytes" in r, rates.proxy_bytes);
-    cell("sessions").textContent = "upload_sessions" in r ? count(r.upload_sessions) : "–";
+    const px = proxyOf(r);
+    cell("proxy-requests").textContent = perSecond(px !== null, rates.proxy_requests);
+    cell("proxy-requests").title = px ? `${count(px.requests)} proxied requests since start` : "";
+    cell("proxy-bytes").textContent = bytesPerSecond(px !== null, rates.proxy_bytes);
+    cell("sessions").textContent = px ? count(px.uploads) : "–";
+    const hist = page.history[r.name] || [];
+    const trend = cell("trend");
+    trend.replaceChildren(sparkline(hist));
+    trend.title = `DNS answers/s (solid) and proxy requests/s (dashed), last ${Math.round((hist.length * POLL_MS) / 1000)} s`;
     const err = cell("error");
     err.textContent = r.last_error || "–";
     err.title = r.last_error || "";
@@ -322,8 +374,9 @@ function updateTotals(data) {
 
   $("sticky").textContent = `${count(data.sticky_entries)} ${data.sticky_entries === 1 ? "client" : "clients"}`;
   const aff = $("affinity");
-  aff.textContent = "affinity_entries" in data ? `${count(data.affinity_entries)} entries` : "–";
-  aff.title = "affinity_entries" in data ? "" : "no proxy figures from this server";
+  const proxy = data.proxy && data.proxy.running ? data.proxy : null;
+  aff.textContent = proxy ? `${count(proxy.affinity_entries)} entries` : "–";
+  aff.title = proxy ? "" : "no proxy figures from this server";
   $("generation").textContent = String(data.generation);
 
   const rl = $("reload");
@@ -446,6 +499,18 @@ function render() {
   updateTotals(data);
   updateRoutedNames(data);
   updateWorkers(data.workers);
+  updateInstance(data.instance);
+}
+
+/** Which Berth this page talks to: its host name, version and commit. */
+function updateInstance(i) {
+  const e = $("instance");
+  if (!i) {
+    e.textContent = "";
+    return;
+  }
+  e.textContent = `${i.host} · berth ${i.version} (${i.commit})`;
+  e.title = `build from a commit of ${i.build_date}`;
 }
 
 /** A warning while a DNS worker is down or once any worker has panicked (it was replaced,
