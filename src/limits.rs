@@ -45,3 +45,26 @@ pub fn raise_open_files_limit() {
         tracing::warn!(error = %e, limit = lim.rlim_cur, hard = lim.rlim_max, "cannot raise the open files limit (RLIMIT_NOFILE)");
     }
 }
+
+/// The soft limit on open files now (`process_max_fds`), if it can be read.
+pub fn open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`) and the page size in bytes: the units of the CPU
+/// times and resident size in `/proc/self/stat` (`process_*` metrics).
+pub fn clock_ticks_and_page_size() -> (f64, u64) {
+    // SAFETY: sysconf only reads a configuration value.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (ticks.max(1) as f64, page.max(1) as u64)
+}

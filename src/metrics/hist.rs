@@ -77,6 +77,39 @@ impl Histogram {
     }
 }
 
+/// Times one receive batch in `every` into a thread's own histogram: the DNS UDP loop's hot
+/// path pays one increment and one comparison per batch, and two clock reads (vDSO, no
+/// system call) per timed batch.
+pub struct BatchTimer {
+    histogram: std::sync::Arc<Histogram>,
+    every: u32,
+    batches: u32,
+}
+
+impl BatchTimer {
+    pub fn new(histogram: std::sync::Arc<Histogram>, every: u32) -> BatchTimer {
+        BatchTimer {
+            histogram,
+            every: every.max(1),
+            batches: 0,
+        }
+    }
+
+    /// A batch arrived: its start time if it is one of those timed.
+    pub fn start(&mut self) -> Option<std::time::Instant> {
+        self.batches = self.batches.wrapping_add(1);
+        (self.batches % self.every == 0).then(std::time::Instant::now)
+    }
+
+    /// The batch whose `start` this was is answered: `answers` observations of its time.
+    pub fn done(&self, start: Option<std::time::Instant>, answers: usize) {
+        if let Some(t0) = start.filter(|_| answers > 0) {
+            let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.histogram.observe_n(ns, answers as u64);
+        }
+    }
+}
+
 /// A histogram's values, possibly merged from several.
 #[derive(Default)]
 pub struct Totals {

@@ -18,16 +18,13 @@ pub fn instance() -> serde_json::Value {
     })
 }
 
-/// This machine's host name (`gethostname`), or "unknown".
+/// This machine's host name (the kernel's, as `hostname` prints it), or "unknown".
 pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 pub fn render_build_info(o: &mut String) {
@@ -75,28 +72,13 @@ fn open_fds() -> Option<usize> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
 }
 
-fn max_fds() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one plain struct we own.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
-}
-
 /// The `process_*` families; on a system without `/proc` (not Linux) nothing is written.
 pub fn render_process(o: &mut String) {
-    // SAFETY: sysconf only reads a configuration value.
-    let (ticks, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
+    let (ticks, page) = crate::limits::clock_ticks_and_page_size();
     let stat = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .zip(boot_time())
-        .and_then(|(s, boot)| parse_stat(&s, ticks as f64, page as u64, boot));
+        .and_then(|(s, boot)| parse_stat(&s, ticks, page, boot));
     let mut one = |name: &str, kind: &str, help: &str, v: String| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
     };
@@ -135,7 +117,7 @@ pub fn render_process(o: &mut String) {
             n.saturating_sub(1).to_string(),
         );
     }
-    if let Some(n) = max_fds() {
+    if let Some(n) = crate::limits::open_files_limit() {
         one(
             "process_max_fds",
             "gauge",
