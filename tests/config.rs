@@ -252,3 +252,25 @@ fn rate_limit_and_cookie_sections() {
     let e = error_of(&format!("{BASE}\n[dns.cookie]\nkey = \"x\"\n"));
     assert!(e.contains("unknown field `key`"), "{e}");
 }
+
+#[test]
+fn log_section_switches_the_per_request_logs() {
+    let c = Config::parse(
+        &format!("{BASE}\n[log]\naccess = true\n"),
+        Path::new("/etc/berth/berth.toml"),
+    )
+    .expect("valid");
+    assert_eq!(
+        c.log,
+        berth::config::LogConfig {
+            access: true,
+            queries: false
+        }
+    );
+    let e = error_of(&format!("{BASE}\n[log]\nqueries = true\nacess = true\n"));
+    assert!(
+        e.starts_with("/etc/berth/berth.toml: TOML parse error"),
+        "{e}"
+    );
+    assert!(e.contains("unknown field `acess`"), "{e}");
+}
