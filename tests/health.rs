@@ -202,8 +202,10 @@ async fn https_probes_of_a_tls_registry() {
     assert_eq!((out.ok, out.status), (false, None));
     let e = out.error.unwrap();
     assert!(
-        e.starts_with(&format!("TLS handshake with 127.0.0.1:{} ", expired.port))
-            && e.to_lowercase().contains("expired"),
+        e.starts_with(&format!(
+            "TLS handshake with 127.0.0.1:{} for server name 127.0.0.1: invalid peer certificate: certificate expired: ",
+            expired.port
+        )),
         "{e}"
     );
 
@@ -212,7 +214,10 @@ async fn https_probes_of_a_tls_registry() {
     assert!(!out.ok);
     let e = out.error.unwrap();
     assert!(
-        e.contains("NotValidForName") || e.contains("not valid for name"),
+        e.starts_with(&format!(
+            "TLS handshake with 127.0.0.1:{} for server name 127.0.0.1: invalid peer certificate: certificate not valid for name \"127.0.0.1\"",
+            wrong_name.port
+        )) && e.contains("registry.other.example"),
         "{e}"
     );
     // The same certificate is fine when the probe asks for the name it carries.
@@ -304,7 +309,7 @@ fn an_expired_certificate_shows_in_the_api() {
         e.starts_with(&format!(
             "TLS handshake with 127.0.0.1:{} for server name 127.0.0.1: invalid peer certificate: ",
             registry.port
-        )) && e.to_lowercase().contains("expired"),
+        )) && e.contains("certificate expired"),
         "{e}"
     );
 }
