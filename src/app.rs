@@ -311,10 +311,10 @@ async fn start_admin(
     Ok((bound, task))
 }
 
-/// The one loop that keeps health in step with the config: every second it brings probe
-/// latency and errors into the live state (transitions publish at once through the monitor's
-/// callback), and when a reload (SIGHUP or the admin API) publishes other regions it restarts
-/// the probes on them.
+/// The one loop that keeps health in step with the config: every second (every 50 ms during
+/// the first probe round) it brings probe latency and errors into the live state
+/// (transitions publish at once through the monitor's callback), and when a reload (SIGHUP
+/// or the admin API) publishes other regions it restarts the probes on them.
 async fn control_loop(
     live: std::sync::Weak<Live>,
     monitor: Arc<Mutex<Option<MonitorHandle>>>,
@@ -326,8 +326,14 @@ async fn control_loop(
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while !*stop.borrow_and_update() {
+        // Until every region was probed once, look often: `/readyz` turns 200 soon after the
+        // last first probe ends, not up to a second later.
+        let first_round = live
+            .upgrade()
+            .is_some_and(|l| l.metrics.workers.probing_first_round());
         let follow = tokio::select! {
             _ = tick.tick() => false,
+            _ = tokio::time::sleep(Duration::from_millis(50)), if first_round => false,
             changed = config.changed() => changed.is_ok(),
             _ = stop.changed() => break,
         };

@@ -65,7 +65,7 @@ pub enum ProbeError {
     },
     #[error("probe ca_file {} holds no usable certificate", path.display())]
     NoCertificate { path: PathBuf },
-    #[error("the system's root certificates cannot be loaded: {0}")]
+    #[error("the system's root certificates cannot be loaded (install ca-certificates, or set probe.ca_file): {0}")]
     SystemRoots(String),
     #[error("TLS settings")]
     TlsSettings(#[source] rustls::Error),
