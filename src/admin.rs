@@ -9,7 +9,8 @@
 //! | POST | `/api/v1/reload` | reload config, zones, GeoIP; 422 with the error if rejected |
 //! | GET | `/api/v1/events?after=SEQ` | recent events (health flips, flags, reloads, fail-open) |
 //! | GET | `/metrics` | Prometheus text |
-//! | GET | `/readyz` | 200 `ready` while every DNS worker runs, 503 and why not (no token needed) |
+//! | GET | `/readyz` | 200 `ready` once started (listeners bound, every region probed once) while every DNS worker runs; 503 and why not (no token needed) |
+//! | GET | `/healthz` | 200 `ok` while the process answers: liveness (no token needed) |
 //! | GET | `/`, `/dashboard/...` | the dashboard page and its assets ([`dashboard`]) |
 //!
 //! Changes (PUT, POST) need `Authorization: Bearer <token>`; reads are open to loopback
@@ -67,6 +68,9 @@ pub fn router(live: Arc<Live>, token: Option<String>) -> Router {
         // After the auth layer: load balancers and supervisors probe it without a token, and
         // it says nothing but ready or not and which worker is down.
         .route("/readyz", get(readyz))
+        // Liveness: the process answers. Nothing else, so a slow region or a reload never
+        // gets Berth restarted.
+        .route("/healthz", get(|| async { "ok\n" }))
         .with_state(ctx)
 }
 

@@ -59,6 +59,24 @@ fn apply(live: &Live, applied: &Applied, report: &HealthReport) {
         }
         live.set_health(&r.name, health_info(r));
     }
+    drop(seen);
+    if live.metrics.workers.probing_first_round() {
+        let config = &live.snapshot.load().config;
+        live.metrics
+            .workers
+            .unprobed(unprobed(&config.regions, report));
+    }
+}
+
+/// Regions with an upstream that no probe has ended for yet (up or down): what `/readyz`
+/// waits for at start. A region the report does not know yet counts as not probed.
+fn unprobed(regions: &[Region], report: &HealthReport) -> Vec<String> {
+    regions
+        .iter()
+        .filter(|r| r.upstream.is_some())
+        .filter(|r| report.region(&r.name).is_none_or(|h| h.probes == 0))
+        .map(|r| r.name.clone())
+        .collect()
 }
 
 fn start_monitor(live: &Arc<Live>, applied: &Applied, regions: Vec<Region>) -> MonitorHandle {
@@ -162,6 +180,8 @@ impl Running {
     /// tokio runtime (TCP, admin and probes run on it).
     pub async fn start(path: &Path) -> anyhow::Result<Running> {
         let live = Live::load(path)?;
+        // Not ready until the listeners are bound and every region was probed once.
+        live.metrics.workers.binding(true);
         let snap = live.snapshot.load_full();
         crate::logs::enable(snap.config.log.access, snap.config.log.queries);
         let admin = snap.config.admin.clone();
@@ -178,11 +198,10 @@ impl Running {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         let applied = Applied::default();
-        let monitor = Arc::new(Mutex::new(Some(start_monitor(
-            &live,
-            &applied,
-            snap.config.regions.clone(),
-        ))));
+        let first = start_monitor(&live, &applied, snap.config.regions.clone());
+        let waiting = unprobed(&snap.config.regions, &first.report());
+        live.metrics.workers.unprobed(waiting);
+        let monitor = Arc::new(Mutex::new(Some(first)));
         {
             let weak = Arc::downgrade(&live);
             let monitor = monitor.clone();
@@ -212,6 +231,7 @@ impl Running {
             None
         };
 
+        live.metrics.workers.binding(false);
         Ok(Running {
             dns_addrs: dns.addrs,
             admin_addr,
@@ -292,10 +312,10 @@ async fn start_admin(
     Ok((bound, task))
 }
 
-/// The one loop that keeps health in step with the config: every second it brings probe
-/// latency and errors into the live state (transitions publish at once through the monitor's
-/// callback), and when a reload (SIGHUP or the admin API) publishes other regions it restarts
-/// the probes on them.
+/// The one loop that keeps health in step with the config: every second (every 50 ms during
+/// the first probe round) it brings probe latency and errors into the live state
+/// (transitions publish at once through the monitor's callback), and when a reload (SIGHUP
+/// or the admin API) publishes other regions it restarts the probes on them.
 async fn control_loop(
     live: std::sync::Weak<Live>,
     monitor: Arc<Mutex<Option<MonitorHandle>>>,
@@ -307,8 +327,14 @@ async fn control_loop(
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while !*stop.borrow_and_update() {
+        // Until every region was probed once, look often: `/readyz` turns 200 soon after the
+        // last first probe ends, not up to a second later.
+        let first_round = live
+            .upgrade()
+            .is_some_and(|l| l.metrics.workers.probing_first_round());
         let follow = tokio::select! {
             _ = tick.tick() => false,
+            _ = tokio::time::sleep(Duration::from_millis(50)), if first_round => false,
             changed = config.changed() => changed.is_ok(),
             _ = stop.changed() => break,
         };
@@ -364,17 +390,128 @@ pub async fn serve(path: &Path) -> anyhow::Result<()> {
     let running = Running::start(path).await?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
+    sd_notify(&format!("READY=1\nSTATUS={}", running.status()));
     loop {
         tokio::select! {
-            _ = hup.recv() => match running.reload() {
-                Ok(g) => tracing::info!(generation = g, "config reloaded"),
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "reload rejected, the old config keeps serving"),
-            },
+            _ = hup.recv() => {
+                sd_notify("RELOADING=1");
+                match running.reload() {
+                    Ok(g) => tracing::info!(generation = g, "config reloaded"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload rejected, the old config keeps serving"),
+                }
+                sd_notify("READY=1");
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     tracing::info!("shutting down");
+    sd_notify("STOPPING=1");
     running.stop().await;
     Ok(())
+}
+
+impl Running {
+    /// One line for `systemctl status`: what listens where.
+    fn status(&self) -> String {
+        let mut parts = Vec::new();
+        let dns: Vec<String> = self.dns_addrs.iter().map(|a| a.to_string()).collect();
+        if !dns.is_empty() {
+            parts.push(format!("DNS on {}", dns.join(" ")));
+        }
+        for (what, addr) in [
+            ("proxy", self.proxy_addr),
+            ("proxy TLS", self.proxy_tls_addr),
+            ("admin", self.admin_addr),
+        ] {
+            if let Some(a) = addr {
+                parts.push(format!("{what} on {a}"));
+            }
+        }
+        format!("serving {}", parts.join(", "))
+    }
+}
+
+/// Tell the service manager (systemd `Type=notify`) about a change of state: `READY=1` once
+/// the config is loaded and the listeners are bound, `RELOADING=1` and `READY=1` around a
+/// SIGHUP reload, `STOPPING=1` at shutdown. Nothing without `$NOTIFY_SOCKET`; a failure is
+/// only logged, since Berth serves the same either way.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = send_notify(&path, state) {
+        tracing::warn!(error = %e, socket = ?path, "cannot notify the service manager");
+    }
+}
+
+/// One datagram to the socket `path` names: a file path, or `@name` in the abstract
+/// namespace (the protocol of sd_notify(3), small enough not to need a crate).
+fn send_notify(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::net::UnixDatagram;
+    let socket = UnixDatagram::unbound()?;
+    match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt as _;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(state.as_bytes(), &addr)?;
+        }
+        None => {
+            socket.send_to(state.as_bytes(), path)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProbeConfig;
+    use crate::health::Health;
+
+    fn region(name: &str, upstream: Option<&str>) -> Region {
+        Region {
+            name: name.to_string(),
+            latitude: 0.0,
+            longitude: 0.0,
+            a: vec![],
+            aaaa: vec![],
+            cname: None,
+            upstream: upstream.map(str::to_string),
+            probe: ProbeConfig::default(),
+        }
+    }
+
+    fn probed(name: &str, probes: u64) -> RegionHealth {
+        RegionHealth {
+            name: name.to_string(),
+            health: Health::Unknown,
+            healthy: true,
+            last_error: None,
+            latency_ms: None,
+            probes,
+            failures: 0,
+            transitions: 0,
+            since_probe: 0,
+        }
+    }
+
+    #[test]
+    fn unprobed_regions_are_those_with_an_upstream_and_no_probe_yet() {
+        let regions = [
+            region("westus", Some("http://10.0.0.1")),
+            region("eastus", Some("http://10.0.0.2")),
+            region("dnsonly", None),
+            region("added", Some("http://10.0.0.3")),
+        ];
+        let report = HealthReport {
+            regions: vec![
+                probed("westus", 1),
+                probed("eastus", 0),
+                probed("dnsonly", 0),
+            ],
+        };
+        assert_eq!(unprobed(&regions, &report), ["eastus", "added"]);
+    }
 }

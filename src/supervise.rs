@@ -2,8 +2,9 @@
 //! [`supervise_thread`] and [`supervise_task`] run a long-lived worker (a DNS UDP thread, a
 //! DNS TCP accept loop, a health probe loop, the admin listener) and, when it panics, count the
 //! panic by kind of worker (`berth_worker_panics_total{worker=...}`), log it with the worker's
-//! name and run the worker again on the same socket. [`Workers`] is that state: which workers
-//! readiness depends on and whether they run (`GET /readyz`), and the panic counts
+//! name and run the worker again on the same socket. [`Workers`] is that state: start-up
+//! (listeners bound, first probe round) and which workers readiness depends on and whether
+//! they run (`GET /readyz`), and the panic counts
 //! (`GET /api/v1/regions`, the dashboard's warning).
 //!
 //! Not here: what a worker does, or why it panicked. A replaced worker starts from its socket
@@ -109,6 +110,20 @@ pub struct Workers {
     units: Mutex<Vec<Arc<Unit>>>,
     /// Set when the process starts shutting down: not ready any more, whatever runs.
     stopping: AtomicBool,
+    /// What start-up still waits for (`/readyz` says it); nothing once it is over.
+    startup: Mutex<Startup>,
+}
+
+/// Start-up as readiness sees it. The default is "over": a `Workers` that no start-up
+/// drives (a test's) is ready as soon as its workers run.
+#[derive(Default)]
+struct Startup {
+    /// Between loading the config and binding the last listener.
+    binding: bool,
+    /// Regions with an upstream not probed once yet (each probe ended, up or down).
+    unprobed: Vec<String>,
+    /// The first probe round ended: later regions (a reload's) do not make the process unready.
+    probed: bool,
 }
 
 impl Workers {
@@ -141,10 +156,52 @@ impl Workers {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// Ready: every registered worker runs and the process is not stopping. Otherwise why not.
+    /// Start-up began (`true`: config loaded, listeners being bound) or every listener is
+    /// bound (`false`).
+    pub fn binding(&self, on: bool) {
+        self.startup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .binding = on;
+    }
+
+    /// The regions the first probe round still waits for; an empty list ends that round for
+    /// good (see [`Startup::probed`]).
+    pub fn unprobed(&self, regions: Vec<String>) {
+        let mut s = self.startup.lock().unwrap_or_else(|p| p.into_inner());
+        if s.probed {
+            return;
+        }
+        s.probed = regions.is_empty();
+        s.unprobed = regions;
+    }
+
+    /// Whether the first probe round is still going on (so reports are worth looking at).
+    pub fn probing_first_round(&self) -> bool {
+        !self
+            .startup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .probed
+    }
+
+    /// Ready: start-up is over (config loaded, listeners bound, every region probed once),
+    /// every registered worker runs and the process is not stopping. Otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err("shutting down".to_string());
+        }
+        {
+            let s = self.startup.lock().unwrap_or_else(|p| p.into_inner());
+            if s.binding {
+                return Err("starting: listeners not bound yet".to_string());
+            }
+            if !s.probed && !s.unprobed.is_empty() {
+                return Err(format!(
+                    "first probe round not done: {}",
+                    s.unprobed.join(", ")
+                ));
+            }
         }
         let units = self.units.lock().unwrap_or_else(|p| p.into_inner());
         let down: Vec<&str> = units
@@ -202,7 +259,7 @@ impl Workers {
         );
         let _ = writeln!(
             o,
-            "# HELP berth_ready 1 while every DNS worker runs (what GET /readyz says)."
+            "# HELP berth_ready 1 once started (listeners bound, regions probed once) while every DNS worker runs (what GET /readyz says)."
         );
         let _ = writeln!(o, "# TYPE berth_ready gauge");
         let _ = writeln!(o, "berth_ready {}", u8::from(self.readiness().is_ok()));
@@ -264,5 +321,37 @@ where
             }
             _ => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_then_first_probe_round_then_ready_for_good() {
+        let w = Workers::default();
+        assert_eq!(w.readiness(), Ok(()));
+        w.binding(true);
+        w.unprobed(vec!["westus".into(), "eastus".into()]);
+        assert_eq!(
+            w.readiness(),
+            Err("starting: listeners not bound yet".into())
+        );
+        w.binding(false);
+        assert_eq!(
+            w.readiness(),
+            Err("first probe round not done: westus, eastus".into())
+        );
+        w.unprobed(vec!["eastus".into()]);
+        assert!(w.probing_first_round());
+        w.unprobed(vec![]);
+        assert_eq!(w.readiness(), Ok(()));
+        // A reload's new, unprobed region does not take readiness away.
+        w.unprobed(vec!["newregion".into()]);
+        assert!(!w.probing_first_round());
+        assert_eq!(w.readiness(), Ok(()));
+        w.stopping();
+        assert_eq!(w.readiness(), Err("shutting down".into()));
     }
 }

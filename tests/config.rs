@@ -274,3 +274,75 @@ fn log_section_switches_the_per_request_logs() {
     );
     assert!(e.contains("unknown field `acess`"), "{e}");
 }
+
+/// `probe.ca_file` and `probe.host` are checked at load; a region without its own CA file
+/// trusts `proxy.upstream_ca_file`, as the proxy does.
+#[test]
+fn probe_tls_keys_are_validated_and_the_ca_defaults_to_the_proxys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("berth.toml");
+    std::fs::write(dir.path().join("ca.pem"), "-----BEGIN CERTIFICATE-----\n").expect("ca");
+    std::fs::write(dir.path().join("empty.pem"), "").expect("empty");
+    let parse = |text: &str| Config::parse(text, &config);
+    let region = |probe: &str| {
+        with(
+            "a = [\"192.0.2.10\"]",
+            &format!(
+                "a = [\"192.0.2.10\"]\nupstream = \"https://10.0.0.5:5443\"\nprobe = {{ {probe} }}"
+            ),
+        )
+    };
+
+    let c = parse(&region(
+        "ca_file = \"ca.pem\", host = \"registry.example.com:5443\"",
+    ))
+    .expect("valid");
+    assert_eq!(c.regions[0].probe.ca_file, Some(dir.path().join("ca.pem")));
+    assert_eq!(
+        c.regions[0].probe.host.as_deref(),
+        Some("registry.example.com:5443")
+    );
+
+    let inherited = format!(
+        "{}\n[proxy]\nupstream_ca_file = \"ca.pem\"\n",
+        region("path = \"/v2/\"")
+    );
+    let c = parse(&inherited).expect("valid");
+    assert_eq!(c.regions[0].probe.ca_file, Some(dir.path().join("ca.pem")));
+    assert_eq!(
+        parse(&region("path = \"/v2/\"")).expect("valid").regions[0]
+            .probe
+            .ca_file,
+        None
+    );
+
+    let err = |text: String| parse(&text).expect_err("rejected").to_string();
+    let at = config.display();
+    assert_eq!(
+        err(region("ca_file = \"missing.pem\"")),
+        format!(
+            "{at}: region[0] (westus).probe.ca_file: cannot read {}: No such file or directory (os error 2)",
+            dir.path().join("missing.pem").display()
+        )
+    );
+    assert_eq!(
+        err(region("ca_file = \"empty.pem\"")),
+        format!(
+            "{at}: region[0] (westus).probe.ca_file: {} holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")",
+            dir.path().join("empty.pem").display()
+        )
+    );
+    for bad in [
+        "https://registry.example.com",
+        "registry example",
+        "host:port",
+        "",
+    ] {
+        assert_eq!(
+            err(region(&format!("host = \"{bad}\""))),
+            format!(
+                "{at}: region[0] (westus).probe.host: \"{bad}\" is not a host name or address, with an optional port, such as \"registry.example.com\""
+            )
+        );
+    }
+}

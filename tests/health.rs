@@ -118,3 +118,198 @@ async fn monitor_follows_a_registry_down_and_up() {
     assert_eq!(seen.last(), Some(&Health::Up), "{seen:?}");
     monitor.stop();
 }
+
+/// A throwaway CA (PEM) and its issuer, for the TLS registries below.
+fn test_ca() -> (String, rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berth probe test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("key"))
+        .expect("CA");
+    (ca.pem(), ca)
+}
+
+/// A docker-registry serving TLS with a certificate for `names` signed by `ca`; `expired`
+/// makes the certificate's validity end in 2020. Started (a TLS listener answers plain
+/// HTTP with 400).
+async fn tls_registry(
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    names: &[&str],
+    expired: bool,
+    extra: &str,
+) -> Registry {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    }
+    let cert = params.signed_by(&key, ca).expect("server cert");
+    let yaml = format!(
+        "  tls:\n    certificate: {{dir}}/server.pem\n    key: {{dir}}/server.key\n{extra}"
+    );
+    let mut registry = Registry::with_yaml(&yaml);
+    std::fs::write(registry.dir().join("server.pem"), cert.pem()).expect("cert");
+    std::fs::write(registry.dir().join("server.key"), key.serialize_pem()).expect("key");
+    registry.start_expecting(&[400]).await;
+    registry
+}
+
+fn https_region(registry: &Registry, ca_file: Option<&std::path::Path>) -> berth::config::Region {
+    let mut r = region(
+        "westus",
+        &format!("https://127.0.0.1:{}", registry.port),
+        ProbeKind::Http,
+    );
+    r.probe.ca_file = ca_file.map(|p| p.to_path_buf());
+    r
+}
+
+/// HTTPS probes verify the registry's certificate: against the region's CA file it is up
+/// (by address, and by name through `probe.host`); against the system roots, expired, or
+/// for another name it is down, and the error says why.
+#[tokio::test]
+async fn https_probes_of_a_tls_registry() {
+    let (ca_pem, ca) = test_ca();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).expect("ca");
+
+    let good = tls_registry(&ca, &["localhost", "127.0.0.1"], false, "").await;
+    let out = probe(&https_region(&good, Some(&ca_file))).await;
+    assert_eq!((out.ok, out.status, &out.error), (true, Some(200), &None));
+    let mut by_name = https_region(&good, Some(&ca_file));
+    by_name.probe.host = Some(format!("localhost:{}", good.port));
+    assert!(probe(&by_name).await.ok);
+    // The system roots do not know the test CA.
+    let out = probe(&https_region(&good, None)).await;
+    assert!(!out.ok);
+    let e = out.error.unwrap();
+    assert!(
+        e.starts_with(&format!(
+            "TLS handshake with 127.0.0.1:{} for server name 127.0.0.1: invalid peer certificate: ",
+            good.port
+        )) && e.contains("UnknownIssuer"),
+        "{e}"
+    );
+
+    let expired = tls_registry(&ca, &["localhost", "127.0.0.1"], true, "").await;
+    let out = probe(&https_region(&expired, Some(&ca_file))).await;
+    assert_eq!((out.ok, out.status), (false, None));
+    let e = out.error.unwrap();
+    assert!(
+        e.starts_with(&format!(
+            "TLS handshake with 127.0.0.1:{} for server name 127.0.0.1: invalid peer certificate: certificate expired: ",
+            expired.port
+        )),
+        "{e}"
+    );
+
+    let wrong_name = tls_registry(&ca, &["registry.other.example"], false, "").await;
+    let out = probe(&https_region(&wrong_name, Some(&ca_file))).await;
+    assert!(!out.ok);
+    let e = out.error.unwrap();
+    assert!(
+        e.starts_with(&format!(
+            "TLS handshake with 127.0.0.1:{} for server name 127.0.0.1: invalid peer certificate: certificate not valid for name \"127.0.0.1\"",
+            wrong_name.port
+        )) && e.contains("registry.other.example"),
+        "{e}"
+    );
+    // The same certificate is fine when the probe asks for the name it carries.
+    let mut named = https_region(&wrong_name, Some(&ca_file));
+    named.probe.host = Some("registry.other.example".to_string());
+    assert!(probe(&named).await.ok);
+}
+
+/// A registry with htpasswd auth answers `/v2/` with 401: up with the default status ranges,
+/// over HTTPS too.
+#[tokio::test]
+async fn a_registry_with_auth_is_up() {
+    let pw = std::process::Command::new("htpasswd")
+        .args(["-Bbn", "testuser", "testpassword"])
+        .output()
+        .expect("htpasswd (apt-get install apache2-utils)");
+    assert!(pw.status.success());
+    let auth = "auth:\n  htpasswd:\n    realm: berth-test\n    path: {dir}/htpasswd\n";
+    let mut plain = Registry::with_yaml(auth);
+    std::fs::write(plain.dir().join("htpasswd"), &pw.stdout).expect("htpasswd");
+    plain.start_expecting(&[401]).await;
+    let out = probe(&region("westus", &plain.upstream(), ProbeKind::Http)).await;
+    assert_eq!((out.ok, out.status, &out.error), (true, Some(401), &None));
+
+    let (ca_pem, ca) = test_ca();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).expect("ca");
+    // tls_registry writes its files before starting; htpasswd goes in the same directory.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("cert");
+    let mut tls = Registry::with_yaml(&format!(
+        "  tls:\n    certificate: {{dir}}/server.pem\n    key: {{dir}}/server.key\n{auth}"
+    ));
+    std::fs::write(tls.dir().join("server.pem"), cert.pem()).expect("cert");
+    std::fs::write(tls.dir().join("server.key"), key.serialize_pem()).expect("key");
+    std::fs::write(tls.dir().join("htpasswd"), &pw.stdout).expect("htpasswd");
+    tls.start_expecting(&[400]).await;
+    let out = probe(&https_region(&tls, Some(&ca_file))).await;
+    assert_eq!((out.ok, out.status, &out.error), (true, Some(401), &None));
+}
+
+/// End to end: a region whose TLS registry has an expired certificate is down in the admin
+/// API, with the reason as its `last_error`; the CA file comes from `proxy.upstream_ca_file`.
+#[test]
+fn an_expired_certificate_shows_in_the_api() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (ca_pem, ca) = test_ca();
+    let registry = rt.block_on(tls_registry(&ca, &["127.0.0.1"], true, ""));
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ca.pem"), ca_pem).expect("ca");
+    let upstream = format!(
+        "upstream = \"https://127.0.0.1:{}\"\nprobe = {{ interval = \"200ms\", timeout = \"150ms\", fall = 1 }}",
+        registry.port
+    );
+    let config = support::demo_config(
+        dir.path(),
+        &[
+            ("upstream = \"http://127.0.0.1:5001\"", upstream.as_str()),
+            ("[proxy]\n", "[proxy]\nupstream_ca_file = \"ca.pem\"\n"),
+        ],
+        "",
+    );
+    let berth = support::Berth::start(&config);
+    let url = format!("{}/api/v1/regions", berth.admin());
+    let westus = || -> serde_json::Value {
+        let mut resp = ureq::get(&url).call().expect("admin API");
+        let v: serde_json::Value =
+            serde_json::from_str(&resp.body_mut().read_to_string().expect("body")).expect("json");
+        v["regions"]
+            .as_array()
+            .expect("regions")
+            .iter()
+            .find(|r| r["name"] == "westus")
+            .expect("westus")
+            .clone()
+    };
+    support::wait_until("westus down", Duration::from_secs(15), || {
+        westus()["health"] == "down"
+    });
+    let e = westus()["last_error"]
+        .as_str()
+        .expect("last_error")
+        .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "TLS handshake with 127.0.0.1:{} for server name 127.0.0.1: invalid peer certificate: ",
+            registry.port
+        )) && e.contains("certificate expired"),
+        "{e}"
+    );
+}

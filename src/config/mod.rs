@@ -206,9 +206,15 @@ impl Validator<'_> {
         let sticky = self.sticky(raw.sticky)?;
         let admin = self.admin(raw.admin)?;
         let zones = self.zones(raw.zones)?;
-        let regions = self.regions(raw.regions)?;
+        let mut regions = self.regions(raw.regions)?;
         let routed_names = self.routed_names(raw.routed_names, &regions, &zones)?;
         let proxy = self.proxy(raw.proxy.unwrap_or_default(), &regions, &routed_names)?;
+        // Probes trust what the proxy trusts unless a region says otherwise.
+        for r in &mut regions {
+            if r.probe.ca_file.is_none() {
+                r.probe.ca_file.clone_from(&proxy.upstream_ca_file);
+            }
+        }
         if !routed_names.is_empty() && dns.listen.is_empty() {
             return Err(self.err(
                 "dns.listen",

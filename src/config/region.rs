@@ -1,6 +1,7 @@
 //! `[[region]]`: where a region is, what DNS answers for it, its upstream and its probe.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -33,6 +34,8 @@ struct RawProbe {
     fall: Option<u32>,
     rise: Option<u32>,
     healthy_status: Option<Vec<String>>,
+    ca_file: Option<String>,
+    host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +72,12 @@ pub struct ProbeConfig {
     pub rise: u32,
     /// Inclusive status ranges that count as healthy.
     pub healthy_status: Vec<(u16, u16)>,
+    /// PEM roots that HTTPS probes trust instead of the system's; defaults to
+    /// `proxy.upstream_ca_file`, so the probe trusts what the proxy trusts.
+    pub ca_file: Option<PathBuf>,
+    /// `Host` header and TLS server name (SNI and the name the certificate must carry) when
+    /// they differ from the upstream's host, e.g. an upstream given by address.
+    pub host: Option<String>,
 }
 
 impl Default for ProbeConfig {
@@ -81,6 +90,8 @@ impl Default for ProbeConfig {
             fall: 3,
             rise: 2,
             healthy_status: vec![(200, 200), (401, 401)],
+            ca_file: None,
+            host: None,
         }
     }
 }
@@ -252,7 +263,59 @@ impl Validator<'_> {
             }
             p.healthy_status = ranges;
         }
+        if let Some(f) = raw.ca_file {
+            p.ca_file = Some(self.pem_certificates(&format!("{key}.probe.ca_file"), &f)?);
+        }
+        if let Some(h) = raw.host {
+            p.host = Some(self.probe_host(&format!("{key}.probe.host"), h)?);
+        }
         Ok(p)
+    }
+
+    /// A readable file holding at least one PEM certificate (the probe parses it again at
+    /// each probe, so a renewed CA is picked up without a reload).
+    fn pem_certificates(&self, key: &str, f: &str) -> Result<PathBuf, ConfigError> {
+        let path = self.resolve(f);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))?;
+        if !text.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(self.err(
+                key,
+                format!(
+                    "{} holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\")",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(path)
+    }
+
+    /// `name` or `name:port`: a host name or IP address, as a `Host` header carries it.
+    fn probe_host(&self, key: &str, h: String) -> Result<String, ConfigError> {
+        let name = match h.rsplit_once(':') {
+            Some((n, port)) if !n.contains(':') || n.ends_with(']') => {
+                port.parse::<u16>().is_ok().then_some(n)
+            }
+            _ => Some(h.as_str()),
+        };
+        let ok = name.is_some_and(|n| {
+            let n = n.trim_start_matches('[').trim_end_matches(']');
+            !n.is_empty()
+                && (n.parse::<std::net::IpAddr>().is_ok()
+                    || n.split('.').all(|label| {
+                        !label.is_empty()
+                            && label
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    }))
+        });
+        if !ok {
+            return Err(self.err(
+                key,
+                format!("{h:?} is not a host name or address, with an optional port, such as \"registry.example.com\""),
+            ));
+        }
+        Ok(h)
     }
 
     /// A region named in a routed name: it must exist and be in `allowed`.

@@ -1,29 +1,37 @@
 //! One probe of one region: the only part of health that does IO.
 //!
-//! Owns: turning a region's `upstream` URL and probe config into a verdict. HTTP probes send a
-//! small hand-written HTTP/1.1 `GET` (a probe needs a status line, not an HTTP client) and
-//! compare the status with the healthy ranges; TCP probes only connect. Every failure becomes
-//! a [`ProbeOutcome`] with a readable error, never a panic or an `Err` the caller must handle.
+//! Owns: turning a region's `upstream` URL and probe config into a verdict. HTTP probes send
+//! one `GET` through hyper's HTTP/1.1 client (the hyper the admin API and the proxy already
+//! build on) over a fresh connection, TLS through rustls for `https://` upstreams, verified
+//! against `probe.ca_file` (which defaults to `proxy.upstream_ca_file`) or the system roots,
+//! and compare the status with the healthy ranges; TCP probes only connect. Every failure
+//! becomes a [`ProbeOutcome`] with a readable error, never a panic or an `Err` the caller must
+//! handle.
 //!
-//! Does not own: thresholds ([`super::state`]) or scheduling ([`super::monitor`]). Not yet
-//! here: TLS. An `https://` upstream fails its probe with a clear error until Berth has a TLS
-//! client (the proxy brings rustls; the probe should use the same roots and settings).
+//! A fresh connection per probe, no pool: a probe must see what a new client would (name
+//! resolution, TCP connect, TLS handshake and certificate), not reuse a connection that
+//! predates a failure.
+//!
+//! Does not own: thresholds ([`super::state`]) or scheduling ([`super::monitor`]).
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::state::ProbeOutcome;
 use crate::config::{ProbeKind, Region, UpstreamUrl};
 
-/// Headers longer than this are not a registry's `/v2/` answer; stop reading rather than buffer.
-const MAX_HEAD: usize = 16 * 1024;
 /// A body up to this size is read to the end so the connection closes cleanly on both sides
 /// (closing with unread data makes the kernel reset it, and the registry logs an error).
 const MAX_DRAIN: usize = 64 * 1024;
@@ -35,8 +43,6 @@ pub enum ProbeError {
     NoUpstream { region: String },
     #[error("upstream {url:?} is not a URL such as \"http://127.0.0.1:5001\"")]
     BadUpstream { url: String },
-    #[error("https probes are not supported yet (upstream {url})")]
-    HttpsUnsupported { url: String },
     #[error("resolve {host}")]
     Resolve {
         host: String,
@@ -51,14 +57,39 @@ pub enum ProbeError {
         #[source]
         source: io::Error,
     },
+    #[error("probe ca_file {}", path.display())]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("probe ca_file {} holds no usable certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("the system's root certificates cannot be loaded (install ca-certificates, or set probe.ca_file): {0}")]
+    SystemRoots(String),
+    #[error("TLS settings")]
+    TlsSettings(#[source] rustls::Error),
+    #[error("{name:?} is not a TLS server name (set probe.host)")]
+    ServerName { name: String },
+    #[error("TLS handshake with {authority} for server name {name}")]
+    Tls {
+        authority: String,
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("GET {url}")]
+    Request {
+        url: String,
+        #[source]
+        source: http::Error,
+    },
     #[error("GET {url}")]
     Exchange {
         url: String,
         #[source]
-        source: io::Error,
+        source: hyper::Error,
     },
-    #[error("GET {url}: the answer does not start with an HTTP/1 status line: {line:?}")]
-    BadStatusLine { url: String, line: String },
     #[error("GET {url} returned {status}")]
     Status { url: String, status: u16 },
     #[error("{what} timed out after {after:?}")]
@@ -144,26 +175,20 @@ async fn check(region: &Region) -> Result<Option<u16>, ProbeError> {
             Ok(None)
         }
         ProbeKind::Http => {
-            if upstream.tls {
-                return Err(ProbeError::HttpsUnsupported {
-                    url: url.to_string(),
-                });
-            }
-            let path = format!("{}{}", upstream.path, region.probe.path);
             let full = join_url(url, &region.probe.path);
-            let status = http_get(&upstream, &path, &full).await?;
-            let healthy = region
-                .probe
-                .healthy_status
-                .iter()
-                .any(|&(lo, hi)| (lo..=hi).contains(&status));
-            if healthy {
+            let status = http_get(region, &upstream, &full).await?;
+            if status_is_healthy(&region.probe.healthy_status, status) {
                 Ok(Some(status))
             } else {
                 Err(ProbeError::Status { url: full, status })
             }
         }
     }
+}
+
+/// Whether `status` falls in one of the inclusive `ranges`.
+fn status_is_healthy(ranges: &[(u16, u16)], status: u16) -> bool {
+    ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
 }
 
 /// The region's upstream parsed by the config's one URL parser, or the probe's error.
@@ -194,93 +219,162 @@ async fn connect(u: &UpstreamUrl) -> Result<TcpStream, ProbeError> {
     }))
 }
 
-/// Send `GET path` and return the status code of the answer.
-async fn http_get(u: &UpstreamUrl, path: &str, url: &str) -> Result<u16, ProbeError> {
-    let mut stream = connect(u).await?;
-    let io_err = |source| ProbeError::Exchange {
+/// The `Host` header: `probe.host` if set, else the upstream's `host[:port]` as written.
+fn host_header<'a>(region: &'a Region, u: &'a UpstreamUrl) -> &'a str {
+    region.probe.host.as_deref().unwrap_or(&u.authority)
+}
+
+/// The TLS server name: `probe.host` without its port (and brackets), else the upstream's host.
+fn server_name<'a>(region: &'a Region, u: &'a UpstreamUrl) -> &'a str {
+    match region.probe.host.as_deref() {
+        Some(h) => {
+            let name = match h.rsplit_once(':') {
+                Some((n, port))
+                    if port.parse::<u16>().is_ok() && (!n.contains(':') || n.ends_with(']')) =>
+                {
+                    n
+                }
+                _ => h,
+            };
+            name.trim_start_matches('[').trim_end_matches(']')
+        }
+        None => &u.host,
+    }
+}
+
+/// Send `GET` of the probe path (over TLS for `https://`) and return the answer's status.
+async fn http_get(region: &Region, u: &UpstreamUrl, url: &str) -> Result<u16, ProbeError> {
+    let stream = connect(u).await?;
+    let path = format!("{}{}", u.path, region.probe.path);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, host_header(region, u))
+        .header(http::header::USER_AGENT, "berth-probe")
+        .header(http::header::CONNECTION, "close")
+        .header(http::header::ACCEPT, "*/*")
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|source| ProbeError::Request {
+            url: url.to_string(),
+            source,
+        })?;
+    if !u.tls {
+        return exchange(stream, request, url).await;
+    }
+    let config = tls_config(region.probe.ca_file.as_deref())?;
+    let name = server_name(region, u);
+    let server = ServerName::try_from(name.to_string()).map_err(|_| ProbeError::ServerName {
+        name: name.to_string(),
+    })?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(server, stream)
+        .await
+        .map_err(|source| ProbeError::Tls {
+            authority: u.authority.clone(),
+            name: name.to_string(),
+            source,
+        })?;
+    exchange(tls, request, url).await
+}
+
+/// One request and its answer on `io`: the status, the body read up to [`MAX_DRAIN`].
+async fn exchange<S>(
+    io: S,
+    request: http::Request<Empty<bytes::Bytes>>,
+    url: &str,
+) -> Result<u16, ProbeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let err = |source| ProbeError::Exchange {
         url: url.to_string(),
         source,
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: berth-probe\r\nAccept: */*\r\n\r\n",
-        u.authority
-    );
-    stream.write_all(request.as_bytes()).await.map_err(io_err)?;
-
-    let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break Some(i + 4);
-        }
-        if buf.len() >= MAX_HEAD {
-            break None;
-        }
-        let n = read_some(&mut stream, &mut buf).await.map_err(io_err)?;
-        if n == 0 {
-            break None;
-        }
-    };
-    let line_end = find(&buf, b"\r\n").unwrap_or(buf.len());
-    let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
-    let status = parse_status_line(&line).ok_or_else(|| ProbeError::BadStatusLine {
-        url: url.to_string(),
-        line: line.chars().take(80).collect(),
-    })?;
-
-    // Best effort: a failure here says nothing about the status we already have.
-    if let Some(head_end) = head_end {
-        let head = String::from_utf8_lossy(&buf[..head_end]);
-        if let Some(len) = content_length(&head).filter(|&l| l <= MAX_DRAIN) {
-            while buf.len() < head_end + len {
-                match read_some(&mut stream, &mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(err)?;
+    let answer = async {
+        let response = sender.send_request(request).await.map_err(err)?;
+        let status = response.status().as_u16();
+        // Best effort: a failure here says nothing about the status we already have.
+        let mut body = response.into_body();
+        let mut read = 0;
+        while read <= MAX_DRAIN {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
             }
         }
+        Ok(status)
+    };
+    // The connection is driven here, not spawned: the probe's timeout drops both at once.
+    tokio::pin!(answer, conn);
+    tokio::select! {
+        biased;
+        status = &mut answer => status,
+        ended = &mut conn => match ended {
+            // Closed after the answer was delivered: the answer is ready to read.
+            Ok(()) => answer.await,
+            Err(e) => Err(err(e)),
+        },
     }
-    Ok(status)
 }
 
-async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let mut chunk = [0u8; 4096];
-    let n = stream.read(&mut chunk).await?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// "HTTP/1.1 200 OK" -> 200.
-fn parse_status_line(line: &str) -> Option<u16> {
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next()?;
-    if !version.starts_with("HTTP/1.") {
-        return None;
+/// Client settings for one probe: the roots of `ca_file`, else the system's (loaded once per
+/// process; a CA file is read at each probe so a renewed one counts without a reload).
+fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ProbeError> {
+    static SYSTEM: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    match ca_file {
+        Some(path) => client_config(file_roots(path)?),
+        None => SYSTEM
+            .get_or_init(|| {
+                let roots = system_roots().map_err(|e| e.to_string())?;
+                client_config(roots).map_err(|e| crate::report(&e))
+            })
+            .clone()
+            .map_err(ProbeError::SystemRoots),
     }
-    let code = parts.next()?;
-    if code.len() != 3 {
-        return None;
-    }
-    code.parse().ok().filter(|c| (100..=999).contains(c))
 }
 
-fn content_length(head: &str) -> Option<usize> {
-    head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse().ok())
-            .flatten()
-    })
+fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, ProbeError> {
+    // ring: the provider pingora's rustls is built with; no second crypto library.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(ProbeError::TlsSettings)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn file_roots(path: &Path) -> Result<rustls::RootCertStore, ProbeError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| ProbeError::CaFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(ProbeError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(roots)
+}
+
+/// The system's trust store (honours `SSL_CERT_FILE` and `SSL_CERT_DIR`, as the proxy does).
+fn system_roots() -> Result<rustls::RootCertStore, io::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs()?);
+    Ok(roots)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::ProbeConfig;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     fn region(upstream: Option<&str>, kind: ProbeKind) -> Region {
@@ -309,10 +403,13 @@ mod tests {
             loop {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut buf = Vec::new();
-                while find(&buf, b"\r\n\r\n").is_none() {
-                    if read_some(&mut s, &mut buf).await.unwrap() == 0 {
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    let n = s.read(&mut chunk).await.unwrap();
+                    if n == 0 {
                         break;
                     }
+                    buf.extend_from_slice(&chunk[..n]);
                 }
                 match reply {
                     Some(r) => s.write_all(r.as_bytes()).await.unwrap(),
@@ -362,15 +459,27 @@ mod tests {
     }
 
     #[test]
-    fn status_lines() {
-        assert_eq!(parse_status_line("HTTP/1.1 200 OK"), Some(200));
-        assert_eq!(parse_status_line("HTTP/1.0 401"), Some(401));
-        assert_eq!(parse_status_line("SSH-2.0-OpenSSH"), None);
-        assert_eq!(parse_status_line("HTTP/1.1 20 OK"), None);
+    fn status_ranges_and_names() {
+        let default = ProbeConfig::default().healthy_status;
+        assert!(status_is_healthy(&default, 200));
+        assert!(status_is_healthy(&default, 401));
+        assert!(!status_is_healthy(&default, 204));
+        assert!(status_is_healthy(&[(200, 299)], 204));
+        let u = parse_upstream("https://10.0.0.5:5443").unwrap();
+        let mut r = region(Some("https://10.0.0.5:5443"), ProbeKind::Http);
         assert_eq!(
-            content_length("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"),
-            Some(2)
+            (host_header(&r, &u), server_name(&r, &u)),
+            ("10.0.0.5:5443", "10.0.0.5")
         );
+        for (host, name) in [
+            ("registry.example.com", "registry.example.com"),
+            ("registry.example.com:5443", "registry.example.com"),
+            ("[::1]:5443", "::1"),
+            ("::1", "::1"),
+        ] {
+            r.probe.host = Some(host.to_string());
+            assert_eq!((host_header(&r, &u), server_name(&r, &u)), (host, name));
+        }
     }
 
     #[tokio::test]
@@ -417,15 +526,8 @@ mod tests {
         let addr = serve(Some("SSH-2.0-OpenSSH_9.2\r\n\r\n")).await;
         let out = probe(&region(Some(&format!("http://{addr}")), ProbeKind::Http)).await;
         assert!(!out.ok);
-        assert_eq!(
-            out.error.as_deref(),
-            Some(
-                format!(
-                    "GET http://{addr}/v2/: the answer does not start with an HTTP/1 status line: \"SSH-2.0-OpenSSH_9.2\""
-                )
-                .as_str()
-            )
-        );
+        let e = out.error.unwrap();
+        assert!(e.starts_with(&format!("GET http://{addr}/v2/: ")), "{e}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -473,11 +575,14 @@ mod tests {
             out.error.as_deref(),
             Some("region westus has no upstream to probe")
         );
-        let out = probe(&region(Some("https://127.0.0.1:1"), ProbeKind::Http)).await;
-        assert_eq!(
-            out.error.as_deref(),
-            Some("https probes are not supported yet (upstream https://127.0.0.1:1)")
+        // A CA file that went away since the config was loaded.
+        let mut r = region(
+            Some(&format!("https://{}", serve(None).await)),
+            ProbeKind::Http,
         );
+        r.probe.ca_file = Some("/nonexistent/ca.pem".into());
+        let e = probe(&r).await.error.unwrap();
+        assert!(e.starts_with("probe ca_file /nonexistent/ca.pem: "), "{e}");
         // Generous timeout: a slow resolver should still give the resolve error.
         let mut r = region(Some("http://no-such-host.invalid:5000"), ProbeKind::Tcp);
         r.probe.timeout = Duration::from_secs(10);
