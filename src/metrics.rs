@@ -394,6 +394,8 @@ pub struct Gauges<'a> {
     pub last_reload_ok: bool,
     /// The serving snapshot's counters.
     pub counters: &'a Counters,
+    /// The sticky table's evictions and admission rejections (rendered by `crate::sticky`).
+    pub sticky: crate::sticky::StickyStats,
 }
 
 pub struct RegionGauge<'a> {
@@ -471,6 +473,7 @@ impl Metrics {
         self.render_control(&mut o, g);
         self.proxy.render(&mut o, &g.regions, g.counters);
         self.render_protection(&mut o);
+        crate::sticky::render_metrics(&mut o, &g.sticky);
         o
     }
 
