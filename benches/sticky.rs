@@ -65,6 +65,11 @@ fn fill_compact(t: &StickyTable) -> u64 {
 fn bench(c: &mut Criterion) {
     let before = rss_bytes();
     let compact = StickyTable::new(CAPACITY, IDLE, MAX_AGE);
+    per_entry(
+        "compact, empty (resident growth)",
+        rss_bytes() - before,
+        compact.slots(),
+    );
     let offered = fill_compact(&compact);
     let grown = rss_bytes() - before;
     println!(

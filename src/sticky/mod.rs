@@ -249,4 +249,26 @@ mod tests {
         let s = t.stats();
         assert!(s.entries <= t.slots() && t.slots() == 104, "bounded: {s:?}");
     }
+
+    #[test]
+    fn metrics_are_counters_with_help() {
+        let mut o = String::new();
+        let s = StickyStats {
+            entries: 1,
+            evictions: 2,
+            rejections: 3,
+        };
+        render_metrics(&mut o, &s);
+        let rows: Vec<&str> = o.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            rows,
+            [
+                "berth_sticky_evictions_total 2",
+                "berth_sticky_admission_rejections_total 3"
+            ]
+        );
+        assert!(o.contains("# TYPE berth_sticky_evictions_total counter\n"));
+        assert!(o.contains("# TYPE berth_sticky_admission_rejections_total counter\n"));
+        assert!(o.contains("# HELP berth_sticky_admission_rejections_total Clients not remembered because the sticky table was full"));
+    }
 }
