@@ -1,6 +1,6 @@
 //! [`Expiring`]: a bounded concurrent map whose entries expire after an idle time and a
-//! maximum age. The one design behind sticky memory (client key -> region) and the proxy's
-//! affinity and upload-session tables.
+//! maximum age: the proxy's affinity and upload-session tables (sticky memory, which must
+//! hold a million clients in little memory, has its own compact table in `crate::sticky`).
 //!
 //! Keys are never config ids (callers key by names or stable hashes of names), so a table
 //! outlives any number of reloads unchanged. At capacity, expired entries go first, then the

@@ -8,7 +8,7 @@
 //! - [`zone`]: static zone data from RFC 1035 master files and the authoritative lookup.
 //! - [`health`]: probes of each region's upstream, rise/fall thresholds, the monitor loop.
 //! - [`snapshot`]: everything a query needs, built off the hot path and swapped in whole.
-//! - [`expiring`]: the bounded map with idle and age expiry behind sticky memory and affinity.
+//! - [`expiring`]: the bounded map with idle and age expiry behind the proxy's affinity.
 //! - [`sticky`]: per-instance memory of which region each client was answered with.
 //! - [`flags`]: the operators' per-region `endpoint_enabled` flags, persisted atomically.
 //! - [`metrics`]: hot-path counters and histograms, `process_*`, and their Prometheus rendering.

@@ -422,6 +422,7 @@ impl Live {
             generation: snap.generation,
             last_reload_ok: c.last_reload.as_ref().is_none_or(|r| r.ok),
             counters: &snap.counters,
+            sticky: self.sticky.stats(),
         };
         self.metrics.render(&g)
     }

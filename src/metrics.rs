@@ -462,6 +462,8 @@ pub struct Gauges<'a> {
     pub last_reload_ok: bool,
     /// The serving snapshot's counters.
     pub counters: &'a Counters,
+    /// The sticky table's evictions and admission rejections (rendered by `crate::sticky`).
+    pub sticky: crate::sticky::StickyStats,
 }
 
 pub struct RegionGauge<'a> {
@@ -560,6 +562,7 @@ impl Metrics {
         self.render_times(&mut o, g);
         process::render_build_info(&mut o);
         process::render_process(&mut o);
+        crate::sticky::render_metrics(&mut o, &g.sticky);
         o
     }
 

@@ -346,3 +346,20 @@ fn probe_tls_keys_are_validated_and_the_ca_defaults_to_the_proxys() {
         );
     }
 }
+
+#[test]
+fn sticky_capacity_is_bounded() {
+    let cases = [
+        (
+            "capacity = 0",
+            "/etc/berth/berth.toml: sticky.capacity: must be at least 1",
+        ),
+        (
+            "capacity = 100000001",
+            "/etc/berth/berth.toml: sticky.capacity: 100000001 must be at most 100000000 (reserved at start, about 22 bytes per client)",
+        ),
+    ];
+    for (keys, want) in cases {
+        assert_eq!(error_of(&format!("{BASE}\n[sticky]\n{keys}\n")), want);
+    }
+}

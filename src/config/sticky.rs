@@ -25,6 +25,9 @@ pub struct StickyConfig {
     pub capacity: usize,
 }
 
+/// 100 million clients: 2.2 GB of table, far past what one instance sees.
+const MAX_CAPACITY: usize = 100_000_000;
+
 impl Validator<'_> {
     pub(super) fn sticky(&self, raw: Option<RawSticky>) -> Result<StickyConfig, ConfigError> {
         let mut s = StickyConfig {
@@ -38,6 +41,13 @@ impl Validator<'_> {
         if let Some(c) = raw.capacity {
             if c == 0 {
                 return Err(self.err("sticky.capacity", "must be at least 1"));
+            }
+            // The compact table reserves its slots and sketch at start (crate::sticky).
+            if c > MAX_CAPACITY {
+                return Err(self.err(
+                    "sticky.capacity",
+                    format!("{c} must be at most {MAX_CAPACITY} (reserved at start, about 22 bytes per client)"),
+                ));
             }
             s.capacity = c;
         }

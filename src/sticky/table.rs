@@ -1,0 +1,290 @@
+//! The compact sticky table: sharded, set-associative, 16 bytes per slot.
+//!
+//! A key is hashed once (seeded per process). The hash picks a bucket of [`WAYS`] slots and
+//! a 32-bit fingerprint; only the fingerprint is stored, never the key. Bucket `b` lives in
+//! shard `b % shards`, each shard behind its own lock with its own frequency sketch
+//! ([`Frequency`]), so DNS threads meet only when they hit the same shard. A slot holds:
+//! the fingerprint (0: empty), the region as an index into the shard's list of region keys,
+//! the last use in ms (48 bits), and the age at that use in ms (32 bits, see `max_age`).
+//!
+//! Inserting into a full bucket: an expired slot is reused first; otherwise the slot with the
+//! lowest estimated frequency (ties: least recently used) is the victim, and the newcomer
+//! takes it only if it is strictly more frequent (TinyLFU admission). A full table of live
+//! entries thus turns away one-off keys and keeps clients that query again and again.
+//!
+//! Fingerprint collisions: two keys that share a bucket and a fingerprint are one entry. A
+//! new key then reads another client's remembered region (still subject to the eligibility
+//! check of routing, so only a valid, possibly less near, region) until that memory expires.
+//! A lookup compares at most [`WAYS`] fingerprints, so the chance that a given new key hits
+//! one is at most 8 / 2^32 = 1.9e-9: about one key in 540 million, whatever the table size
+//! (0.002 expected collisions while a million distinct clients arrive).
+
+use std::hash::BuildHasher;
+
+use parking_lot::Mutex;
+
+use super::admission::{mix, reduce, Frequency};
+use super::{Millis, StickyKey};
+
+/// Slots per bucket: 8 x 16 bytes, two cache lines, compared in one pass.
+pub(super) const WAYS: usize = 8;
+/// Shards (locks) at most: enough for many DNS threads on few cores.
+const MAX_SHARDS: usize = 64;
+/// Times are kept in 48 bits of ms (8,900 years of uptime).
+const TIME_MAX: u64 = (1 << 48) - 1;
+
+/// One slot as four words, so a table of empty slots is zeroed memory (`vec![[0; 4]; n]`
+/// asks the allocator for zeroed pages, which stay unresident until used):
+/// `[fingerprint, region index | last use >> 32 << 16, last use (low 32 bits), age]`.
+type Slot = [u32; 4];
+
+fn seen(s: &Slot) -> u64 {
+    (u64::from(s[1] >> 16) << 32) | u64::from(s[2])
+}
+
+fn region_of(s: &Slot) -> u16 {
+    s[1] as u16
+}
+
+/// When the slot got its region (the age saturates at 49.7 days: see `Limits::new`).
+fn since(s: &Slot) -> u64 {
+    seen(s).saturating_sub(u64::from(s[3]))
+}
+
+fn fill(s: &mut Slot, fp: u32, region: u16, since: u64, now: u64) {
+    let now = now.min(TIME_MAX);
+    let age = u32::try_from(now.saturating_sub(since)).unwrap_or(u32::MAX);
+    *s = [
+        fp,
+        u32::from(region) | (((now >> 32) as u32) << 16),
+        now as u32,
+        age,
+    ];
+}
+
+/// The idle and age limits, in ms.
+#[derive(Clone, Copy)]
+struct Limits {
+    idle: u64,
+    max_age: u64,
+}
+
+impl Limits {
+    /// Ages are stored in 32 bits of ms: a `max_age` past 49.7 days counts as 49.7 days, so
+    /// a saturated age always reads as expired, never as younger than it is.
+    fn new(idle: Millis, max_age: Millis) -> Limits {
+        Limits {
+            idle,
+            max_age: max_age.min(u64::from(u32::MAX)),
+        }
+    }
+
+    fn live(&self, s: &Slot, now: Millis) -> bool {
+        now.saturating_sub(seen(s)) < self.idle && now.saturating_sub(since(s)) < self.max_age
+    }
+}
+
+/// Counts for metrics, summed over shards.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StickyStats {
+    /// Occupied slots (expired ones included until reused, as before).
+    pub entries: usize,
+    /// Live entries dropped to admit a more frequent newcomer.
+    pub evictions: u64,
+    /// Newcomers turned away: the table was full of live, at least as frequent entries.
+    pub rejections: u64,
+}
+
+struct Shard {
+    /// This shard's buckets, `WAYS` slots each, one after the other.
+    slots: Vec<Slot>,
+    freq: Frequency,
+    /// Region keys (stable hashes of region names) the slots index: a handful, appended
+    /// once per name ever answered.
+    regions: Vec<u64>,
+    stats: StickyStats,
+}
+
+/// A shard on its own cache lines, so threads on neighbouring shards do not share them.
+#[repr(align(64))]
+struct Padded(Mutex<Shard>);
+
+/// Where a key lives.
+#[derive(Clone, Copy)]
+struct Place {
+    shard: usize,
+    /// First slot of the bucket within the shard.
+    start: usize,
+    fp: u32,
+    /// The key as the frequency sketch knows it (from bucket and fingerprint only).
+    item: u64,
+}
+
+fn item(local_bucket: usize, fp: u32) -> u64 {
+    mix(((local_bucket as u64) << 32) | u64::from(fp))
+}
+
+pub(super) struct Table {
+    shards: Box<[Padded]>,
+    buckets: usize,
+    /// Seeded at random per process: clients choose their ECS subnets, and must not be able
+    /// to aim them at one bucket or one fingerprint.
+    hasher: foldhash::fast::RandomState,
+    limits: Limits,
+}
+
+impl Table {
+    /// Room for `capacity` entries, rounded up to whole buckets.
+    pub(super) fn new(capacity: usize, idle: Millis, max_age: Millis) -> Table {
+        let buckets = capacity.max(1).div_ceil(WAYS);
+        let n = buckets.min(MAX_SHARDS);
+        let shards = (0..n)
+            .map(|i| {
+                // Buckets i, i + n, i + 2n, ...: every shard gets its fair share.
+                let mine = (buckets - i).div_ceil(n);
+                Padded(Mutex::new(Shard {
+                    slots: vec![[0; 4]; mine * WAYS],
+                    freq: Frequency::new(mine * WAYS),
+                    regions: Vec::new(),
+                    stats: StickyStats::default(),
+                }))
+            })
+            .collect();
+        Table {
+            shards,
+            buckets,
+            hasher: foldhash::fast::RandomState::default(),
+            limits: Limits::new(idle, max_age),
+        }
+    }
+
+    fn place(&self, key: &StickyKey) -> Place {
+        let h = mix(self.hasher.hash_one(key));
+        let bucket = reduce(h, self.buckets);
+        let n = self.shards.len();
+        let local = bucket / n;
+        // The low half: independent of the high bits that chose the bucket. 0 means empty.
+        let fp = (h as u32).max(1);
+        Place {
+            shard: bucket % n,
+            start: local * WAYS,
+            fp,
+            item: item(local, fp),
+        }
+    }
+
+    fn shard(&self, p: &Place) -> parking_lot::MutexGuard<'_, Shard> {
+        self.shards[p.shard].0.lock()
+    }
+
+    pub(super) fn get(&self, key: &StickyKey, now: Millis) -> Option<u64> {
+        let p = self.place(key);
+        let s = self.shard(&p);
+        let slot = s.slots[p.start..p.start + WAYS]
+            .iter()
+            .find(|x| x[0] == p.fp && self.limits.live(x, now))?;
+        s.regions.get(usize::from(region_of(slot))).copied()
+    }
+
+    pub(super) fn record(&self, key: &StickyKey, region: u64, now: Millis) {
+        let p = self.place(key);
+        self.shard(&p).record(&p, region, now, self.limits);
+    }
+
+    pub(super) fn remove(&self, key: &StickyKey) {
+        let p = self.place(key);
+        self.shard(&p).remove(&p);
+    }
+
+    pub(super) fn stats(&self) -> StickyStats {
+        let mut t = StickyStats::default();
+        for s in self.shards.iter() {
+            let s = s.0.lock().stats;
+            t.entries += s.entries;
+            t.evictions += s.evictions;
+            t.rejections += s.rejections;
+        }
+        t
+    }
+
+    /// Bytes the table holds, heap and inline (for the bytes-per-entry figure).
+    pub(super) fn allocated_bytes(&self) -> usize {
+        let inline = std::mem::size_of::<Table>() + std::mem::size_of_val(&*self.shards);
+        let heap: usize = self
+            .shards
+            .iter()
+            .map(|s| {
+                let s = s.0.lock();
+                s.slots.capacity() * std::mem::size_of::<Slot>()
+                    + s.freq.heap_bytes()
+                    + s.regions.capacity() * 8
+            })
+            .sum();
+        inline + heap
+    }
+
+    /// Total slots: the bound on entries.
+    pub(super) fn slots(&self) -> usize {
+        self.buckets * WAYS
+    }
+}
+
+impl Shard {
+    /// The region's index in this shard's list, added if new (None past 65,536 names ever).
+    fn region_index(&mut self, key: u64) -> Option<u16> {
+        if let Some(i) = self.regions.iter().position(|r| *r == key) {
+            return u16::try_from(i).ok();
+        }
+        let i = u16::try_from(self.regions.len()).ok()?;
+        self.regions.push(key);
+        Some(i)
+    }
+
+    fn record(&mut self, p: &Place, region_key: u64, now: Millis, limits: Limits) {
+        self.freq.increment(p.item);
+        let Some(region) = self.region_index(region_key) else {
+            // Cannot happen with real configs (65,536 region names); forgetting is safe.
+            self.remove(p);
+            return;
+        };
+        let bucket = &mut self.slots[p.start..p.start + WAYS];
+        if let Some(s) = bucket.iter_mut().find(|s| s[0] == p.fp) {
+            let keep = region_of(s) == region && limits.live(s, now);
+            let start = if keep { since(s) } else { now };
+            fill(s, p.fp, region, start, now);
+            return;
+        }
+        if let Some(s) = bucket.iter_mut().find(|s| s[0] == 0) {
+            fill(s, p.fp, region, now, now);
+            self.stats.entries += 1;
+            return;
+        }
+        if let Some(s) = bucket.iter_mut().find(|s| !limits.live(s, now)) {
+            fill(s, p.fp, region, now, now);
+            return;
+        }
+        // Full of live entries: the least frequent (then least recent) may make way.
+        let start = p.start / WAYS;
+        let freq = &self.freq;
+        let victim = bucket
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (freq.estimate(item(start, s[0])), seen(s), i))
+            .min();
+        match victim {
+            Some((f, _, i)) if freq.estimate(p.item) > f => {
+                fill(&mut bucket[i], p.fp, region, now, now);
+                self.stats.evictions += 1;
+            }
+            _ => self.stats.rejections += 1,
+        }
+    }
+
+    fn remove(&mut self, p: &Place) {
+        let bucket = &mut self.slots[p.start..p.start + WAYS];
+        if let Some(s) = bucket.iter_mut().find(|s| s[0] == p.fp) {
+            *s = [0; 4];
+            self.stats.entries -= 1;
+        }
+    }
+}
