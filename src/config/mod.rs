@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod admin;
+mod cluster;
 mod dns;
 mod parse;
 mod policy;
@@ -28,6 +29,7 @@ mod sticky;
 mod zone;
 
 pub use admin::{AdminConfig, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS};
+pub use cluster::{ClusterConfig, ClusterIdentity, HealthQuorum};
 pub use dns::{CookieConfig, CookieSecret, DnsConfig, RateLimitConfig};
 pub use parse::{parse_duration, parse_size, UpstreamUrl};
 pub use policy::{Policy, PolicyKind};
@@ -46,6 +48,7 @@ pub use sticky::StickyConfig;
 pub use zone::ZoneConfig;
 
 use admin::RawAdmin;
+use cluster::RawCluster;
 use dns::RawDns;
 use proxy::RawProxy;
 use region::RawRegion;
@@ -91,6 +94,7 @@ struct RawConfig {
     regions: Vec<RawRegion>,
     #[serde(default, rename = "routed_name")]
     routed_names: Vec<RawRoutedName>,
+    cluster: Option<RawCluster>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +118,8 @@ pub struct Config {
     /// Regions in file order; a [`RegionId`] indexes this.
     pub regions: Vec<Region>,
     pub routed_names: Vec<RoutedName>,
+    /// `[cluster]`: shared state in etcd; `None` is a single instance on its state file.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -188,6 +194,7 @@ impl Validator<'_> {
         let regions = self.regions(raw.regions)?;
         let routed_names = self.routed_names(raw.routed_names, &regions, &zones)?;
         let proxy = self.proxy(raw.proxy.unwrap_or_default(), &regions, &routed_names)?;
+        let cluster = self.cluster(raw.cluster)?;
         if !routed_names.is_empty() && dns.listen.is_empty() {
             return Err(self.err(
                 "dns.listen",
@@ -205,6 +212,7 @@ impl Validator<'_> {
             zones,
             regions,
             routed_names,
+            cluster,
         })
     }
 }
