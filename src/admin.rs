@@ -288,7 +288,12 @@ pub struct RegionView {
 fn region_view(live: &Live, snap: &crate::snapshot::Snapshot, id: usize) -> RegionView {
     let r = &snap.config.regions[id];
     let mut h: HealthInfo = live.health(&r.name);
-    let enabled = live.is_enabled(&r.name);
+    // The published state, not the flag against the clock: a maintenance window that just
+    // ended counts once the snapshot says so, as DNS sees it.
+    let enabled = snap
+        .states
+        .get(id)
+        .map_or_else(|| live.is_enabled(&r.name), |s| s.enabled);
     // With [cluster] the routing verdict is the shared one (this instance's own is in
     // /api/v1/cluster); alone, both are the same.
     let shared_healthy = snap.states.get(id).is_none_or(|s| s.healthy);
