@@ -402,6 +402,9 @@ fn a_disable_through_one_instance_reaches_the_others_and_an_expiring_one_comes_b
         delays.push(t0.elapsed());
     }
     println!("observed propagation delay to B and C: {delays:?}");
+    let status = get_json(&format!("{}/api/v1/cluster", admin(&berths[1])));
+    assert_eq!(status["config_hashes_differ"], false, "{status}");
+    assert_eq!(status["connected"], true, "{status}");
     // Reason, who and when are visible through every instance.
     let v = get_json(&format!(
         "{}/api/v1/regions/southeastasia",
@@ -458,6 +461,23 @@ fn one_failing_vantage_point_does_not_take_a_region_down_under_majority_two_do()
     wait_until("A sees C's down verdict", DEADLINE, || {
         verdicts(&a)["verdicts"]["c"] == false && verdicts(&a)["verdicts"]["b"] == true
     });
+    // `berth cluster status` shows each verdict beside the shared one, and that C's config
+    // (another upstream) differs.
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["cluster", "status", "--admin", &a])
+        .output()
+        .expect("berth runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("instance a: etcd connected"), "{text}");
+    assert!(
+        text.contains("southeastasia: shared up [a=up b=up c=down]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("WARNING: members run different configs"),
+        "{text}"
+    );
     for b in &berths {
         let v = verdicts(&admin(b));
         assert_eq!(v["healthy"], true, "one of three down is not down: {v}");
@@ -621,4 +641,45 @@ fn write_state(path: &Path, region: &str, enabled: bool) {
         ),
     )
     .expect("state file");
+}
+
+/// BENCHMARKS.md's propagation figure: 100 flag changes through A, each timed from the PUT
+/// until B's and C's published snapshots (what their DNS and proxy read) carry it; etcd's
+/// own put round trip in the same run is the reference. Prints, asserts only convergence.
+#[test]
+fn flag_propagation_delay_over_100_changes() {
+    let etcd = Etcd::start(1);
+    let ups = Upstreams::start();
+    let (_nodes, berths) = start_three(&etcd, &ups, "/t6");
+    let url = format!("{}/api/v1/regions/southeastasia", admin(&berths[0]));
+    let region = 3;
+    let mut delays = vec![];
+    let mut puts = vec![];
+    for i in 0..100 {
+        let enabled = i % 2 == 1;
+        let t0 = Instant::now();
+        let (status, v) = put(&url, &format!("{{\"endpoint_enabled\": {enabled}}}"));
+        assert_eq!(status, 200, "{v}");
+        puts.push(t0.elapsed());
+        for b in &berths[1..] {
+            let live = &b.running().live;
+            // A 1 ms poll (wait_until's 20 ms would blur the figure).
+            let end = Instant::now() + DEADLINE;
+            while live.snapshot.load().states[region].enabled != enabled {
+                assert!(Instant::now() < end, "change {i} not seen");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        delays.push(t0.elapsed());
+    }
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort();
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (med, max) = stats(&mut delays);
+    let (pmed, pmax) = stats(&mut puts);
+    println!(
+        "propagation A -> B and C over 100 changes: median {med:?}, max {max:?}; \
+         the PUT through A alone (etcd write included): median {pmed:?}, max {pmax:?}"
+    );
 }

@@ -135,7 +135,13 @@ async fn connect(cfg: &ClusterConfig) -> Result<Client, anyhow::Error> {
         }
         opts = opts.with_tls(tls);
     }
-    let c = tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&cfg.etcd, Some(opts)))
+    let endpoints = reachable(&cfg.etcd, &opts).await;
+    anyhow::ensure!(
+        !endpoints.is_empty(),
+        "no etcd endpoint answers ({})",
+        cfg.etcd.join(", ")
+    );
+    let c = tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&endpoints, Some(opts)))
         .await
         .map_err(|_| {
             anyhow::anyhow!(
@@ -146,6 +152,41 @@ async fn connect(cfg: &ClusterConfig) -> Result<Client, anyhow::Error> {
         })??;
     Ok(c)
 }
+
+/// The endpoints that answer a status request now. The client balances requests over the
+/// endpoints it is given; with a dead member among them a share of requests would wait for
+/// their timeout, so a session uses only the members that answer (the next session, after
+/// any error, looks again).
+async fn reachable(endpoints: &[String], opts: &ConnectOptions) -> Vec<String> {
+    let mut probes = tokio::task::JoinSet::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        let (e, opts) = (e.clone(), opts.clone());
+        probes.spawn(async move {
+            let ok = tokio::time::timeout(PROBE_TIMEOUT, async {
+                let mut c = Client::connect([e.as_str()], Some(opts)).await?;
+                c.status().await
+            })
+            .await
+            .is_ok_and(|r| r.is_ok());
+            (i, ok)
+        });
+    }
+    let mut up = vec![false; endpoints.len()];
+    while let Some(r) = probes.join_next().await {
+        if let Ok((i, true)) = r {
+            up[i] = true;
+        }
+    }
+    endpoints
+        .iter()
+        .zip(up)
+        .filter(|(_, ok)| *ok)
+        .map(|(e, _)| e.clone())
+        .collect()
+}
+
+/// How long one endpoint may take to answer [`reachable`]'s status request.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// Start the cluster task for `live` (whose config has `[cluster]`); it runs until
 /// `stop` turns true. Returns the handle the admin API writes through.

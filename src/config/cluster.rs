@@ -174,3 +174,39 @@ impl Validator<'_> {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, HealthQuorum};
+    use std::path::Path;
+
+    fn parse(cluster: &str) -> Result<Config, String> {
+        let text = format!("[dns]\nlisten = [\"127.0.0.1:1053\"]\n[cluster]\n{cluster}");
+        Config::parse(&text, Path::new("/etc/berth/berth.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_errors_name_the_key() {
+        let c = parse("etcd = [\"http://127.0.0.1:2379\"]\ninstance = \"a\"")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.prefix, "/berth");
+        assert_eq!(c.health_quorum, HealthQuorum::Majority);
+        assert_eq!(c.lease_ttl, std::time::Duration::from_secs(5));
+        for (text, want) in [
+            ("etcd = []", "/etc/berth/berth.toml: cluster.etcd: name at least one etcd endpoint, such as \"http://127.0.0.1:2379\""),
+            ("etcd = [\"127.0.0.1:2379\"]", "/etc/berth/berth.toml: cluster.etcd: \"127.0.0.1:2379\" is not an http:// or https:// endpoint"),
+            ("etcd = [\"http://e:2379\"]\nhealth_quorum = \"most\"", "/etc/berth/berth.toml: cluster.health_quorum: \"most\" is not one of \"majority\", \"any\", \"all\""),
+            ("etcd = [\"http://e:2379\"]\nprefix = \"berth/\"", "/etc/berth/berth.toml: cluster.prefix: \"berth/\" must start with / and not end with one, such as \"/berth\""),
+            ("etcd = [\"http://e:2379\"]\ninstance = \"a b\"", "/etc/berth/berth.toml: cluster.instance: \"a b\" must be letters, digits, '-', '_' or '.'"),
+            ("etcd = [\"http://e:2379\"]\ncert_file = \"c.pem\"", "/etc/berth/berth.toml: cluster.cert_file: cert_file and key_file go together (the client certificate and its key)"),
+            ("etcd = [\"http://e:2379\"]\nuser = \"u\"", "/etc/berth/berth.toml: cluster.user: user and a password (password_env or password_file) go together"),
+        ] {
+            assert_eq!(parse(text).unwrap_err(), want, "{text}");
+        }
+        assert!(parse("etcd = [\"http://e:2379\"]\nendpoints = []")
+            .unwrap_err()
+            .contains("unknown field `endpoints`"));
+    }
+}
