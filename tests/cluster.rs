@@ -683,3 +683,70 @@ fn flag_propagation_delay_over_100_changes() {
          the PUT through A alone (etcd write included): median {pmed:?}, max {pmax:?}"
     );
 }
+
+/// Without `[cluster]` the same provenance lives in the state file (issue 13): reason, by,
+/// at and a maintenance window through the API and the CLI, kept across a restart.
+#[test]
+fn a_single_instance_keeps_who_when_why_in_its_state_file() {
+    let ups = Upstreams::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token");
+    let up = format!("upstream = \"http://127.0.0.1:{}\"", ups.ports[0]);
+    let config = demo_config(
+        dir.path(),
+        &[
+            ("upstream = \"http://127.0.0.1:5001\"", up.as_str()),
+            (
+                "token_env = \"BERTH_ADMIN_TOKEN\"",
+                "token_file = \"token\"",
+            ),
+        ],
+        "",
+    );
+    let mut berth = Berth::start(&config);
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "region",
+            "disable",
+            "westus",
+            "--reason",
+            "kernel upgrade",
+            "--by",
+            "ana",
+            "--for",
+            "2h",
+            "--admin",
+            &berth.admin(),
+        ])
+        .env("BERTH_ADMIN_TOKEN", TOKEN)
+        .output()
+        .expect("berth runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = std::fs::read_to_string(dir.path().join("berth.state.json")).expect("state");
+    assert!(state.contains("\"reason\": \"kernel upgrade\""), "{state}");
+    assert!(state.contains("\"by\": \"ana\""), "{state}");
+    assert!(state.contains("\"until_ms\""), "{state}");
+    berth.stop();
+    let berth = Berth::start(&config);
+    let v = get_json(&format!("{}/api/v1/regions/westus", berth.admin()));
+    assert_eq!(v["endpoint_enabled"], false, "{v}");
+    assert_eq!(v["flag"]["reason"], "kernel upgrade", "{v}");
+    let list = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["region", "list", "--admin", &berth.admin()])
+        .output()
+        .expect("berth runs");
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("westus: disabled by ana at unix ms "),
+        "{text}"
+    );
+    assert!(text.contains(": kernel upgrade (until unix ms "), "{text}");
+    assert_eq!(
+        get_json(&format!("{}/api/v1/cluster", berth.admin()))["enabled"],
+        false
+    );
+}
