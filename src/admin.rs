@@ -4,7 +4,8 @@
 //! |---|---|---|
 //! | GET | `/api/v1/regions` | every region: flag, health, last error, probe latency, answers, proxy figures |
 //! | GET | `/api/v1/regions/{name}` | one region |
-//! | PUT | `/api/v1/regions/{name}` | `{"endpoint_enabled": false}`: set the operator flag |
+//! | PUT | `/api/v1/regions/{name}` | `{"endpoint_enabled": false, "reason": "...", "by": "...", "for": "2h"}`: set the operator flag (reason, by, for optional; `for` makes a disable lapse by itself); with `[cluster]` 503 while etcd is unreachable |
+//! | GET | `/api/v1/cluster` | `[cluster]`: connectivity, members (version, config hash), each instance's verdict per region beside the shared one |
 //! | GET | `/api/v1/route?client=ADDRESS&name=NAME` | a decision and its explanation |
 //! | POST | `/api/v1/reload` | reload config, zones, GeoIP; 422 with the error if rejected |
 //! | GET | `/api/v1/events?after=SEQ` | recent events (health flips, flags, reloads, fail-open) |
@@ -61,6 +62,7 @@ pub fn router(live: Arc<Live>, token: Option<String>) -> Router {
         .route("/api/v1/route", get(route))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/cluster", get(cluster_status))
         .route("/metrics", get(metrics))
         .merge(dashboard::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -275,6 +277,8 @@ pub struct RegionView {
     pub healthy: bool,
     /// Enabled and healthy: answerable without failing open.
     pub eligible: bool,
+    /// Who set the flag, when, why, and until when (absent: never set).
+    pub flag: Option<crate::flags::FlagRecord>,
     pub last_error: Option<String>,
     pub probe_latency_ms: Option<f64>,
     /// Routed DNS answers served with this region since start.
@@ -287,8 +291,20 @@ pub struct RegionView {
 /// must not shift the ids under us).
 fn region_view(live: &Live, snap: &crate::snapshot::Snapshot, id: usize) -> RegionView {
     let r = &snap.config.regions[id];
-    let h: HealthInfo = live.health(&r.name);
-    let enabled = live.is_enabled(&r.name);
+    let mut h: HealthInfo = live.health(&r.name);
+    // The published state, not the flag against the clock: a maintenance window that just
+    // ended counts once the snapshot says so, as DNS sees it.
+    let enabled = snap
+        .states
+        .get(id)
+        .map_or_else(|| live.is_enabled(&r.name), |s| s.enabled);
+    // With [cluster] the routing verdict is the shared one (this instance's own is in
+    // /api/v1/cluster); alone, both are the same.
+    let shared_healthy = snap.states.get(id).is_none_or(|s| s.healthy);
+    if live.cluster.get().is_some() && shared_healthy != h.healthy {
+        h.healthy = shared_healthy;
+        h.state = if shared_healthy { "up" } else { "down" };
+    }
     RegionView {
         name: r.name.clone(),
         latitude: r.latitude,
@@ -298,6 +314,7 @@ fn region_view(live: &Live, snap: &crate::snapshot::Snapshot, id: usize) -> Regi
         health: h.state,
         healthy: h.healthy,
         eligible: enabled && h.healthy,
+        flag: live.flag(&r.name),
         last_error: h.last_error,
         probe_latency_ms: h.probe_latency_ms,
         answers: snap.counters.region_answers(id),
@@ -365,10 +382,46 @@ async fn region(State(ctx): State<Ctx>, Path(name): Path<String>) -> Response {
 #[serde(deny_unknown_fields)]
 struct SetRegion {
     endpoint_enabled: bool,
+    /// Why, shown beside the flag and in the event.
+    reason: Option<String>,
+    /// Who; default the API client's address.
+    by: Option<String>,
+    /// A maintenance window: a disable lapses after this long ("2h").
+    #[serde(rename = "for")]
+    for_: Option<String>,
+}
+
+impl SetRegion {
+    fn record(self, peer: SocketAddr) -> Result<crate::flags::FlagRecord, String> {
+        let at = crate::live::unix_ms();
+        let until_ms = match &self.for_ {
+            None => None,
+            Some(_) if self.endpoint_enabled => {
+                return Err("\"for\" applies to a disable (endpoint_enabled false) only".into())
+            }
+            Some(d) => {
+                let d = crate::config::parse_duration(d).map_err(|m| format!("for: {m}"))?;
+                Some(at.saturating_add(d.as_millis() as u64))
+            }
+        };
+        let clean = |s: Option<String>| s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let reason = clean(self.reason);
+        if reason.as_ref().is_some_and(|r| r.len() > 1000) {
+            return Err("reason is longer than 1000 bytes".into());
+        }
+        Ok(crate::flags::FlagRecord {
+            endpoint_enabled: self.endpoint_enabled,
+            reason,
+            by: clean(self.by).or_else(|| Some(peer.ip().to_string())),
+            at_ms: Some(at),
+            until_ms,
+        })
+    }
 }
 
 async fn set_region(
     State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
     body: Result<Json<SetRegion>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -384,12 +437,17 @@ async fn set_region(
             )
         }
     };
+    let record = match body.record(peer) {
+        Ok(r) => r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    if let Some(cluster) = ctx.live.cluster.get() {
+        return set_region_shared(&ctx, cluster.as_ref(), name, record).await;
+    }
     let live = ctx.live.clone();
     // The state file is fsynced: keep that off the async workers.
-    let result = tokio::task::spawn_blocking(move || {
-        live.set_enabled(&name, body.endpoint_enabled).map(|_| name)
-    })
-    .await;
+    let result =
+        tokio::task::spawn_blocking(move || live.set_flag(&name, record).map(|_| name)).await;
     match result {
         Ok(Ok(name)) => {
             let snap = ctx.live.snapshot.load_full();
@@ -404,6 +462,68 @@ async fn set_region(
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, crate::report(&e)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// `[cluster]`: the flag goes to etcd for every instance, or nowhere (503).
+async fn set_region_shared(
+    ctx: &Ctx,
+    cluster: &dyn crate::live::SharedWriter,
+    name: String,
+    record: crate::flags::FlagRecord,
+) -> Response {
+    let snap = ctx.live.snapshot.load_full();
+    let Some(id) = snap.config.region_id(&name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no region is named {name:?}"),
+        );
+    };
+    match cluster.set_flag(&name, record).await {
+        Ok(()) => {
+            let snap = ctx.live.snapshot.load_full();
+            Json(region_view(&ctx.live, &snap, id)).into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// `[cluster]` status: this instance, etcd connectivity, the members, and per region each
+/// live instance's verdict beside the shared one. Without `[cluster]`: `{"enabled": false}`.
+async fn cluster_status(State(ctx): State<Ctx>) -> Response {
+    let Some(shared) = ctx.live.shared() else {
+        return Json(json!({ "enabled": false })).into_response();
+    };
+    let snap = ctx.live.snapshot.load_full();
+    let local = ctx.live.local_health();
+    let cfg = snap.config.cluster.as_ref();
+    let regions: Vec<_> = snap
+        .config
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(id, r)| {
+            let mine = local.get(&r.name).map(|h| h.healthy);
+            json!({
+                "name": r.name,
+                "healthy": snap.states.get(id).is_none_or(|s| s.healthy),
+                "verdicts": shared.region_verdicts(&r.name, mine),
+            })
+        })
+        .collect();
+    Json(json!({
+        "enabled": true,
+        "instance": shared.instance,
+        "connected": shared.connected,
+        "etcd": cfg.map(|c| c.etcd.clone()),
+        "prefix": cfg.map(|c| c.prefix.clone()),
+        "health_quorum": shared.quorum.name(),
+        "revision": shared.revision,
+        "config_hash": crate::shared::config_hash(&snap.config),
+        "config_hashes_differ": shared.config_hashes_differ(),
+        "members": shared.members.values().collect::<Vec<_>>(),
+        "regions": regions,
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize)]

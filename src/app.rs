@@ -214,6 +214,30 @@ impl Running {
             )));
         }
 
+        // [cluster]: wait (bounded) for the first full read of the shared state before
+        // answering, so a restarted instance never serves from its old local flags.
+        if let Some((_, task)) = crate::cluster::start(&live, shutdown.subscribe()) {
+            tasks.push(task);
+            crate::cluster::wait_first_sync(&live).await;
+        }
+        {
+            // Maintenance windows end by the clock, not by an event.
+            let weak = Arc::downgrade(&live);
+            let mut stop = shutdown.subscribe();
+            tasks.push(tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => match weak.upgrade() {
+                            Some(live) => live.tick(),
+                            None => return,
+                        },
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }));
+        }
+
         let admin_addr = match admin.listen {
             Some(addr) => {
                 let (bound, task) =

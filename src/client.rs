@@ -127,6 +127,11 @@ pub fn render_regions(v: &Value) -> String {
             r["last_error"].as_str().unwrap_or("-"),
         ));
     }
+    for r in v["regions"].as_array().into_iter().flatten() {
+        if let Some(line) = render_flag(r) {
+            out.push_str(&line);
+        }
+    }
     for n in v["routed_names"].as_array().into_iter().flatten() {
         if n["fail_open"].as_bool() == Some(true) {
             out.push_str(&format!(
@@ -134,6 +139,104 @@ pub fn render_regions(v: &Value) -> String {
                 n["name"].as_str().unwrap_or("?")
             ));
         }
+    }
+    out
+}
+
+/// "westus: disabled by ana at 2026-... (unix ms): maintenance; until ..." for a flag with
+/// provenance; `None` for a region whose flag was never set.
+fn render_flag(r: &Value) -> Option<String> {
+    let f = r.get("flag").filter(|f| f.is_object())?;
+    let state = if f["endpoint_enabled"].as_bool() == Some(false) {
+        "disabled"
+    } else {
+        "enabled"
+    };
+    let mut line = format!("{}: {state}", r["name"].as_str().unwrap_or("?"));
+    if let Some(by) = f["by"].as_str() {
+        line.push_str(&format!(" by {by}"));
+    }
+    if let Some(at) = f["at_ms"].as_u64() {
+        line.push_str(&format!(" at unix ms {at}"));
+    }
+    if let Some(reason) = f["reason"].as_str() {
+        line.push_str(&format!(": {reason}"));
+    }
+    if let Some(until) = f["until_ms"].as_u64() {
+        line.push_str(&format!(" (until unix ms {until})"));
+    }
+    line.push('\n');
+    Some(line)
+}
+
+/// `berth cluster status`: connectivity, members and their config hashes, and each
+/// instance's verdict per region beside the shared one.
+pub fn render_cluster(v: &Value) -> String {
+    if v["enabled"].as_bool() != Some(true) {
+        return "not clustered: this instance has no [cluster] section (flags live in its state file)\n"
+            .to_string();
+    }
+    let mut out = format!(
+        "instance {}: etcd {} ({}), health_quorum {}, revision {}\n",
+        v["instance"].as_str().unwrap_or("?"),
+        if v["connected"].as_bool() == Some(true) {
+            "connected"
+        } else {
+            "UNREACHABLE: serving the last shared state, changes refused"
+        },
+        v["etcd"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(|e| e.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
+        v["health_quorum"].as_str().unwrap_or("?"),
+        v["revision"],
+    );
+    out.push_str(&format!(
+        "{:<20} {:<10} {:<18} {}\n",
+        "MEMBER", "VERSION", "CONFIG HASH", "ADMIN"
+    ));
+    for m in v["members"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<20} {:<10} {:<18} {}\n",
+            m["instance"].as_str().unwrap_or("?"),
+            m["version"].as_str().unwrap_or("?"),
+            m["config_hash"].as_str().unwrap_or("?"),
+            m["admin"].as_str().unwrap_or("-"),
+        ));
+    }
+    if v["config_hashes_differ"].as_bool() == Some(true) {
+        out.push_str("WARNING: members run different configs (config hashes differ)\n");
+    }
+    for r in v["regions"].as_array().into_iter().flatten() {
+        let verdicts: Vec<String> = r["verdicts"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(i, ok)| {
+                format!(
+                    "{i}={}",
+                    if ok.as_bool() == Some(true) {
+                        "up"
+                    } else {
+                        "down"
+                    }
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "{}: shared {} [{}]\n",
+            r["name"].as_str().unwrap_or("?"),
+            if r["healthy"].as_bool() == Some(true) {
+                "up"
+            } else {
+                "down"
+            },
+            verdicts.join(" ")
+        ));
     }
     out
 }

@@ -5,7 +5,10 @@
 //! holds either the old or the new state, never half of one. A failed write removes its temp
 //! file; temp files a killed process left behind are removed by the next load or write. Flags for regions that are not in
 //! the current config are kept, so a config edit that drops a region and brings it back does
-//! not forget that the operator had disabled it. Not here: what a flag does to routing.
+//! not forget that the operator had disabled it. Each flag carries who set it, when, why, and
+//! an optional expiry (a maintenance window: a disable with `until_ms` lapses by itself); the
+//! same [`FlagRecord`] is what `crate::cluster` stores in etcd. Not here: what a flag does to
+//! routing.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -39,11 +42,50 @@ struct StateFile {
     regions: BTreeMap<String, RegionFlags>,
 }
 
+/// One region's operator flag and its provenance. Version 1 state files written before the
+/// provenance fields existed hold only `endpoint_enabled`: every other field is optional.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RegionFlags {
-    endpoint_enabled: bool,
+pub struct FlagRecord {
+    pub endpoint_enabled: bool,
+    /// Why, in the operator's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who: the name the operator gave, or the API client's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// When it was set, Unix time in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
+    /// A disable lapses at this Unix time (ms): the region counts as enabled from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
 }
+
+impl FlagRecord {
+    /// A bare flag with no provenance (what older state files and tests hold).
+    pub fn plain(enabled: bool) -> FlagRecord {
+        FlagRecord {
+            endpoint_enabled: enabled,
+            reason: None,
+            by: None,
+            at_ms: None,
+            until_ms: None,
+        }
+    }
+
+    /// Is the region enabled at `now_ms`? A disable past its `until_ms` is over.
+    pub fn enabled_at(&self, now_ms: u64) -> bool {
+        self.endpoint_enabled || self.until_ms.is_some_and(|u| now_ms >= u)
+    }
+}
+
+/// The effective flag of a region with record `rec` at `now_ms` (no record: enabled).
+pub fn enabled_at(rec: Option<&FlagRecord>, now_ms: u64) -> bool {
+    rec.is_none_or(|r| r.enabled_at(now_ms))
+}
+
+type RegionFlags = FlagRecord;
 
 /// The flags and the file they live in.
 #[derive(Debug, Clone)]
@@ -107,15 +149,20 @@ impl Flags {
             .is_none_or(|f| f.endpoint_enabled)
     }
 
+    /// The region's flag record, if an operator ever set one.
+    pub fn record(&self, region: &str) -> Option<&FlagRecord> {
+        self.state.regions.get(region)
+    }
+
     /// Set a flag and persist it before returning; on a write error nothing changes.
     pub fn set(&mut self, region: &str, enabled: bool) -> Result<(), FlagsError> {
+        self.set_record(region, FlagRecord::plain(enabled))
+    }
+
+    /// Set a flag with its provenance; persisted before returning, as [`Flags::set`].
+    pub fn set_record(&mut self, region: &str, record: FlagRecord) -> Result<(), FlagsError> {
         let mut next = self.state.clone();
-        next.regions.insert(
-            region.to_string(),
-            RegionFlags {
-                endpoint_enabled: enabled,
-            },
-        );
+        next.regions.insert(region.to_string(), record);
         write_atomically(&self.path, &next).map_err(|source| FlagsError::Write {
             path: self.path.clone(),
             source,
@@ -214,6 +261,33 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "no temp files left behind: {names:?}");
+    }
+
+    #[test]
+    fn provenance_and_expiry_persist_and_old_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        std::fs::write(
+            &path,
+            "{\"version\":1,\"regions\":{\"westus\":{\"endpoint_enabled\":false}}}",
+        )
+        .unwrap();
+        let mut f = Flags::load(&path).unwrap();
+        assert_eq!(f.record("westus"), Some(&FlagRecord::plain(false)));
+        let rec = FlagRecord {
+            endpoint_enabled: false,
+            reason: Some("maintenance".into()),
+            by: Some("ana".into()),
+            at_ms: Some(1_000),
+            until_ms: Some(5_000),
+        };
+        f.set_record("eastus", rec.clone()).unwrap();
+        let again = Flags::load(&path).unwrap();
+        assert_eq!(again.record("eastus"), Some(&rec));
+        assert!(!enabled_at(again.record("eastus"), 4_999));
+        assert!(enabled_at(again.record("eastus"), 5_000));
+        assert!(!enabled_at(again.record("westus"), u64::MAX));
+        assert!(enabled_at(again.record("nowhere"), 0));
     }
 
     #[test]

@@ -22,11 +22,15 @@
 //! - [`client`]: the CLI's client for a running server's admin API.
 //! - [`supervise`]: the panic hook and the supervisors that replace a panicked worker.
 //! - [`limits`]: process limits raised at start (open files).
+//! - [`shared`]: the shared state of a `[cluster]` as last read from etcd, and its pure rules
+//!   (key layout, health quorum, rendezvous ownership of jobs).
+//! - [`cluster`]: `[cluster]`: flags, health verdicts and membership shared through etcd.
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
 
 pub mod admin;
 pub mod app;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod expiring;
@@ -39,6 +43,7 @@ pub mod logs;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
+pub mod shared;
 pub mod snapshot;
 pub mod sticky;
 pub mod supervise;

@@ -17,9 +17,10 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::flags::{Flags, FlagsError};
+use crate::flags::{FlagRecord, Flags, FlagsError};
 use crate::metrics::{Gauges, Metrics, RegionGauge};
 use crate::routing::{ClientKey, RegionState};
+use crate::shared::{Change, SharedState};
 use crate::snapshot::{LoadError, Routed, Snapshot};
 use crate::sticky::{Millis, StickyTable};
 
@@ -72,8 +73,34 @@ pub enum ControlError {
     Flags(#[from] FlagsError),
 }
 
+/// Where operator flags go when they are shared (`[cluster]`): `cluster::Handle` writes
+/// them to etcd for every instance, or refuses (the message says why) when it cannot.
+#[async_trait::async_trait]
+pub trait SharedWriter: Send + Sync {
+    async fn set_flag(&self, region: &str, record: FlagRecord) -> Result<(), String>;
+}
+
+/// A change to the shared state, as the cluster task hands it to [`Live::apply_shared`].
+pub enum SharedUpdate {
+    /// Connected to etcd, with a full read of the prefix: replace everything.
+    Resync {
+        revision: i64,
+        kvs: Vec<(String, Vec<u8>)>,
+    },
+    /// Watched changes: a put (`Some`) or a delete (`None`) of each key.
+    Changes {
+        revision: i64,
+        changes: Vec<(String, Option<Vec<u8>>)>,
+    },
+    /// etcd is unreachable: keep the last state, say so.
+    Disconnected(String),
+}
+
 struct Control {
     flags: Flags,
+    /// `[cluster]`: flags and verdicts from etcd replace the state file's flags and this
+    /// instance's verdicts alone. `None`: a single instance.
+    shared: Option<SharedState>,
     /// By region name, so verdicts survive a reload that reorders regions.
     health: BTreeMap<String, HealthInfo>,
     last_reload: Option<ReloadStatus>,
@@ -95,11 +122,17 @@ pub struct Live {
     /// follows the config (the health monitor's region list) waits on it, whichever way the
     /// reload came (SIGHUP, the admin API).
     config_generation: tokio::sync::watch::Sender<u64>,
+    /// Signalled when this instance's own probe verdicts change: the cluster task publishes
+    /// them.
+    pub local_health_changed: tokio::sync::Notify,
+    /// The cluster's etcd writer, set when `[cluster]` runs ([`crate::cluster`]).
+    pub cluster: std::sync::OnceLock<Arc<dyn SharedWriter>>,
 }
 
 const MAX_EVENTS: usize = 200;
 
-fn unix_ms() -> u64 {
+/// Unix time in ms (flags' provenance and maintenance windows are wall-clock times).
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -122,14 +155,20 @@ impl Live {
         let first = snapshot.generation;
         let s = &snapshot.config.sticky;
         let sticky = StickyTable::new(s.capacity, s.idle, s.max_age);
+        let shared = snapshot
+            .config
+            .cluster
+            .as_ref()
+            .map(|c| SharedState::new(&c.instance, c.health_quorum));
         let control = Control {
             flags,
+            shared,
             health: BTreeMap::new(),
             last_reload: None,
             events: VecDeque::new(),
             next_seq: 1,
         };
-        let states = compute_states(&snapshot.config, &control);
+        let states = compute_states(&snapshot.config, &control, unix_ms());
         let live = Live {
             snapshot: ArcSwap::from_pointee(snapshot.with_states(states)),
             sticky,
@@ -139,6 +178,8 @@ impl Live {
             epoch: Instant::now(),
             frozen: AtomicU64::new(u64::MAX),
             config_generation: tokio::sync::watch::Sender::new(first),
+            local_health_changed: tokio::sync::Notify::new(),
+            cluster: std::sync::OnceLock::new(),
         };
         Arc::new(live)
     }
@@ -189,7 +230,7 @@ impl Live {
 
     /// Set a region's `endpoint_enabled` flag: persisted first, then published.
     pub fn set_enabled(&self, region: &str, enabled: bool) -> Result<(), ControlError> {
-        let mut c = self.control();
+        let c = self.control();
         let snap = self.snapshot.load_full();
         if snap.config.region_id(region).is_none() {
             return Err(ControlError::UnknownRegion(region.to_string()));
@@ -197,24 +238,156 @@ impl Live {
         if c.flags.is_enabled(region) == enabled {
             return Ok(());
         }
-        c.flags.set(region, enabled)?;
-        let kind = if enabled {
-            "region-enabled"
-        } else {
-            "region-disabled"
-        };
+        drop(c);
+        self.set_flag(region, FlagRecord::plain(enabled))
+    }
+
+    /// Set a region's flag with its provenance (reason, by, at, expiry) in the state file:
+    /// persisted first, then published. With `[cluster]` the flag lives in etcd instead:
+    /// callers go through [`Live::cluster`] ([`SharedWriter`]).
+    pub fn set_flag(&self, region: &str, record: FlagRecord) -> Result<(), ControlError> {
+        let mut c = self.control();
+        let snap = self.snapshot.load_full();
+        if snap.config.region_id(region).is_none() {
+            return Err(ControlError::UnknownRegion(region.to_string()));
+        }
+        if c.flags.record(region) == Some(&record) {
+            return Ok(());
+        }
+        c.flags.set_record(region, record.clone())?;
         push_event(
             &mut c,
-            kind,
+            flag_kind(&record),
             Some(region),
-            format!("endpoint_enabled set to {enabled}"),
+            flag_detail(&record),
         );
         self.republish(&mut c, &snap);
         Ok(())
     }
 
+    /// The region's effective flag now (a lapsed maintenance window counts as enabled).
     pub fn is_enabled(&self, region: &str) -> bool {
-        self.control().flags.is_enabled(region)
+        crate::flags::enabled_at(self.flag(region).as_ref(), unix_ms())
+    }
+
+    /// The region's flag record: from etcd with `[cluster]`, else from the state file.
+    pub fn flag(&self, region: &str) -> Option<FlagRecord> {
+        let c = self.control();
+        match &c.shared {
+            Some(s) => s.flags.get(region).cloned(),
+            None => c.flags.record(region).cloned(),
+        }
+    }
+
+    /// A copy of the shared state (`None` without `[cluster]`).
+    pub fn shared(&self) -> Option<SharedState> {
+        self.control().shared.clone()
+    }
+
+    /// This instance's own probe verdicts, by region name.
+    pub fn local_health(&self) -> BTreeMap<String, HealthInfo> {
+        self.control().health.clone()
+    }
+
+    /// Apply what the cluster task read from etcd: recompute and publish, with events for
+    /// flag changes, members and the connection.
+    pub fn apply_shared(&self, update: SharedUpdate) {
+        let mut c = self.control();
+        let prefix = {
+            let snap = self.snapshot.load();
+            match &snap.config.cluster {
+                Some(cl) => cl.prefix.clone(),
+                None => return,
+            }
+        };
+        let Some(shared) = c.shared.as_mut() else {
+            return;
+        };
+        let mut events: Vec<(&'static str, Option<String>, String)> = Vec::new();
+        let changes = match update {
+            SharedUpdate::Resync { revision, kvs } => {
+                let old_flags = shared.flags.clone();
+                shared.reset();
+                shared.revision = revision;
+                for (k, v) in &kvs {
+                    shared.apply(&prefix, k, Some(v));
+                }
+                if !shared.connected {
+                    events.push((
+                        "cluster-connected",
+                        None,
+                        format!("etcd reachable; shared state at revision {revision}"),
+                    ));
+                }
+                shared.connected = true;
+                flag_diff(&old_flags, &shared.flags)
+            }
+            SharedUpdate::Changes { revision, changes } => {
+                shared.revision = shared.revision.max(revision);
+                let mut out = Vec::new();
+                for (k, v) in &changes {
+                    match shared.apply(&prefix, k, v.as_deref()) {
+                        Change::Flag { region, record } => out.push((region, record)),
+                        Change::MemberJoined(m) => {
+                            events.push(("member-joined", None, format!("instance {m} joined")))
+                        }
+                        Change::MemberLeft(m) => {
+                            events.push(("member-left", None, format!("instance {m} left")))
+                        }
+                        Change::Verdict | Change::Ignored => {}
+                    }
+                }
+                out
+            }
+            SharedUpdate::Disconnected(why) => {
+                if shared.connected {
+                    events.push((
+                        "cluster-disconnected",
+                        None,
+                        format!(
+                            "etcd unreachable ({why}): serving the last shared state;                              operator changes are refused until it returns"
+                        ),
+                    ));
+                }
+                shared.connected = false;
+                Vec::new()
+            }
+        };
+        for (region, record) in changes {
+            let rec = record.unwrap_or_else(|| FlagRecord::plain(true));
+            events.push((flag_kind(&rec), Some(region), flag_detail(&rec)));
+        }
+        for (kind, region, detail) in events {
+            push_event(&mut c, kind, region.as_deref(), detail);
+        }
+        let snap = self.snapshot.load_full();
+        self.republish(&mut c, &snap);
+    }
+
+    /// Publish again if time changed a region's state (a maintenance window ended); called
+    /// every few hundred ms.
+    pub fn tick(&self) {
+        let mut c = self.control();
+        let snap = self.snapshot.load_full();
+        let states = compute_states(&snap.config, &c, unix_ms());
+        if states != snap.states {
+            for (r, (now, was)) in snap
+                .config
+                .regions
+                .iter()
+                .zip(states.iter().zip(&snap.states))
+            {
+                if now.enabled && !was.enabled {
+                    push_event(
+                        &mut c,
+                        "region-enabled",
+                        Some(&r.name),
+                        "the disable's maintenance window is over".to_string(),
+                    );
+                }
+            }
+            self.republish(&mut c, &snap);
+        }
     }
 
     /// A new probe verdict for a region (by name).
@@ -237,6 +410,7 @@ impl Live {
         }
         c.health.insert(region.to_string(), info);
         if flipped {
+            self.local_health_changed.notify_one();
             let snap = self.snapshot.load_full();
             if let Some(r) = snap
                 .config
@@ -347,7 +521,7 @@ impl Live {
     /// Compute region states from flags and health and publish `base` with them; count the
     /// start of failing open.
     fn republish(&self, c: &mut Control, base: &Snapshot) {
-        let states = compute_states(&base.config, c);
+        let states = compute_states(&base.config, c, unix_ms());
         let before = self.snapshot.load();
         let was: Vec<bool> = before
             .config
@@ -405,10 +579,11 @@ impl Live {
                 .regions
                 .iter()
                 .zip(&health)
-                .map(|(r, h)| RegionGauge {
+                .enumerate()
+                .map(|(i, (r, h))| RegionGauge {
                     name: &r.name,
-                    enabled: c.flags.is_enabled(&r.name),
-                    healthy: h.healthy,
+                    enabled: snap.states.get(i).is_none_or(|s| s.enabled),
+                    healthy: snap.states.get(i).is_none_or(|s| s.healthy),
                     probe_latency_ms: h.probe_latency_ms,
                 })
                 .collect(),
@@ -424,7 +599,11 @@ impl Live {
             counters: &snap.counters,
             sticky: self.sticky.stats(),
         };
-        self.metrics.render(&g)
+        let mut text = self.metrics.render(&g);
+        if let Some(shared) = &c.shared {
+            text.push_str(&crate::shared::render_metrics(shared));
+        }
+        text
     }
 }
 
@@ -443,6 +622,7 @@ fn restart_only_changes(prev: &Config, next: &Config) -> Vec<&'static str> {
             } != next.dns,
         ),
         ("[sticky]", prev.sticky != next.sticky),
+        ("[cluster]", prev.cluster != next.cluster),
         // The state file too: the flags were loaded from it at start and are written there.
         ("[admin]", prev.admin != next.admin),
         ("[proxy] listen", p.listen != n.listen),
@@ -476,15 +656,68 @@ fn restart_only_changes(prev: &Config, next: &Config) -> Vec<&'static str> {
     .collect()
 }
 
-fn compute_states(config: &Config, c: &Control) -> Vec<RegionState> {
+/// Region states at `now_ms` from flags and health: the state file's flags and this
+/// instance's verdicts alone, or with `[cluster]` etcd's flags and the health quorum.
+fn compute_states(config: &Config, c: &Control, now_ms: u64) -> Vec<RegionState> {
     config
         .regions
         .iter()
-        .map(|r| RegionState {
-            enabled: c.flags.is_enabled(&r.name),
-            healthy: c.health.get(&r.name).is_none_or(|h| h.healthy),
+        .map(|r| {
+            let mine = c.health.get(&r.name).map(|h| h.healthy);
+            match &c.shared {
+                Some(s) => RegionState {
+                    enabled: crate::flags::enabled_at(s.flags.get(&r.name), now_ms),
+                    healthy: s.region_healthy(&r.name, mine),
+                },
+                None => RegionState {
+                    enabled: crate::flags::enabled_at(c.flags.record(&r.name), now_ms),
+                    healthy: mine.unwrap_or(true),
+                },
+            }
         })
         .collect()
+}
+
+/// Regions whose flag record differs between `old` and `new`.
+fn flag_diff(
+    old: &BTreeMap<String, FlagRecord>,
+    new: &BTreeMap<String, FlagRecord>,
+) -> Vec<(String, Option<FlagRecord>)> {
+    let mut out = Vec::new();
+    for (r, rec) in new {
+        if old.get(r) != Some(rec) {
+            out.push((r.clone(), Some(rec.clone())));
+        }
+    }
+    for r in old.keys() {
+        if !new.contains_key(r) {
+            out.push((r.clone(), None));
+        }
+    }
+    out
+}
+
+fn flag_kind(rec: &FlagRecord) -> &'static str {
+    if rec.endpoint_enabled {
+        "region-enabled"
+    } else {
+        "region-disabled"
+    }
+}
+
+/// "endpoint_enabled set to false by ana: maintenance (until 1700000000000)".
+fn flag_detail(rec: &FlagRecord) -> String {
+    let mut d = format!("endpoint_enabled set to {}", rec.endpoint_enabled);
+    if let Some(by) = &rec.by {
+        d.push_str(&format!(" by {by}"));
+    }
+    if let Some(reason) = &rec.reason {
+        d.push_str(&format!(": {reason}"));
+    }
+    if let Some(u) = rec.until_ms {
+        d.push_str(&format!(" (until unix ms {u})"));
+    }
+    d
 }
 
 fn push_event(c: &mut Control, kind: &'static str, region: Option<&str>, detail: String) {

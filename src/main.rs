@@ -116,6 +116,19 @@ enum Command {
         #[command(subcommand)]
         command: GeoipCommand,
     },
+    /// A [cluster]'s members, etcd connectivity and config hashes, as one instance sees them.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9180")]
+        admin: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members (version, config hash, admin address), connectivity, verdicts per region.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -123,7 +136,18 @@ enum RegionCommand {
     /// Every region: flag, health, probe latency, answers, last error.
     List,
     /// Take a region out of routing for new clients (it keeps being probed).
-    Disable { name: String },
+    Disable {
+        name: String,
+        /// Why (shown beside the flag in the API, CLI and dashboard).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who (default: the address the server sees this client at).
+        #[arg(long)]
+        by: Option<String>,
+        /// A maintenance window: the region comes back by itself after this long ("2h").
+        #[arg(long = "for")]
+        for_: Option<String>,
+    },
     /// Put a region back into routing.
     Enable { name: String },
 }
@@ -221,6 +245,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cluster {
+            command: ClusterCommand::Status,
+            admin,
+        } => {
+            let c = AdminClient::new(&admin, std::env::var(TOKEN_ENV).ok());
+            print!(
+                "{}",
+                berth::client::render_cluster(&c.get("/api/v1/cluster")?)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Geoip {
             command: GeoipCommand::Build { csv, out },
         } => {
@@ -286,12 +321,20 @@ fn region(c: &AdminClient, command: &RegionCommand, output: Output) -> anyhow::R
             )
         }
         RegionCommand::List => print!("{}", render_regions(&c.get("/api/v1/regions")?)),
-        RegionCommand::Disable { name } | RegionCommand::Enable { name } => {
+        RegionCommand::Disable { name, .. } | RegionCommand::Enable { name } => {
             let enabled = matches!(command, RegionCommand::Enable { .. });
-            let v = c.put(
-                &format!("/api/v1/regions/{}", encode(name)),
-                &serde_json::json!({ "endpoint_enabled": enabled }),
-            )?;
+            let mut body = serde_json::json!({ "endpoint_enabled": enabled });
+            if let RegionCommand::Disable {
+                reason, by, for_, ..
+            } = command
+            {
+                for (k, v) in [("reason", reason), ("by", by), ("for", for_)] {
+                    if let Some(v) = v {
+                        body[k] = serde_json::json!(v);
+                    }
+                }
+            }
+            let v = c.put(&format!("/api/v1/regions/{}", encode(name)), &body)?;
             println!(
                 "{}: endpoint_enabled {}, health {}",
                 v["name"].as_str().unwrap_or(name),

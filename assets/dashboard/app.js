@@ -302,7 +302,7 @@ function buildRows(regions) {
       { "data-region": r.name },
       h("th", { scope: "row", "data-label": COLUMNS[0] }, r.name),
       h("td", { "data-label": COLUMNS[1], class: "enabled" }, sw),
-      h("td", { "data-label": COLUMNS[2], class: "state" }, h("span", { class: "badge" })),
+      h("td", { "data-label": COLUMNS[2], class: "state" }, h("span", { class: "badge" }), h("small", { class: "flag-note" })),
       h("td", { "data-label": COLUMNS[3], class: "health" }),
       h("td", { "data-label": COLUMNS[4], class: "latency num" }),
       h("td", { "data-label": COLUMNS[5], class: "answers num" }),
@@ -330,6 +330,7 @@ function updateRows(data, open) {
     const badge = cell("state").querySelector(".badge");
     badge.textContent = STATE_TEXT[st];
     badge.className = `badge state-${st}`;
+    cell("state").querySelector(".flag-note").textContent = flagNote(r.flag);
     cell("health").textContent = r.health;
     cell("latency").textContent =
       typeof r.probe_latency_ms === "number" ? `${r.probe_latency_ms.toFixed(1)} ms` : "–";
@@ -536,12 +537,45 @@ function updateWorkers(w) {
   banner.hidden = false;
 }
 
+/** Who set a region's flag, when, why, and until when: "disabled by ana 14:02: upgrade (until 16:02)". */
+function flagNote(f) {
+  if (!f) return "";
+  let t = f.endpoint_enabled ? "enabled" : "disabled";
+  if (f.by) t += ` by ${f.by}`;
+  if (f.at_ms) t += ` ${clock(f.at_ms)}`;
+  if (f.reason) t += `: ${f.reason}`;
+  if (f.until_ms) t += ` (until ${clock(f.until_ms)})`;
+  return t;
+}
+
+/** [cluster]: a banner while etcd is unreachable (last shared state, changes refused) or
+ * while members run different configs. Servers without [cluster] show nothing. */
+async function pollCluster() {
+  const banner = $("cluster");
+  const c = await api("/api/v1/cluster");
+  const parts = [];
+  if (c.enabled && !c.connected) {
+    parts.push(`etcd is unreachable from ${c.instance}: serving the last shared state; changes are refused until it returns.`);
+  }
+  if (c.enabled && c.config_hashes_differ) {
+    const hashes = (c.members || []).map((m) => `${m.instance} ${m.config_hash}`).join(", ");
+    parts.push(`Members run different configs (${hashes}).`);
+  }
+  if (!parts.length) {
+    banner.hidden = true;
+    return;
+  }
+  banner.replaceChildren(h("strong", {}, "Cluster."), ` ${parts.join(" ")}`);
+  banner.hidden = false;
+}
+
 async function poll() {
   try {
     const data = await api("/api/v1/regions");
     page.data = data;
     updateRates(sample(data));
     render();
+    await pollCluster();
     await pollEvents();
     markFresh();
   } catch (err) {

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod admin;
+mod cluster;
 mod dns;
 mod parse;
 mod policy;
@@ -28,6 +29,7 @@ mod sticky;
 mod zone;
 
 pub use admin::{AdminConfig, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS};
+pub use cluster::{ClusterConfig, ClusterIdentity, HealthQuorum};
 pub use dns::{CookieConfig, CookieSecret, DnsConfig, RateLimitConfig};
 pub use parse::{parse_duration, parse_size, UpstreamUrl};
 pub use policy::{Policy, PolicyKind};
@@ -46,6 +48,7 @@ pub use sticky::StickyConfig;
 pub use zone::ZoneConfig;
 
 use admin::RawAdmin;
+use cluster::RawCluster;
 use dns::RawDns;
 use proxy::RawProxy;
 use region::RawRegion;
@@ -91,6 +94,7 @@ struct RawConfig {
     regions: Vec<RawRegion>,
     #[serde(default, rename = "routed_name")]
     routed_names: Vec<RawRoutedName>,
+    cluster: Option<RawCluster>,
     log: Option<RawLog>,
 }
 
@@ -135,6 +139,8 @@ pub struct Config {
     pub regions: Vec<Region>,
     pub routed_names: Vec<RoutedName>,
     pub log: LogConfig,
+    /// `[cluster]`: shared state in etcd; `None` is a single instance on its state file.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -215,6 +221,7 @@ impl Validator<'_> {
                 r.probe.ca_file.clone_from(&proxy.upstream_ca_file);
             }
         }
+        let cluster = self.cluster(raw.cluster)?;
         if !routed_names.is_empty() && dns.listen.is_empty() {
             return Err(self.err(
                 "dns.listen",
@@ -236,6 +243,7 @@ impl Validator<'_> {
                 access: l.access.unwrap_or(false),
                 queries: l.queries.unwrap_or(false),
             }),
+            cluster,
         })
     }
 }
