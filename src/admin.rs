@@ -8,6 +8,7 @@
 //! | GET | `/api/v1/route?client=ADDRESS&name=NAME` | a decision and its explanation |
 //! | POST | `/api/v1/reload` | reload config, zones, GeoIP; 422 with the error if rejected |
 //! | GET | `/api/v1/events?after=SEQ` | recent events (health flips, flags, reloads, fail-open) |
+//! | GET, POST | `/api/v1/replication...` | replication status, sync, registry notifications ([`replication`]) |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/readyz` | 200 `ready` while every DNS worker runs, 503 and why not (no token needed) |
 //! | GET | `/`, `/dashboard/...` | the dashboard page and its assets ([`dashboard`]) |
@@ -40,6 +41,7 @@ use crate::live::{HealthInfo, Live};
 use crate::routing::{Eligibility, Source};
 
 pub mod dashboard;
+mod replication;
 
 #[derive(Clone)]
 struct Ctx {
@@ -61,6 +63,7 @@ pub fn router(live: Arc<Live>, token: Option<String>) -> Router {
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/events", get(events))
         .route("/metrics", get(metrics))
+        .merge(replication::routes())
         .merge(dashboard::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))

@@ -20,6 +20,8 @@
 //! - [`client`]: the CLI's client for a running server's admin API.
 //! - [`supervise`]: the panic hook and the supervisors that replace a panicked worker.
 //! - [`limits`]: process limits raised at start (open files).
+//! - [`replication`]: copies every push to the other regions (events, reconcile, queue,
+//!   status table); its own module beside the proxy, fed by one event hook in it.
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
 
 pub mod admin;
@@ -35,6 +37,7 @@ pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod proxy;
+pub mod replication;
 pub mod routing;
 pub mod snapshot;
 pub mod sticky;

@@ -95,6 +95,9 @@ pub struct Live {
     /// follows the config (the health monitor's region list) waits on it, whichever way the
     /// reload came (SIGHUP, the admin API).
     config_generation: tokio::sync::watch::Sender<u64>,
+    /// The replicator, when `[replication]` was configured at start (set once by `app`): the
+    /// proxy's push hook, the chooser's holders and the admin API reach it here.
+    pub replication: std::sync::OnceLock<Arc<crate::replication::Replication>>,
 }
 
 const MAX_EVENTS: usize = 200;
@@ -139,6 +142,7 @@ impl Live {
             epoch: Instant::now(),
             frozen: AtomicU64::new(u64::MAX),
             config_generation: tokio::sync::watch::Sender::new(first),
+            replication: std::sync::OnceLock::new(),
         };
         Arc::new(live)
     }
@@ -423,7 +427,11 @@ impl Live {
             last_reload_ok: c.last_reload.as_ref().is_none_or(|r| r.ok),
             counters: &snap.counters,
         };
-        self.metrics.render(&g)
+        let mut o = self.metrics.render(&g);
+        if let Some(r) = self.replication.get() {
+            r.render_metrics(&mut o);
+        }
+        o
     }
 }
 

@@ -55,6 +55,22 @@ enum Command {
         #[command(subcommand)]
         command: GeoipCommand,
     },
+    /// Replication of a running server: backlog and lag per region, one image's presence.
+    Replication {
+        #[command(subcommand)]
+        command: ReplicationCommand,
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9180")]
+        admin: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplicationCommand {
+    /// Backlog, failures and lag per region; with REPOSITORY[:TAG|@DIGEST], that image's
+    /// presence in each region.
+    Status { image: Option<String> },
+    /// Start a reconcile pass now (needs the admin token).
+    Sync,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +148,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin: None,
         } => {
             route_offline(&config, name.as_deref(), address)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replication { command, admin } => {
+            let c = AdminClient::new(&admin, std::env::var(TOKEN_ENV).ok());
+            match command {
+                ReplicationCommand::Status { image: None } => {
+                    print!(
+                        "{}",
+                        berth::client::render_replication(&c.get("/api/v1/replication")?)
+                    );
+                }
+                ReplicationCommand::Status { image: Some(i) } => {
+                    let (repo, reference) = berth::client::split_image(&i);
+                    let v = c.get(&format!(
+                        "/api/v1/replication/{repo}?reference={}",
+                        encode(reference)
+                    ))?;
+                    print!("{}", berth::client::render_image(&v));
+                }
+                ReplicationCommand::Sync => {
+                    c.post("/api/v1/replication/sync")?;
+                    println!("reconcile started");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Geoip {

@@ -22,6 +22,7 @@ mod parse;
 mod policy;
 mod proxy;
 mod region;
+mod replication;
 mod routed_name;
 mod secret;
 mod sticky;
@@ -38,6 +39,10 @@ pub use proxy::{
     DEFAULT_UPSTREAM_READ_TIMEOUT, DEFAULT_UPSTREAM_WRITE_TIMEOUT,
 };
 pub use region::{ProbeConfig, ProbeKind, Region};
+pub use replication::{
+    RegistryCredential, ReplicationConfig, ReplicationRule, RetryConfig, DEFAULT_RECONCILE_EVERY,
+    DEFAULT_REPLICATION_CONCURRENCY,
+};
 pub use routed_name::{
     LatencyEntry, RoutedName, DEFAULT_BASE_MS, DEFAULT_INFLATION, DEFAULT_TIE_BAND_MS, DEFAULT_TTL,
 };
@@ -49,6 +54,7 @@ use admin::RawAdmin;
 use dns::RawDns;
 use proxy::RawProxy;
 use region::RawRegion;
+use replication::RawReplication;
 use routed_name::RawRoutedName;
 use sticky::RawSticky;
 use zone::RawZone;
@@ -91,6 +97,7 @@ struct RawConfig {
     regions: Vec<RawRegion>,
     #[serde(default, rename = "routed_name")]
     routed_names: Vec<RawRoutedName>,
+    replication: Option<RawReplication>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +121,8 @@ pub struct Config {
     /// Regions in file order; a [`RegionId`] indexes this.
     pub regions: Vec<Region>,
     pub routed_names: Vec<RoutedName>,
+    /// `[replication]`; None: regions are not copied to each other.
+    pub replication: Option<ReplicationConfig>,
 }
 
 impl Config {
@@ -188,6 +197,7 @@ impl Validator<'_> {
         let regions = self.regions(raw.regions)?;
         let routed_names = self.routed_names(raw.routed_names, &regions, &zones)?;
         let proxy = self.proxy(raw.proxy.unwrap_or_default(), &regions, &routed_names)?;
+        let replication = self.replication(raw.replication, &regions, &admin.state_file)?;
         if !routed_names.is_empty() && dns.listen.is_empty() {
             return Err(self.err(
                 "dns.listen",
@@ -205,6 +215,7 @@ impl Validator<'_> {
             zones,
             regions,
             routed_names,
+            replication,
         })
     }
 }

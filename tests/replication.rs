@@ -1,0 +1,454 @@
+//! Replication end to end with real components: four Debian `docker-registry` replicas (the
+//! demo's regions), Berth with `[replication]` in front, `skopeo` pushing images built
+//! offline (umoci, `../shared/testbed/make-images.sh`). Presence is checked by asking each
+//! replica directly, never through Berth.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+mod support;
+use support::{demo_config_replicated, Berth, Registry};
+
+const SECRET: &str = "replication-test-secret-0123456789";
+const ADMIN_TOKEN: &str = "test-token-0123456789";
+const DEADLINE: Duration = Duration::from_secs(60);
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+const REGIONS: [&str; 4] = ["westus", "eastus", "westeurope", "southeastasia"];
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test images (umoci, offline) and skopeo.
+
+/// The OCI layout holding `app-1.0` (3 layers) and `tool-1.0` (shares the base layer), plus
+/// `multi`: an OCI index of the two as two platforms, written by hand.
+fn layout() -> &'static Path {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("replication-images");
+        let layout = dir.join("layout");
+        let script = support::repo().join("../shared/testbed/make-images.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .env("IMG_LAYOUT", &layout)
+            .env("OCI_TESTBED_DIR", &dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {} (needs umoci): {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "make-images.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        add_index(&layout);
+        layout
+    })
+}
+
+fn index_json(layout: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+        .expect("index json")
+}
+
+fn descriptor_in(layout: &Path, tag: &str) -> Value {
+    index_json(layout)["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("tag {tag} in {}", layout.display()))
+        .clone()
+}
+
+fn sha256(data: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin.take().expect("stdin").write_all(data)?;
+            c.wait_with_output()
+        })
+        .expect("sha256sum");
+    format!(
+        "sha256:{}",
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .expect("hash")
+    )
+}
+
+/// Tag `multi`: an OCI image index naming app-1.0 as linux/amd64 and tool-1.0 as linux/arm64.
+fn add_index(layout: &Path) {
+    let child = |tag: &str, arch: &str| {
+        let mut d = descriptor_in(layout, tag);
+        d.as_object_mut().expect("descriptor").remove("annotations");
+        d["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        d
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [child("app-1.0", "amd64"), child("tool-1.0", "arm64")],
+    });
+    let bytes = serde_json::to_vec(&index).expect("json");
+    let digest = sha256(&bytes);
+    std::fs::write(
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+        &bytes,
+    )
+    .expect("write index blob");
+    let mut top = index_json(layout);
+    top["manifests"]
+        .as_array_mut()
+        .expect("manifests")
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest,
+            "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&top).expect("json"),
+    )
+    .expect("write index.json");
+}
+
+/// An image of the layout: its manifest digest and the blobs the manifest names.
+struct Image {
+    manifest: String,
+    blobs: Vec<String>,
+}
+
+fn blob(digest: &str) -> Value {
+    serde_json::from_slice(
+        &std::fs::read(
+            layout()
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .expect("blob"),
+    )
+    .expect("json blob")
+}
+
+fn image(tag: &str) -> Image {
+    let manifest = descriptor_in(layout(), tag)["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    let m = blob(&manifest);
+    let blobs = std::iter::once(&m["config"])
+        .chain(m["layers"].as_array().expect("layers"))
+        .map(|d| d["digest"].as_str().expect("digest").to_string())
+        .collect();
+    Image { manifest, blobs }
+}
+
+/// skopeo with a private blob-info cache (as in tests/proxy.rs).
+struct Skopeo {
+    cache: tempfile::TempDir,
+}
+
+impl Skopeo {
+    fn new() -> Skopeo {
+        Skopeo {
+            cache: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        let mut c = if root {
+            let mut c = Command::new("unshare");
+            c.args(["-m", "--propagation", "private", "sh", "-c"])
+                .arg("mkdir -p /var/lib/containers && mount --bind \"$0\" /var/lib/containers && exec skopeo \"$@\"")
+                .arg(self.cache.path());
+            c
+        } else {
+            let mut c = Command::new("skopeo");
+            c.env("XDG_DATA_HOME", self.cache.path());
+            c
+        };
+        c.args(["--insecure-policy", "--command-timeout", "120s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("skopeo runs (apt-get install skopeo)")
+    }
+
+    /// Push `tag` of the test layout to `dest` (`host:port/repo:tag`); `--all` for an index.
+    fn push(&self, tag: &str, dest: &str) -> Output {
+        let src = format!("oci:{}:{tag}", layout().display());
+        self.run(&[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &src,
+            &format!("docker://{dest}"),
+        ])
+    }
+
+    /// Pull `src` into a fresh layout; the digest of what was pulled.
+    fn pull(&self, src: &str) -> Result<String, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = dir.path().join("l");
+        let dst = format!("oci:{}:pulled", l.display());
+        let out = self.run(&[
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            &format!("docker://{src}"),
+            &dst,
+        ]);
+        if !out.status.success() {
+            return Err(text(&out));
+        }
+        Ok(descriptor_in(&l, "pulled")["digest"]
+            .as_str()
+            .expect("digest")
+            .to_string())
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[track_caller]
+fn assert_ok(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed:\n{}", text(out));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replicas, Berth, and asking replicas directly.
+
+fn start_registries(rt: &tokio::runtime::Runtime, yaml: &dyn Fn(usize) -> String) -> Vec<Registry> {
+    let mut regs: Vec<Registry> = (0..4).map(|i| Registry::with_yaml(&yaml(i))).collect();
+    for r in regs.iter_mut() {
+        rt.block_on(r.start());
+    }
+    regs
+}
+
+/// The demo config (with its `[replication]`) on `regs`, fast retries, `replace` after.
+fn config(dir: &Path, regs: &[Registry], replace: &[(&str, &str)], extra: &str) -> PathBuf {
+    std::fs::write(dir.join("secret"), SECRET).expect("secret");
+    std::fs::write(dir.join("token"), ADMIN_TOKEN).expect("token");
+    let mut pairs: Vec<(String, String)> = regs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                format!("upstream = \"http://127.0.0.1:{}\"", 5001 + i),
+                format!("upstream = \"{}\"", r.upstream()),
+            )
+        })
+        .collect();
+    pairs.push((
+        "secret_env = \"BERTH_PROXY_SECRET\"".into(),
+        "secret_file = \"secret\"\nthreads = 2\nshutdown_grace = \"1s\"".into(),
+    ));
+    pairs.push((
+        "token_env = \"BERTH_ADMIN_TOKEN\"".into(),
+        "token_file = \"token\"".into(),
+    ));
+    pairs.push((
+        "# retry = { max = 8, initial = \"1s\", max_delay = \"5m\" }".into(),
+        "retry = { max = 100, initial = \"100ms\", max_delay = \"1s\" }".into(),
+    ));
+    pairs.push((
+        "# reconcile_every = \"10m\"".into(),
+        "reconcile_every = \"1h\"".into(),
+    ));
+    let mut all: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    all.extend_from_slice(replace);
+    demo_config_replicated(dir, &all, extra)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+/// The status of HEAD `path` on the replica on `port` (0 when it cannot be reached).
+fn head(port: u16, path: &str) -> u16 {
+    agent()
+        .head(format!("http://127.0.0.1:{port}{path}"))
+        .header("Accept", MANIFEST_TYPES)
+        .call()
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// Does replica `reg` hold `repo:reference` whole: the manifest (with this digest) and every
+/// blob? A manifest without a blob fails the test: no replica may ever hold one.
+fn complete(reg: &Registry, repo: &str, reference: &str, img: &Image) -> bool {
+    let resp = agent()
+        .head(format!(
+            "http://127.0.0.1:{}/v2/{repo}/manifests/{reference}",
+            reg.port
+        ))
+        .header("Accept", MANIFEST_TYPES)
+        .call();
+    let Ok(resp) = resp else { return false };
+    if resp.status().as_u16() != 200 {
+        return false;
+    }
+    let digest = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        digest, img.manifest,
+        "{repo}:{reference} on port {}",
+        reg.port
+    );
+    for b in &img.blobs {
+        assert_eq!(
+            head(reg.port, &format!("/v2/{repo}/blobs/{b}")),
+            200,
+            "replica on port {} holds {repo}:{reference} but not its blob {b}",
+            reg.port
+        );
+    }
+    true
+}
+
+fn wait_for(what: &str, check: impl FnMut() -> bool) {
+    support::wait_until(what, DEADLINE, check);
+}
+
+fn admin_json(b: &Berth, path: &str) -> (u16, Value) {
+    let mut resp = agent()
+        .get(format!("{}{path}", b.admin()))
+        .call()
+        .expect("admin API");
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().expect("body");
+    (status, serde_json::from_str(&body).expect("json"))
+}
+
+fn proxy(b: &Berth) -> String {
+    let p = b.running().proxy_addr.expect("proxy listener");
+    wait_for("the proxy to serve", || {
+        agent()
+            .get(format!("http://{p}/v2/"))
+            .call()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    });
+    p.to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+/// A push through Berth becomes present and complete in all four regions (asked directly),
+/// each replica serves a pull of it with the same digest, and the API, CLI and metrics say so.
+#[test]
+fn a_push_through_berth_reaches_every_region() {
+    let rt = runtime();
+    let regs = start_registries(&rt, &|_| String::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let berth = Berth::start(&config(dir.path(), &regs, &[], ""));
+    let proxy = proxy(&berth);
+    let sk = Skopeo::new();
+    let app = image("app-1.0");
+    assert_ok(
+        &sk.push("app-1.0", &format!("{proxy}/team/app:1.0")),
+        "push",
+    );
+
+    wait_for("team/app:1.0 complete in every region", || {
+        regs.iter().all(|r| complete(r, "team/app", "1.0", &app))
+    });
+    for r in &regs {
+        let pulled = sk
+            .pull(&format!("127.0.0.1:{}/team/app:1.0", r.port))
+            .expect("pull straight from the replica");
+        assert_eq!(pulled, app.manifest);
+    }
+
+    wait_for("the status table to show it present everywhere", || {
+        let (status, v) = admin_json(&berth, "/api/v1/replication/team/app?reference=1.0");
+        status == 200
+            && REGIONS
+                .iter()
+                .all(|r| v["regions"][*r]["state"] == "present")
+    });
+    let (_, v) = admin_json(&berth, "/api/v1/replication");
+    assert_eq!(v["queued_jobs"], 0, "{v}");
+    assert!(
+        v["copied_bytes"].as_u64().expect("bytes") > 3 * 10_000_000,
+        "{v}"
+    );
+    let lagged = REGIONS
+        .iter()
+        .filter(|r| v["regions"][**r]["lag_p50_seconds"].is_f64())
+        .count();
+    assert_eq!(lagged, 3, "a lag for every destination: {v}");
+
+    let cli = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "replication",
+            "status",
+            "team/app:1.0",
+            "--admin",
+            &berth.admin(),
+        ])
+        .output()
+        .expect("berth CLI");
+    let out = text(&cli);
+    assert!(cli.status.success(), "{out}");
+    assert_eq!(out.matches("present").count(), 4, "{out}");
+
+    let metrics = agent()
+        .get(format!("{}/metrics", berth.admin()))
+        .call()
+        .expect("metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("text");
+    let done = REGIONS
+        .iter()
+        .filter(|r| {
+            metrics.contains(&format!(
+                "berth_replication_jobs_done_total{{region=\"{r}\"}} 1\n"
+            ))
+        })
+        .count();
+    assert_eq!(done, 3, "one job done per destination:\n{metrics}");
+    assert!(
+        metrics.contains("berth_replication_lag_seconds_bucket"),
+        "{metrics}"
+    );
+}
