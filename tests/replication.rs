@@ -452,3 +452,223 @@ fn a_push_through_berth_reaches_every_region() {
         "{metrics}"
     );
 }
+
+/// A destination that is down: the push still succeeds, the job is retried, and the region
+/// catches up when it is back. Then, with a destination down again, Berth is restarted in the
+/// middle: the persisted queue brings the job back (reconcile is an hour away).
+#[test]
+fn a_stopped_destination_catches_up_and_a_restart_loses_no_job() {
+    let rt = runtime();
+    let mut regs = start_registries(&rt, &|_| String::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), &regs, &[], "");
+    let mut berth = Berth::start(&cfg);
+    let proxy_at = proxy(&berth);
+    let sk = Skopeo::new();
+    let app = image("app-1.0");
+    let tool = image("tool-1.0");
+
+    regs[3].stop();
+    assert_ok(
+        &sk.push("app-1.0", &format!("{proxy_at}/team/app:1.0")),
+        "push with southeastasia down",
+    );
+    wait_for("the other three regions", || {
+        regs[..3]
+            .iter()
+            .all(|r| complete(r, "team/app", "1.0", &app))
+    });
+    wait_for("southeastasia pending with its error", || {
+        let (_, v) = admin_json(&berth, "/api/v1/replication/team/app?reference=1.0");
+        let s = &v["regions"]["southeastasia"];
+        s["state"] == "pending" && s["last_error"].is_string()
+    });
+    rt.block_on(regs[3].start());
+    wait_for("southeastasia to catch up", || {
+        complete(&regs[3], "team/app", "1.0", &app)
+    });
+
+    // Down again, and Berth restarted while the job waits.
+    regs[3].stop();
+    assert_ok(
+        &sk.push("tool-1.0", &format!("{proxy_at}/team/tool:1.0")),
+        "push tool",
+    );
+    wait_for("the other three regions", || {
+        regs[..3]
+            .iter()
+            .all(|r| complete(r, "team/tool", "1.0", &tool))
+    });
+    wait_for("the tool job to have failed once", || {
+        let (_, v) = admin_json(&berth, "/api/v1/replication/team/tool?reference=1.0");
+        v["regions"]["southeastasia"]["last_error"].is_string()
+    });
+    berth.stop();
+    drop(berth);
+    rt.block_on(regs[3].start());
+    let berth = Berth::start(&cfg);
+    wait_for("southeastasia to get tool from the persisted queue", || {
+        complete(&regs[3], "team/tool", "1.0", &tool)
+    });
+    let (_, v) = admin_json(&berth, "/api/v1/replication");
+    wait_for("the queue to drain", || {
+        admin_json(&berth, "/api/v1/replication").1["queued_jobs"] == 0
+    });
+    assert!(v["regions"]["southeastasia"].is_object(), "{v}");
+}
+
+fn post_admin(b: &Berth, path: &str) -> u16 {
+    agent()
+        .post(format!("{}{path}", b.admin()))
+        .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .send_empty()
+        .expect("admin API")
+        .status()
+        .as_u16()
+}
+
+/// Pushes made straight to a replica, bypassing Berth: westus's registry notifies Berth
+/// (docker-registry's own `notifications.endpoints`), so its push replicates at once;
+/// eastus's does not, and its push arrives with a reconcile (`POST /api/v1/replication/sync`;
+/// the timer is an hour away).
+#[test]
+fn pushes_that_bypass_berth_arrive_by_notification_and_by_reconcile() {
+    let rt = runtime();
+    let admin_port = support::free_port();
+    let notify = move |i: usize| {
+        if i != 0 {
+            return String::new();
+        }
+        format!(
+            "notifications:\n  endpoints:\n    - name: berth\n      \
+             url: http://127.0.0.1:{admin_port}/api/v1/replication/notifications?region=westus\n      \
+             headers:\n        Authorization: [\"Bearer {ADMIN_TOKEN}\"]\n      \
+             timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
+        )
+    };
+    let regs = start_registries(&rt, &notify);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = format!("listen = \"127.0.0.1:{admin_port}\"");
+    let cfg = config(
+        dir.path(),
+        &regs,
+        &[("listen = \"127.0.0.1:9180\"", listen.as_str())],
+        "",
+    );
+    let berth = Berth::start(&cfg);
+    let sk = Skopeo::new();
+    let app = image("app-1.0");
+    let tool = image("tool-1.0");
+
+    let straight = format!("127.0.0.1:{}/team/app:1.0", regs[0].port);
+    assert_ok(&sk.push("app-1.0", &straight), "push straight to westus");
+    wait_for("app in every region, by notification", || {
+        regs.iter().all(|r| complete(r, "team/app", "1.0", &app))
+    });
+
+    let straight = format!("127.0.0.1:{}/team/tool:1.0", regs[1].port);
+    assert_ok(&sk.push("tool-1.0", &straight), "push straight to eastus");
+    assert_eq!(post_admin(&berth, "/api/v1/replication/sync"), 202);
+    wait_for("tool in every region, by reconcile", || {
+        regs.iter().all(|r| complete(r, "team/tool", "1.0", &tool))
+    });
+}
+
+/// Repository and tag filters: only what a rule takes is copied.
+#[test]
+fn filters_include_and_exclude() {
+    let rt = runtime();
+    let regs = start_registries(&rt, &|_| String::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        dir.path(),
+        &regs,
+        &[
+            (
+                "repositories = [\"**\"]",
+                "repositories = [\"team/**\"]\nexclude = [\"team/private/**\"]",
+            ),
+            (
+                "tags = [\"*\"]",
+                "tags = [\"*\"]\nexclude_tags = [\"*-dev\"]",
+            ),
+        ],
+        "",
+    );
+    let berth = Berth::start(&cfg);
+    let proxy_at = proxy(&berth);
+    let sk = Skopeo::new();
+    let app = image("app-1.0");
+    for dest in [
+        "team/private/x:1.0",
+        "other/app:1.0",
+        "team/app:1.0-dev",
+        "team/app:1.0",
+    ] {
+        assert_ok(&sk.push("app-1.0", &format!("{proxy_at}/{dest}")), dest);
+    }
+    wait_for("team/app:1.0 in every region", || {
+        regs.iter().all(|r| complete(r, "team/app", "1.0", &app))
+    });
+    // Events are taken in order: the excluded pushes were decided before the last one.
+    wait_for("the queue to drain", || {
+        admin_json(&berth, "/api/v1/replication").1["queued_jobs"] == 0
+    });
+    for (repo, tag) in [
+        ("team/private/x", "1.0"),
+        ("other/app", "1.0"),
+        ("team/app", "1.0-dev"),
+    ] {
+        let holders = regs.iter().filter(|r| complete(r, repo, tag, &app)).count();
+        assert_eq!(holders, 1, "{repo}:{tag} only where it was pushed");
+    }
+}
+
+/// A multi-architecture image (an OCI index of two platform manifests) is replicated whole:
+/// the index, both children and every blob of each, in every region.
+#[test]
+fn a_multi_arch_index_is_replicated_whole() {
+    let rt = runtime();
+    let regs = start_registries(&rt, &|_| String::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let berth = Berth::start(&config(dir.path(), &regs, &[], ""));
+    let proxy_at = proxy(&berth);
+    let sk = Skopeo::new();
+    let index = descriptor_in(layout(), "multi")["digest"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    let children = [image("app-1.0"), image("tool-1.0")];
+    assert_ok(
+        &sk.push("multi", &format!("{proxy_at}/team/multi:1")),
+        "push the index",
+    );
+    wait_for("the index and both platforms in every region", || {
+        regs.iter().all(|r| {
+            let tagged = agent()
+                .head(format!(
+                    "http://127.0.0.1:{}/v2/team/multi/manifests/1",
+                    r.port
+                ))
+                .header("Accept", MANIFEST_TYPES)
+                .call()
+                .ok()
+                .and_then(|resp| {
+                    resp.headers()
+                        .get("docker-content-digest")
+                        .and_then(|v| v.to_str().ok())
+                        .map(String::from)
+                });
+            tagged.as_deref() == Some(index.as_str())
+                && children
+                    .iter()
+                    .all(|c| complete(r, "team/multi", &c.manifest, c))
+        })
+    });
+    for r in &regs {
+        let pulled = sk
+            .pull(&format!("127.0.0.1:{}/team/multi:1", r.port))
+            .expect("pull the index straight from the replica");
+        assert_eq!(pulled, index);
+    }
+}

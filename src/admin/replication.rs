@@ -87,10 +87,6 @@ struct NotifyQuery {
     region: Option<String>,
 }
 
-/// The user agent of Berth's own registry client: registries notify about Berth's copies
-/// too, and those are not new pushes.
-const OWN_AGENT: &str = "reqwest";
-
 async fn notifications(
     State(ctx): State<Ctx>,
     Query(q): Query<NotifyQuery>,
@@ -130,7 +126,8 @@ fn pushes(body: &serde_json::Value) -> Vec<Pushed> {
         .filter(|e| e.get("action").and_then(|a| a.as_str()) == Some("push"))
         .filter(|e| {
             let agent = e["request"]["useragent"].as_str().unwrap_or_default();
-            !agent.starts_with(OWN_AGENT) && !agent.starts_with("berth")
+            // Registries notify about Berth's own copies too: those are not new pushes.
+            !agent.starts_with(crate::replication::registry::USER_AGENT)
         })
         .filter_map(|e| {
             let t = e.get("target")?;

@@ -93,8 +93,12 @@ pub(super) async fn run_loop(
     r: Arc<Replication>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    // A first pass soon after start rebuilds the status table and catches up.
-    let mut wait = Duration::from_secs(2);
+    // The first pass comes one period after start, not at once: the persisted queue carries
+    // the work across a restart, and a fleet restarted together does not list every
+    // registry at the same moment.
+    let mut wait = live()
+        .and_then(|s| s.config.replication.as_ref().map(|c| c.reconcile_every))
+        .unwrap_or(Duration::from_secs(600));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

@@ -16,6 +16,9 @@ pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json, \
     application/vnd.docker.distribution.manifest.list.v2+json";
 
+/// The `User-Agent` of every request replication makes.
+pub const USER_AGENT: &str = concat!("berth-replication/", env!("CARGO_PKG_VERSION"));
+
 /// Why a request to a registry did not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -80,6 +83,8 @@ impl Registry {
     /// overall timeout (a blob of many GB takes as long as it takes while bytes flow).
     pub fn client() -> Result<reqwest::Client, reqwest::Error> {
         reqwest::Client::builder()
+            // Registries notify about Berth's own copies too; this is how they are told apart.
+            .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(120))
             .pool_idle_timeout(Duration::from_secs(60))
