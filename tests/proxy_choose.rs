@@ -178,6 +178,7 @@ fn check(states: &str, rows: Vec<Row>, expect: Expect) {
             method: &r.method,
             session,
             affinity: r.affinity,
+            holders: None,
         };
         let choice = choose(&snap, rn, &facts, r.now);
         out.push_str(&format!("{:<28} {}\n", r.label, render(&snap, &choice)));

@@ -672,3 +672,104 @@ fn a_multi_arch_index_is_replicated_whole() {
         assert_eq!(pulled, index);
     }
 }
+
+/// Turn on the access log of replicas not started yet (the harness turns it off), so a test
+/// can see which requests reached which replica.
+fn with_access_logs(regs: &[Registry]) {
+    for r in regs {
+        let path = r.dir().join("config.yml");
+        let text = std::fs::read_to_string(&path).expect("config.yml");
+        std::fs::write(
+            &path,
+            text.replace(
+                "accesslog:\n    disabled: true",
+                "accesslog:\n    disabled: false",
+            ),
+        )
+        .expect("config.yml");
+    }
+}
+
+fn access_log(r: &Registry) -> String {
+    std::fs::read_to_string(r.dir().join("registry.log")).unwrap_or_default()
+}
+
+/// Replication-aware reads: the client's nearest region is left out of replication, the
+/// image is pushed straight to another replica and found by a reconcile; a pull through
+/// Berth then goes straight to regions that hold it: the nearest region's own access log
+/// shows no request for the repository (without the status table it would get the manifest
+/// GET first, answer 404, and the fallback would go on from there).
+#[test]
+fn a_pull_goes_straight_to_a_region_that_has_the_image() {
+    let rt = runtime();
+    let mut regs: Vec<Registry> = (0..4).map(|_| Registry::new()).collect();
+    with_access_logs(&regs);
+    for r in regs.iter_mut() {
+        rt.block_on(r.start());
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), &regs, &[], "");
+    let berth = Berth::start(&cfg);
+    let proxy_at = proxy(&berth);
+    let (_, route) = admin_json(&berth, "/api/v1/route?client=127.0.0.1");
+    let nearest = route["region"]
+        .as_str()
+        .expect("a region for loopback")
+        .to_string();
+    let n = REGIONS
+        .iter()
+        .position(|r| *r == nearest)
+        .expect("demo region");
+    let others: Vec<String> = REGIONS
+        .iter()
+        .filter(|r| **r != nearest)
+        .map(|r| format!("\"{r}\""))
+        .collect();
+    // Replicate to every region but the nearest: a reload takes the new rule.
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let all = "to = [\"westus\", \"eastus\", \"westeurope\", \"southeastasia\"]";
+    assert!(text.contains(all));
+    std::fs::write(
+        &cfg,
+        text.replace(all, &format!("to = [{}]", others.join(", "))),
+    )
+    .expect("config");
+    assert_eq!(post_admin(&berth, "/api/v1/reload"), 200);
+
+    let source = (n + 1) % 4;
+    let sk = Skopeo::new();
+    let app = image("app-1.0");
+    let straight = format!("127.0.0.1:{}/team/app:1.0", regs[source].port);
+    assert_ok(
+        &sk.push("app-1.0", &straight),
+        "push straight to a far region",
+    );
+    assert_eq!(post_admin(&berth, "/api/v1/replication/sync"), 202);
+    wait_for("app in every region but the nearest", || {
+        (0..4)
+            .filter(|&i| i != n)
+            .all(|i| complete(&regs[i], "team/app", "1.0", &app))
+    });
+    assert!(!complete(&regs[n], "team/app", "1.0", &app));
+    // From here on, what the replicas log is the pull's.
+    let before: Vec<usize> = regs.iter().map(|r| access_log(r).len()).collect();
+
+    let pulled = sk
+        .pull(&format!("{proxy_at}/team/app:1.0"))
+        .expect("pull through Berth");
+    assert_eq!(pulled, app.manifest);
+    let log = access_log(&regs[n])[before[n]..].to_string();
+    assert!(
+        !log.contains("/v2/team/app/"),
+        "the nearest region ({nearest}) was asked for the image it lacks:\n{log}"
+    );
+    let served: usize = (0..4)
+        .filter(|&i| i != n)
+        .map(|i| {
+            access_log(&regs[i])[before[i]..]
+                .matches("GET /v2/team/app/manifests/1.0")
+                .count()
+        })
+        .sum();
+    assert!(served >= 1, "a holder served the manifest");
+}

@@ -189,9 +189,9 @@ impl Replication {
         self.status().manifest_holders(repo, reference)
     }
 
-    /// Regions known to hold the blob.
-    pub fn blob_holders(&self, digest: &str) -> Vec<String> {
-        self.status().blob_holders(digest)
+    /// Regions known to hold the blob in `repo`.
+    pub fn blob_holders(&self, repo: &str, digest: &str) -> Vec<String> {
+        self.status().blob_holders(repo, digest)
     }
 
     /// `GET /api/v1/replication`: backlog per destination, failures, lag percentiles.

@@ -60,8 +60,8 @@ pub struct StatusTable {
     entries: HashMap<(String, String), Entry>,
     /// (repository, tag) -> digest, as last pushed or seen.
     tags: HashMap<(String, String), String>,
-    /// Blob digest -> regions known to hold it (any repository).
-    blobs: HashMap<String, BTreeSet<String>>,
+    /// (repository, blob digest) -> regions known to hold it there.
+    blobs: HashMap<(String, String), BTreeSet<String>>,
     lags: BTreeMap<String, VecDeque<f64>>,
 }
 
@@ -130,7 +130,7 @@ impl StatusTable {
     ) -> Option<f64> {
         for b in blobs {
             self.blobs
-                .entry(b.clone())
+                .entry((repo.to_string(), b.clone()))
                 .or_default()
                 .insert(region.to_string());
         }
@@ -209,10 +209,11 @@ impl StatusTable {
         })
     }
 
-    /// Regions known to hold the blob (copied there, or part of a manifest present there).
-    pub fn blob_holders(&self, digest: &str) -> Vec<String> {
+    /// Regions known to hold the blob in `repo` (copied there, or named by a manifest
+    /// present there).
+    pub fn blob_holders(&self, repo: &str, digest: &str) -> Vec<String> {
         self.blobs
-            .get(digest)
+            .get(&(repo.to_string(), digest.to_string()))
             .map_or(vec![], |s| s.iter().cloned().collect())
     }
 
@@ -293,7 +294,8 @@ mod tests {
         let lag = t.present("app", "sha256:a", "eastus", 3500, &["sha256:b".into()]);
         assert_eq!(lag, Some(2.5));
         assert_eq!(t.manifest_holders("app", "sha256:a"), ["eastus", "westus"]);
-        assert_eq!(t.blob_holders("sha256:b"), ["eastus"]);
+        assert_eq!(t.blob_holders("app", "sha256:b"), ["eastus"]);
+        assert!(t.blob_holders("other", "sha256:b").is_empty());
         let s = t.summary();
         assert_eq!(s["eastus"].lag_p50_seconds, Some(2.5));
         t.attempt_failed("app", "sha256:a", "eastus", 8, "500", true);
