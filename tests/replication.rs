@@ -300,24 +300,40 @@ fn agent() -> ureq::Agent {
 }
 
 /// The status of HEAD `path` on the replica on `port` (0 when it cannot be reached).
-fn head(port: u16, path: &str) -> u16 {
-    agent()
+fn head_with(port: u16, path: &str, auth: Option<&str>) -> u16 {
+    let mut req = agent()
         .head(format!("http://127.0.0.1:{port}{path}"))
-        .header("Accept", MANIFEST_TYPES)
-        .call()
-        .map_or(0, |r| r.status().as_u16())
+        .header("Accept", MANIFEST_TYPES);
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
+    req.call().map_or(0, |r| r.status().as_u16())
 }
 
 /// Does replica `reg` hold `repo:reference` whole: the manifest (with this digest) and every
 /// blob? A manifest without a blob fails the test: no replica may ever hold one.
 fn complete(reg: &Registry, repo: &str, reference: &str, img: &Image) -> bool {
-    let resp = agent()
+    complete_with(reg, repo, reference, img, None)
+}
+
+/// [`complete`] with an `Authorization` header.
+fn complete_with(
+    reg: &Registry,
+    repo: &str,
+    reference: &str,
+    img: &Image,
+    auth: Option<&str>,
+) -> bool {
+    let mut req = agent()
         .head(format!(
             "http://127.0.0.1:{}/v2/{repo}/manifests/{reference}",
             reg.port
         ))
-        .header("Accept", MANIFEST_TYPES)
-        .call();
+        .header("Accept", MANIFEST_TYPES);
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
+    let resp = req.call();
     let Ok(resp) = resp else { return false };
     if resp.status().as_u16() != 200 {
         return false;
@@ -335,7 +351,7 @@ fn complete(reg: &Registry, repo: &str, reference: &str, img: &Image) -> bool {
     );
     for b in &img.blobs {
         assert_eq!(
-            head(reg.port, &format!("/v2/{repo}/blobs/{b}")),
+            head_with(reg.port, &format!("/v2/{repo}/blobs/{b}"), auth),
             200,
             "replica on port {} holds {repo}:{reference} but not its blob {b}",
             reg.port
@@ -364,7 +380,7 @@ fn proxy(b: &Berth) -> String {
         agent()
             .get(format!("http://{p}/v2/"))
             .call()
-            .is_ok_and(|r| r.status().as_u16() == 200)
+            .is_ok_and(|r| [200, 401].contains(&r.status().as_u16()))
     });
     p.to_string()
 }
@@ -772,4 +788,118 @@ fn a_pull_goes_straight_to_a_region_that_has_the_image() {
         })
         .sum();
     assert!(served >= 1, "a holder served the manifest");
+}
+
+/// A webhook receiver on loopback: records each request's body; answers 500 to the first
+/// request (so the sender must retry) and 204 to the rest.
+fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let status = if n == 0 {
+                "500 Internal Server Error"
+            } else {
+                "204 No Content"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            if let Ok(v) = serde_json::from_slice(&body) {
+                seen.lock().expect("lock").push(v);
+            }
+        }
+    });
+    (url, got)
+}
+
+/// Registries behind htpasswd basic auth (credentials from the config, read from files) and
+/// a regional webhook: the push through Berth arrives in every region, and the webhook gets
+/// one event per destination region (the first after a refused delivery was retried).
+#[test]
+fn basic_auth_registries_and_regional_webhooks() {
+    let rt = runtime();
+    let pw = Command::new("htpasswd")
+        .args(["-Bbn", "testuser", "testpassword"])
+        .output()
+        .expect("htpasswd (apt-get install apache2-utils)");
+    assert!(pw.status.success());
+    let yaml = "auth:\n  htpasswd:\n    realm: berth-test\n    path: {dir}/htpasswd\n";
+    let mut regs: Vec<Registry> = (0..4).map(|_| Registry::with_yaml(yaml)).collect();
+    for r in regs.iter_mut() {
+        std::fs::write(r.dir().join("htpasswd"), &pw.stdout).expect("htpasswd file");
+        rt.block_on(r.start_expecting(&[200, 401]));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("registry-password"), "testpassword\n").expect("pw");
+    let creds: String = REGIONS
+        .iter()
+        .map(|r| {
+            format!(
+                "[[replication.credential]]\nregion = \"{r}\"\nusername = \"testuser\"\n\
+                 password_file = \"registry-password\"\n"
+            )
+        })
+        .collect();
+    let (url, events) = webhook_receiver();
+    let hooks = format!("webhooks = [\"{url}\"]");
+    let cfg = config(
+        dir.path(),
+        &regs,
+        &[(
+            "# webhooks = [\"http://127.0.0.1:9999/hook\"]",
+            hooks.as_str(),
+        )],
+        &creds,
+    );
+    let berth = Berth::start(&cfg);
+    let proxy_at = proxy(&berth);
+    let sk = Skopeo::new();
+    let app = image("app-1.0");
+    let src = format!("oci:{}:app-1.0", layout().display());
+    let out = sk.run(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "testuser:testpassword",
+        &src,
+        &format!("docker://{proxy_at}/team/app:1.0"),
+    ]);
+    assert_ok(&out, "push with credentials");
+    let auth = "Basic dGVzdHVzZXI6dGVzdHBhc3N3b3Jk"; // testuser:testpassword
+    wait_for("team/app:1.0 in every region", || {
+        regs.iter()
+            .all(|r| complete_with(r, "team/app", "1.0", &app, Some(auth)))
+    });
+    wait_for("a webhook event per destination region", || {
+        let got = events.lock().expect("lock");
+        let regions: std::collections::BTreeSet<&str> =
+            got.iter().filter_map(|e| e["region"].as_str()).collect();
+        regions.len() == 3
+    });
+    let got = events.lock().expect("lock").clone();
+    for e in &got {
+        assert_eq!(e["action"], "present", "{e}");
+        assert_eq!(e["repository"], "team/app", "{e}");
+        assert_eq!(e["digest"], app.manifest.as_str(), "{e}");
+        assert!(e["lag_seconds"].is_f64(), "{e}");
+    }
 }
