@@ -123,7 +123,7 @@ origin = "example.test"
 file = "$REPO/zones/example.test.zone"
 [[routed_name]]
 name = "registry.example.test"
-policy = "failover"
+policy = "performance"
 regions = ["westus", "eastus", "westeurope", "southeastasia"]
 [proxy]
 listen = "127.0.0.1:$7"
