@@ -43,7 +43,8 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_registry NAME -> prints its port; storage under $WORK/NAME
+# start_registry NAME: sets REG_PORT; storage under $WORK/NAME (not in a subshell, so the
+# process is ours to stop)
 start_registry() {
   local name=$1 port; port=$(free_port)
   mkdir -p "$WORK/$name"
@@ -64,10 +65,8 @@ YML
   docker-registry serve "$WORK/$name/config.yml" > "$WORK/$name/log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 200); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.05; done
-  echo "$port"
+  REG_PORT=$port
 }
-
-stop_all_registries_but() { :; }
 
 # Images: the test bed's app-1.0 and tool-1.0, and the same build with three times the sizes.
 log "building images"
@@ -78,7 +77,7 @@ SET=("l1:app-1.0:set/app1" "l1:tool-1.0:set/tool1" "l2:app-1.0:set/app2" "l2:too
 
 sk() { skopeo --insecure-policy "$@"; }
 
-SRC=$(start_registry src)
+start_registry src; SRC=$REG_PORT
 for s in "${SET[@]}"; do
   IFS=: read -r l tag repo <<<"$s"
   sk copy --dest-tls-verify=false "oci:$WORK/$l:$tag" "docker://127.0.0.1:$SRC/$repo:1" >/dev/null
@@ -156,35 +155,36 @@ complete_in() { # PORT: does the replica hold every image of the set (manifest b
 now() { date +%s.%N; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-BERTH_T=(); SKOPEO_T=()
+BERTH_T=(); SKOPEO_T=(); COPIES=()
 for round in $(seq "$ROUNDS"); do
   # Berth: fresh destinations, one sync.
-  D1=$(start_registry "b$round-1"); D2=$(start_registry "b$round-2"); D3=$(start_registry "b$round-3")
+  start_registry "b$round-1"; D1=$REG_PORT; start_registry "b$round-2"; D2=$REG_PORT; start_registry "b$round-3"; D3=$REG_PORT
   start_berth "$WORK/berth-$round" "$SRC" "$D1" "$D2" "$D3"
   t0=$(now)
   curl -fs -X POST -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ADMIN/api/v1/replication/sync" >/dev/null
   until complete_in "$D1" && complete_in "$D2" && complete_in "$D3"; do sleep 0.02; done
-  t1=$(now); BERTH_T+=("$(echo "$t1 - $t0" | bc -l)")
+  t1=$(now); BERTH_T+=("$(awk "BEGIN {print $t1 - $t0}")")
   kill "$BERTH_PID"; wait "$BERTH_PID" 2>/dev/null || true
   # skopeo: fresh destinations, each image copied, the three destinations in parallel.
-  E1=$(start_registry "s$round-1"); E2=$(start_registry "s$round-2"); E3=$(start_registry "s$round-3")
+  start_registry "s$round-1"; E1=$REG_PORT; start_registry "s$round-2"; E2=$REG_PORT; start_registry "s$round-3"; E3=$REG_PORT
   t0=$(now)
   for d in "$E1" "$E2" "$E3"; do
     ( for s in "${SET[@]}"; do
         IFS=: read -r _ _ repo <<<"$s"
         sk copy --src-tls-verify=false --dest-tls-verify=false "docker://127.0.0.1:$SRC/$repo:1" "docker://127.0.0.1:$d/$repo:1" >/dev/null
       done ) &
+    COPIES+=($!)
   done
-  wait_pids=$(jobs -p | tail -3); for p in $wait_pids; do wait "$p"; done
-  t1=$(now); SKOPEO_T+=("$(echo "$t1 - $t0" | bc -l)")
+  for p in "${COPIES[@]}"; do wait "$p"; done; COPIES=()
+  t1=$(now); SKOPEO_T+=("$(awk "BEGIN {print $t1 - $t0}")")
   complete_in "$E1" && complete_in "$E2" && complete_in "$E3" || die "skopeo copies incomplete"
   log "round $round: berth ${BERTH_T[-1]} s, skopeo ${SKOPEO_T[-1]} s"
   rm -rf "$WORK"/b$round-*/storage "$WORK"/s$round-*/storage
 done
 B=$(printf '%s\n' "${BERTH_T[@]}" | median); S=$(printf '%s\n' "${SKOPEO_T[@]}" | median)
-MIB=$(echo "$SET_BYTES * 3 / 1048576" | bc -l)
+MIB=$(awk "BEGIN {print $SET_BYTES * 3 / 1048576}")
 printf 'throughput: %.1f MiB to 3 destinations; berth median %.2f s (%.1f MiB/s), skopeo median %.2f s (%.1f MiB/s); berth/skopeo throughput %.2fx\n' \
-  "$MIB" "$B" "$(echo "$MIB / $B" | bc -l)" "$S" "$(echo "$MIB / $S" | bc -l)" "$(echo "$S / $B" | bc -l)"
+  "$MIB" "$B" "$(awk "BEGIN {print $MIB / $B}")" "$S" "$(awk "BEGIN {print $MIB / $S}")" "$(awk "BEGIN {print $S / $B}")"
 
 # 2. Lag: LAG_N distinct 10 MiB single-layer images pushed through the proxy.
 python3 - "$WORK/lag" "$LAG_N" <<'PY'
@@ -208,7 +208,7 @@ for i in range(n):
 open(os.path.join(root, "oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"}')
 open(os.path.join(root, "index.json"), "w").write(json.dumps({"schemaVersion": 2, "manifests": index}))
 PY
-L0=$(start_registry lag-0); L1=$(start_registry lag-1); L2=$(start_registry lag-2); L3=$(start_registry lag-3)
+start_registry lag-0; L0=$REG_PORT; start_registry lag-1; L1=$REG_PORT; start_registry lag-2; L2=$REG_PORT; start_registry lag-3; L3=$REG_PORT
 start_berth "$WORK/berth-lag" "$L0" "$L1" "$L2" "$L3"
 for i in $(seq 0 $((LAG_N - 1))); do
   sk copy --dest-tls-verify=false "oci:$WORK/lag:lag-$i" "docker://127.0.0.1:$PROXY/lag/img$i:1" >/dev/null
@@ -243,7 +243,7 @@ m = put(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.
 open(os.path.join(root, "oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"}')
 open(os.path.join(root, "index.json"), "w").write(json.dumps({"schemaVersion": 2, "manifests": [dict(m, mediaType="application/vnd.oci.image.manifest.v1+json", annotations={"org.opencontainers.image.ref.name": "big"})]}))
 PY
-M0=$(start_registry big-0); M1=$(start_registry big-1)
+start_registry big-0; M0=$REG_PORT; start_registry big-1; M1=$REG_PORT
 sk copy --dest-tls-verify=false "oci:$WORK/big:big" "docker://127.0.0.1:$M0/big/blob:1" >/dev/null
 rm -rf "$WORK/big"
 # Only one destination: the other two regions point at a port nothing listens on.
@@ -259,4 +259,4 @@ until curl -fsI -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://
 done
 t1=$(now)
 printf 'memory: %d MiB blob replicated in %.1f s; berth RSS before %d KiB, max during %d KiB (+%d KiB) over %d samples\n' \
-  "$BIG_MIB" "$(echo "$t1 - $t0" | bc -l)" "$BEFORE" "$MAX" "$((MAX - BEFORE))" "$SAMPLES"
+  "$BIG_MIB" "$(awk "BEGIN {print $t1 - $t0}")" "$BEFORE" "$MAX" "$((MAX - BEFORE))" "$SAMPLES"
