@@ -9,6 +9,7 @@
 //! | GET | `/api/v1/route?client=ADDRESS&name=NAME` | a decision and its explanation |
 //! | POST | `/api/v1/reload` | reload config, zones, GeoIP; 422 with the error if rejected |
 //! | GET | `/api/v1/events?after=SEQ` | recent events (health flips, flags, reloads, fail-open) |
+//! | GET, POST | `/api/v1/replication...` | replication status, sync, registry notifications ([`replication`]) |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET | `/readyz` | 200 `ready` once started (listeners bound, every region probed once) while every DNS worker runs; 503 and why not (no token needed) |
 //! | GET | `/healthz` | 200 `ok` while the process answers: liveness (no token needed) |
@@ -42,6 +43,7 @@ use crate::live::{HealthInfo, Live};
 use crate::routing::{Eligibility, Source};
 
 pub mod dashboard;
+mod replication;
 
 #[derive(Clone)]
 struct Ctx {
@@ -64,6 +66,7 @@ pub fn router(live: Arc<Live>, token: Option<String>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/cluster", get(cluster_status))
         .route("/metrics", get(metrics))
+        .merge(replication::routes())
         .merge(dashboard::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(ctx.clone(), auth))

@@ -248,6 +248,16 @@ impl Running {
             None => None,
         };
 
+        if let Some(cfg) = &snap.config.replication {
+            let (r, mut started) = crate::replication::Replication::start(
+                snapshots(&live),
+                cfg,
+                shutdown.subscribe(),
+            )?;
+            let _ = live.replication.set(r);
+            tasks.append(&mut started);
+        }
+
         let proxy = if snap.config.proxy.enabled() {
             let secret = crate::proxy::read_secret(&snap.config.proxy)?;
             Some(crate::proxy::Proxy::start(live.clone(), &secret)?)
@@ -405,6 +415,12 @@ fn admin_run(
             tracing::error!(error = %e, "admin listener failed");
         }
     }
+}
+
+/// The live snapshot for the replicator, without keeping `Live` alive.
+fn snapshots(live: &Arc<Live>) -> crate::replication::SnapshotSource {
+    let weak = Arc::downgrade(live);
+    Arc::new(move || weak.upgrade().map(|l| l.snapshot.load_full()))
 }
 
 /// `berth serve`: run until SIGINT or SIGTERM; SIGHUP reloads.

@@ -240,3 +240,77 @@ pub fn render_cluster(v: &Value) -> String {
     }
     out
 }
+
+/// `REPOSITORY[:TAG]` or `REPOSITORY@DIGEST` -> (repository, reference); no tag is `latest`.
+pub fn split_image(image: &str) -> (&str, &str) {
+    if let Some((repo, digest)) = image.split_once('@') {
+        return (repo, digest);
+    }
+    // A ':' after the last '/' is the tag's (before it, a registry's port).
+    match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => (&image[..i], &image[i + 1..]),
+        _ => (image, "latest"),
+    }
+}
+
+fn secs(v: &Value) -> String {
+    v.as_f64().map_or("-".to_string(), |s| format!("{s:.2}"))
+}
+
+/// `berth replication status` as a table.
+pub fn render_replication(v: &Value) -> String {
+    let mut out = format!(
+        "{:<16} {:>7} {:>8} {:>8} {:>7} {:>10} {:>10}\n",
+        "REGION", "QUEUED", "PRESENT", "PENDING", "FAILED", "LAG p50 s", "LAG p99 s"
+    );
+    for (name, r) in v["regions"].as_object().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<16} {:>7} {:>8} {:>8} {:>7} {:>10} {:>10}\n",
+            name,
+            r["queued_jobs"].as_u64().unwrap_or(0),
+            r["present"].as_u64().unwrap_or(0),
+            r["pending"].as_u64().unwrap_or(0),
+            r["failed"].as_u64().unwrap_or(0),
+            secs(&r["lag_p50_seconds"]),
+            secs(&r["lag_p99_seconds"]),
+        ));
+    }
+    out.push_str(&format!(
+        "copied: {} bytes\n",
+        v["copied_bytes"].as_u64().unwrap_or(0)
+    ));
+    for f in v["failures"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "FAILED {}@{} -> {}: {}\n",
+            f["repository"].as_str().unwrap_or("?"),
+            f["digest"].as_str().unwrap_or("?"),
+            f["region"].as_str().unwrap_or("?"),
+            f["error"].as_str().unwrap_or("?"),
+        ));
+    }
+    out
+}
+
+/// `berth replication status REPOSITORY[:TAG]` as a table.
+pub fn render_image(v: &Value) -> String {
+    let mut out = format!(
+        "{}:{} = {}\n{:<16} {:<8} {:>8}  {}\n",
+        v["repository"].as_str().unwrap_or("?"),
+        v["reference"].as_str().unwrap_or("?"),
+        v["digest"].as_str().unwrap_or("?"),
+        "REGION",
+        "STATE",
+        "LAG s",
+        "LAST ERROR"
+    );
+    for (name, p) in v["regions"].as_object().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<16} {:<8} {:>8}  {}\n",
+            name,
+            p["state"].as_str().unwrap_or("?"),
+            secs(&p["lag_seconds"]),
+            p["last_error"].as_str().unwrap_or("-"),
+        ));
+    }
+    out
+}

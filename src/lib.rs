@@ -25,6 +25,8 @@
 //! - [`shared`]: the shared state of a `[cluster]` as last read from etcd, and its pure rules
 //!   (key layout, health quorum, rendezvous ownership of jobs).
 //! - [`cluster`]: `[cluster]`: flags, health verdicts and membership shared through etcd.
+//! - [`replication`]: copies every push to the other regions (events, reconcile, queue,
+//!   status table); its own module beside the proxy, fed by one event hook in it.
 //! - [`app`]: wiring: loads config, builds the snapshot, starts the front ends.
 
 pub mod admin;
@@ -42,6 +44,7 @@ pub mod live;
 pub mod logs;
 pub mod metrics;
 pub mod proxy;
+pub mod replication;
 pub mod routing;
 pub mod shared;
 pub mod snapshot;

@@ -127,6 +127,9 @@ pub struct Live {
     pub local_health_changed: tokio::sync::Notify,
     /// The cluster's etcd writer, set when `[cluster]` runs ([`crate::cluster`]).
     pub cluster: std::sync::OnceLock<Arc<dyn SharedWriter>>,
+    /// The replicator, when `[replication]` was configured at start (set once by `app`): the
+    /// proxy's push hook, the chooser's holders and the admin API reach it here.
+    pub replication: std::sync::OnceLock<Arc<crate::replication::Replication>>,
 }
 
 const MAX_EVENTS: usize = 200;
@@ -180,6 +183,7 @@ impl Live {
             config_generation: tokio::sync::watch::Sender::new(first),
             local_health_changed: tokio::sync::Notify::new(),
             cluster: std::sync::OnceLock::new(),
+            replication: std::sync::OnceLock::new(),
         };
         Arc::new(live)
     }
@@ -602,6 +606,9 @@ impl Live {
         let mut text = self.metrics.render(&g);
         if let Some(shared) = &c.shared {
             text.push_str(&crate::shared::render_metrics(shared));
+        }
+        if let Some(r) = self.replication.get() {
+            r.render_metrics(&mut text);
         }
         text
     }

@@ -123,12 +123,28 @@ enum Command {
         #[arg(long, global = true, default_value = "http://127.0.0.1:9180")]
         admin: String,
     },
+    /// Replication of a running server: backlog and lag per region, one image's presence.
+    Replication {
+        #[command(subcommand)]
+        command: ReplicationCommand,
+        #[arg(long, global = true, default_value = "http://127.0.0.1:9180")]
+        admin: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum ClusterCommand {
     /// Members (version, config hash, admin address), connectivity, verdicts per region.
     Status,
+}
+
+#[derive(Subcommand)]
+enum ReplicationCommand {
+    /// Backlog, failures and lag per region; with REPOSITORY[:TAG|@DIGEST], that image's
+    /// presence in each region.
+    Status { image: Option<String> },
+    /// Start a reconcile pass now (needs the admin token).
+    Sync,
 }
 
 #[derive(Subcommand)]
@@ -254,6 +270,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{}",
                 berth::client::render_cluster(&c.get("/api/v1/cluster")?)
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replication { command, admin } => {
+            let c = AdminClient::new(&admin, std::env::var(TOKEN_ENV).ok());
+            match command {
+                ReplicationCommand::Status { image: None } => {
+                    print!(
+                        "{}",
+                        berth::client::render_replication(&c.get("/api/v1/replication")?)
+                    );
+                }
+                ReplicationCommand::Status { image: Some(i) } => {
+                    let (repo, reference) = berth::client::split_image(&i);
+                    let v = c.get(&format!(
+                        "/api/v1/replication/{repo}?reference={}",
+                        encode(reference)
+                    ))?;
+                    print!("{}", berth::client::render_image(&v));
+                }
+                ReplicationCommand::Sync => {
+                    c.post("/api/v1/replication/sync")?;
+                    println!("reconcile started");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Geoip {

@@ -363,3 +363,57 @@ fn sticky_capacity_is_bounded() {
         assert_eq!(error_of(&format!("{BASE}\n[sticky]\n{keys}\n")), want);
     }
 }
+
+/// `[replication]`: defaults, the queue beside the state file, and errors that name the key.
+#[test]
+fn replication_section_defaults_and_errors() {
+    let path = Path::new("/etc/berth/berth.toml");
+    let c = Config::parse(BASE, path).expect("valid");
+    assert!(c.replication.is_none(), "off when absent");
+    let on =
+        format!("{BASE}\n[replication]\n[[replication.rule]]\nname = \"all\"\nto = [\"westus\"]\n");
+    let with_upstream = on.replace(
+        "a = [\"192.0.2.10\"]",
+        "a = [\"192.0.2.10\"]\nupstream = \"http://127.0.0.1:5001\"",
+    );
+    let r = Config::parse(&with_upstream, path)
+        .expect("valid")
+        .replication
+        .expect("on");
+    assert_eq!(r.concurrency, 4);
+    assert_eq!(r.rules[0].repositories, ["**"]);
+    assert_eq!(r.rules[0].tags, ["*"]);
+    assert_eq!(
+        r.queue_file,
+        Path::new("/etc/berth/berth.state.replication.json")
+    );
+    for (text, want) in [
+        (
+            on.clone(),
+            "replication.rule[0] (all).to: region \"westus\" has no upstream registry to copy to",
+        ),
+        (
+            with_upstream.replace("to = [\"westus\"]", "to = [\"mars\"]"),
+            "replication.rule[0] (all).to: \"mars\" is not a [[region]] name",
+        ),
+        (
+            with_upstream.replace(
+                "[replication]\n",
+                "[replication]\nbandwidth = \"50MiB/s\"\n",
+            ),
+            "unknown field `bandwidth`",
+        ),
+        (
+            with_upstream.replace("[replication]\n", "[replication]\nconcurrency = 0\n"),
+            "replication.concurrency: must be between 1 and 64",
+        ),
+        (
+            format!("{BASE}\n[replication]\n"),
+            "replication.rule: no rule",
+        ),
+    ] {
+        let e = error_of(&text);
+        assert!(e.contains(want), "{e}\n(wanted {want:?})");
+        assert!(e.contains("/etc/berth/berth.toml"), "{e}");
+    }
+}

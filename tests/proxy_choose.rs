@@ -82,6 +82,8 @@ struct Row {
     /// What the affinity table holds for (client key, repository): region, since.
     affinity: Option<(&'static str, Millis)>,
     now: Millis,
+    /// Regions replication knows hold what the request names (ids in file order).
+    holders: Option<Vec<usize>>,
 }
 
 fn row(label: &'static str, method: Method, path: &'static str) -> Row {
@@ -92,6 +94,7 @@ fn row(label: &'static str, method: Method, path: &'static str) -> Row {
         token: None,
         affinity: None,
         now: 1_000_000,
+        holders: None,
     }
 }
 
@@ -99,6 +102,13 @@ impl Row {
     fn pinned(self, region: &'static str, since: Millis) -> Row {
         Row {
             affinity: Some((region, since)),
+            ..self
+        }
+    }
+
+    fn held_by(self, ids: &[usize]) -> Row {
+        Row {
+            holders: Some(ids.to_vec()),
             ..self
         }
     }
@@ -178,6 +188,7 @@ fn check(states: &str, rows: Vec<Row>, expect: Expect) {
             method: &r.method,
             session,
             affinity: r.affinity,
+            holders: r.holders.as_deref(),
         };
         let choice = choose(&snap, rn, &facts, r.now);
         out.push_str(&format!("{:<28} {}\n", r.label, render(&snap, &choice)));
@@ -387,6 +398,51 @@ fn when_every_region_is_down_the_name_fails_open() {
             pinned to eastus             affinity -> eastus (read fallback 2)
             version check                client -> westus (read fallback 0)
             session in eastus            session -> eastus (read fallback 0)
+        "#]],
+    );
+}
+
+/// Replication-aware reads: a read whose content is known to be elsewhere goes to the nearest
+/// usable holder; a push's requests, unknown content and unusable holders change nothing.
+#[test]
+fn reads_go_to_a_region_known_to_hold_the_content() {
+    check(
+        "uudu",
+        vec![
+            row(
+                "manifest GET, no facts",
+                Method::GET,
+                "/v2/team/app/manifests/v1",
+            ),
+            row(
+                "manifest GET, in eastus",
+                Method::GET,
+                "/v2/team/app/manifests/v1",
+            )
+            .held_by(&[1]),
+            row(
+                "manifest HEAD, in 1 and 3",
+                Method::HEAD,
+                "/v2/team/app/manifests/v1",
+            )
+            .held_by(&[3, 1]),
+            row("blob GET, in westus", Method::GET, BLOB).held_by(&[0]),
+            row("blob GET, only in a down one", Method::GET, BLOB).held_by(&[2]),
+            row("blob HEAD (push check)", Method::HEAD, BLOB).held_by(&[1]),
+            row("manifest PUT", Method::PUT, "/v2/team/app/manifests/v1").held_by(&[1]),
+            row("pinned read, elsewhere", Method::GET, BLOB)
+                .pinned("westus", 999_000)
+                .held_by(&[1]),
+        ],
+        expect![[r#"
+            manifest GET, no facts       affinity -> westus (read fallback 2)
+            manifest GET, in eastus      affinity -> eastus (read fallback 2)
+            manifest HEAD, in 1 and 3    affinity -> eastus (read fallback 2)
+            blob GET, in westus          affinity -> westus (read fallback 2)
+            blob GET, only in a down one affinity -> westus (read fallback 2)
+            blob HEAD (push check)       affinity -> westus (read fallback 0)
+            manifest PUT                 affinity -> westus (read fallback 0)
+            pinned read, elsewhere       affinity -> eastus (read fallback 2)
         "#]],
     );
 }

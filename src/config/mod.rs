@@ -23,6 +23,7 @@ mod parse;
 mod policy;
 mod proxy;
 mod region;
+mod replication;
 mod routed_name;
 mod secret;
 mod sticky;
@@ -40,6 +41,10 @@ pub use proxy::{
     DEFAULT_UPSTREAM_READ_TIMEOUT, DEFAULT_UPSTREAM_WRITE_TIMEOUT,
 };
 pub use region::{ProbeConfig, ProbeKind, Region};
+pub use replication::{
+    RegistryCredential, ReplicationConfig, ReplicationRule, RetryConfig, DEFAULT_RECONCILE_EVERY,
+    DEFAULT_REPLICATION_CONCURRENCY,
+};
 pub use routed_name::{
     LatencyEntry, RoutedName, DEFAULT_BASE_MS, DEFAULT_INFLATION, DEFAULT_TIE_BAND_MS, DEFAULT_TTL,
 };
@@ -52,6 +57,7 @@ use cluster::RawCluster;
 use dns::RawDns;
 use proxy::RawProxy;
 use region::RawRegion;
+use replication::RawReplication;
 use routed_name::RawRoutedName;
 use sticky::RawSticky;
 use zone::RawZone;
@@ -94,6 +100,7 @@ struct RawConfig {
     regions: Vec<RawRegion>,
     #[serde(default, rename = "routed_name")]
     routed_names: Vec<RawRoutedName>,
+    replication: Option<RawReplication>,
     cluster: Option<RawCluster>,
     log: Option<RawLog>,
 }
@@ -141,6 +148,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[cluster]`: shared state in etcd; `None` is a single instance on its state file.
     pub cluster: Option<ClusterConfig>,
+    /// `[replication]`; None: regions are not copied to each other.
+    pub replication: Option<ReplicationConfig>,
 }
 
 impl Config {
@@ -222,6 +231,7 @@ impl Validator<'_> {
             }
         }
         let cluster = self.cluster(raw.cluster)?;
+        let replication = self.replication(raw.replication, &regions, &admin.state_file)?;
         if !routed_names.is_empty() && dns.listen.is_empty() {
             return Err(self.err(
                 "dns.listen",
@@ -244,6 +254,7 @@ impl Validator<'_> {
                 queries: l.queries.unwrap_or(false),
             }),
             cluster,
+            replication,
         })
     }
 }

@@ -15,6 +15,11 @@
 //!   affinity began (a drain lets pushes finish where their blobs are). Otherwise the routing
 //!   core decides, and the affinity moves there.
 //! - Any other path goes where the routing core sends the client.
+//! - A read (manifest GET/HEAD, blob GET) whose content replication knows to be in some
+//!   regions (`Facts::holders`) and not in the region chosen so far goes to the nearest
+//!   usable holder instead (the routing core's order with the other regions left out), so a
+//!   pull right after a push elsewhere does not find a 404 first. Content replication has
+//!   not seen keeps the 404 fallback.
 
 use std::net::IpAddr;
 
@@ -76,6 +81,9 @@ pub struct Facts<'a> {
     /// For a repository request: the region the (client key, repository) affinity names and
     /// since when it has, as the affinity table holds it now.
     pub affinity: Option<(&'a str, Millis)>,
+    /// For a read: the regions replication knows hold the manifest or blob (None: nothing
+    /// known, or replication is off).
+    pub holders: Option<&'a [RegionId]>,
 }
 
 /// Where the request goes, and how that was decided.
@@ -121,11 +129,30 @@ pub fn choose(snap: &Snapshot, rn: &RoutedName, facts: &Facts, now: Millis) -> C
             next_region(snap, rn, facts.client, &[]).ok_or_else(|| no_region(rn)),
         ),
     };
+    let region = match (read, facts.holders, region) {
+        (true, Some(h), Ok(id)) if !h.is_empty() && !h.contains(&id) => {
+            Ok(nearest_holder(snap, rn, facts.client, h).unwrap_or(id))
+        }
+        (_, _, r) => r,
+    };
     Choice {
         binding,
         region,
         read_fallback,
     }
+}
+
+/// The routing core's pick among `holders` (the other regions left out), if one is usable.
+fn nearest_holder(
+    snap: &Snapshot,
+    rn: &RoutedName,
+    client: IpAddr,
+    holders: &[RegionId],
+) -> Option<RegionId> {
+    let others: Vec<RegionId> = (0..snap.config.regions.len())
+        .filter(|i| !holders.contains(i))
+        .collect();
+    next_region(snap, rn, client, &others)
 }
 
 /// An upload session lives in its token's region or nowhere.

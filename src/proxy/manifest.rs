@@ -191,6 +191,9 @@ pub(super) async fn put(shared: &Shared, session: &mut Session, ctx: &mut Ctx) -
             reply = Ok(second);
         }
     }
+    if let Ok((r, _)) = &reply {
+        pushed(shared, ctx, &snap, &req, &r.header);
+    }
     answer(session, ctx, &snap, first, reply).await?;
     Ok(true)
 }
@@ -272,6 +275,39 @@ async fn safety_net(
         }
     }
     None
+}
+
+/// The replication hook: a manifest was stored in `ctx.region`. Sends (repository,
+/// reference, digest, region) to the replicator without waiting; nothing else of
+/// replication runs in the request path.
+fn pushed(
+    shared: &Shared,
+    ctx: &Ctx,
+    snap: &Snapshot,
+    req: &RequestHeader,
+    header: &ResponseHeader,
+) {
+    let r = shared.live.replication.get();
+    let (Some(r), Some(repo), Some(id)) = (r, &ctx.repo, ctx.region) else {
+        return;
+    };
+    if !header.status.is_success() {
+        return;
+    }
+    // `/v2/<repo>/manifests/<reference>`: the last segment (a digest's ':' may come encoded).
+    let reference = req.uri.path().rsplit('/').next().unwrap_or_default();
+    let digest = header
+        .headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    r.pushed(crate::replication::Pushed {
+        repo: repo.clone(),
+        reference: reference.replace("%3A", ":").replace("%3a", ":"),
+        digest,
+        region: snap.config.regions[id].name.clone(),
+        at_ms: crate::replication::unix_ms(),
+    });
 }
 
 /// Give the client the region's answer (its `Location` made public), or the refusal when no

@@ -68,6 +68,23 @@ fn unix_now() -> u64 {
 }
 
 impl BerthProxy {
+    /// The regions replication knows hold what a manifest or blob request names (a short
+    /// lock on its status table, no IO); None when replication is off or it is another path.
+    fn holders(&self, snap: &Snapshot, route: Route) -> Option<Vec<RegionId>> {
+        let r = self.shared.live.replication.get()?;
+        let names = match route {
+            Route::Manifest { repo, reference } => r.manifest_holders(repo, reference),
+            Route::Blob { repo, digest } => r.blob_holders(repo, digest),
+            _ => return None,
+        };
+        Some(
+            names
+                .iter()
+                .filter_map(|n| snap.config.region_id(n))
+                .collect(),
+        )
+    }
+
     /// Gather the facts (client, path, token, affinity), let [`choose`] decide, and record
     /// what it says; Some(refusal) if Berth answers itself.
     fn decide(&self, session: &Session, ctx: &mut Ctx, snap: &Snapshot) -> Option<Refusal> {
@@ -126,12 +143,14 @@ impl BerthProxy {
             (None, Some(repo)) => self.shared.affinity.get(key, repo, now),
             _ => None,
         };
+        let holders = self.holders(snap, route);
         let facts = Facts {
             client: ctx.client,
             route,
             method: &req.method,
             session: session_token,
             affinity: affinity.as_ref().map(|(name, since)| (&**name, *since)),
+            holders: holders.as_deref(),
         };
         let choice = choose(snap, rn, &facts, now);
         ctx.binding = choice.binding;

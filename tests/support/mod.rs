@@ -184,8 +184,30 @@ pub fn wait_until(what: &str, deadline: Duration, mut check: impl FnMut() -> boo
 
 /// The demo config with absolute paths, listeners on free ports, and `extra` TOML appended
 /// (or substituted: each `(from, to)` pair is replaced first).
+/// The demo's `[replication]` section (its last) is cut off: tests that are not about
+/// replication must not see their replicas copied into each other; see
+/// [`demo_config_replicated`].
 pub fn demo_config(dir: &Path, replace: &[(&str, &str)], extra: &str) -> PathBuf {
+    demo_config_with(dir, replace, extra, false)
+}
+
+/// [`demo_config`] keeping the demo's `[replication]` section.
+pub fn demo_config_replicated(dir: &Path, replace: &[(&str, &str)], extra: &str) -> PathBuf {
+    demo_config_with(dir, replace, extra, true)
+}
+
+fn demo_config_with(
+    dir: &Path,
+    replace: &[(&str, &str)],
+    extra: &str,
+    replication: bool,
+) -> PathBuf {
     let mut text = std::fs::read_to_string(repo().join("config/demo.toml")).expect("demo config");
+    if !replication {
+        if let Some(i) = text.find("\n[replication]") {
+            text.truncate(i + 1);
+        }
+    }
     for (from, to) in replace {
         assert!(text.contains(from), "demo.toml lacks {from:?}");
         text = text.replace(from, to);

@@ -1,0 +1,153 @@
+//! The replication endpoints of the admin API (see `crate::replication`):
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/api/v1/replication` | backlog per destination, failures, lag percentiles |
+//! | GET | `/api/v1/replication/{repository}?reference=TAG\|DIGEST` | per-region presence |
+//! | POST | `/api/v1/replication/sync` | start a reconcile pass now |
+//! | POST | `/api/v1/replication/notifications?region=NAME` | docker-registry notification events (token) |
+//!
+//! The notification endpoint is what a registry's `notifications.endpoints` in config.yml
+//! points at, with `headers: {Authorization: [Bearer <admin token>]}`: a push that bypassed
+//! Berth replicates at once instead of at the next reconcile.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{error, Ctx};
+use crate::replication::{unix_ms, Pushed, Replication};
+
+pub(super) fn routes() -> Router<Ctx> {
+    Router::new()
+        .route("/api/v1/replication", get(overview))
+        .route("/api/v1/replication/sync", post(sync))
+        .route("/api/v1/replication/notifications", post(notifications))
+        .route("/api/v1/replication/{*repository}", get(image))
+}
+
+fn replicator(ctx: &Ctx) -> Option<&Replication> {
+    ctx.live.replication.get().map(|r| r.as_ref())
+}
+
+fn off() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "replication is off: add a [replication] section to the config",
+    )
+}
+
+async fn overview(State(ctx): State<Ctx>) -> Response {
+    match replicator(&ctx) {
+        Some(r) => Json(r.overview()).into_response(),
+        None => off(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ImageQuery {
+    reference: Option<String>,
+}
+
+async fn image(
+    State(ctx): State<Ctx>,
+    Path(repository): Path<String>,
+    Query(q): Query<ImageQuery>,
+) -> Response {
+    let r = match replicator(&ctx) {
+        Some(r) => r,
+        None => return off(),
+    };
+    let reference = q.reference.unwrap_or_else(|| "latest".to_string());
+    match r.image(&repository, &reference) {
+        Some(v) => Json(v).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("{repository}:{reference} has not been seen by replication (pushed elsewhere? POST /api/v1/replication/sync)"),
+        ),
+    }
+}
+
+async fn sync(State(ctx): State<Ctx>) -> Response {
+    match replicator(&ctx) {
+        Some(r) => {
+            r.sync();
+            (StatusCode::ACCEPTED, Json(json!({"reconcile": "started"}))).into_response()
+        }
+        None => off(),
+    }
+}
+
+#[derive(Deserialize)]
+struct NotifyQuery {
+    region: Option<String>,
+}
+
+async fn notifications(
+    State(ctx): State<Ctx>,
+    Query(q): Query<NotifyQuery>,
+    Json(body): Json<serde_json::Value>,
+) -> Response {
+    let r = match replicator(&ctx) {
+        Some(r) => r,
+        None => return off(),
+    };
+    let Some(region) = q
+        .region
+        .filter(|n| ctx.live.snapshot.load().config.region_id(n).is_some())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name the region that sends these events: ?region=NAME (a [[region]] name)",
+        );
+    };
+    let mut accepted = 0;
+    for ev in pushes(&body) {
+        r.pushed(Pushed {
+            region: region.clone(),
+            ..ev
+        });
+        accepted += 1;
+    }
+    Json(json!({ "accepted": accepted })).into_response()
+}
+
+/// The manifest pushes in a distribution notification envelope (`{"events": [...]}`):
+/// action `push` with a manifest media type and a repository, not made by Berth itself.
+fn pushes(body: &serde_json::Value) -> Vec<Pushed> {
+    let events = body.get("events").and_then(|e| e.as_array());
+    events
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("action").and_then(|a| a.as_str()) == Some("push"))
+        .filter(|e| {
+            let agent = e["request"]["useragent"].as_str().unwrap_or_default();
+            // Registries notify about Berth's own copies too: those are not new pushes.
+            !agent.starts_with(crate::replication::registry::USER_AGENT)
+        })
+        .filter_map(|e| {
+            let t = e.get("target")?;
+            let media = t.get("mediaType")?.as_str()?;
+            if !media.contains("manifest") && !media.contains("index") {
+                return None;
+            }
+            let repo = t.get("repository")?.as_str()?.to_string();
+            let digest = t.get("digest")?.as_str()?.to_string();
+            let reference = t
+                .get("tag")
+                .and_then(|x| x.as_str())
+                .map_or(digest.clone(), String::from);
+            Some(Pushed {
+                repo,
+                reference,
+                digest: Some(digest),
+                region: String::new(),
+                at_ms: unix_ms(),
+            })
+        })
+        .collect()
+}

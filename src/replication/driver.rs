@@ -1,0 +1,239 @@
+//! The replicator's tasks: events into jobs, due jobs through the copy engine (with retries
+//! and backoff), presence into the status table and the webhooks, and the reconcile timer.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::Receiver;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::copy::Task;
+use super::queue::Job;
+use super::{backoff, reconcile, rules, unix_ms, Pushed, Replication, SnapshotSource};
+use crate::config::ReplicationConfig;
+use crate::snapshot::Snapshot;
+
+pub(super) fn spawn(
+    live: &SnapshotSource,
+    r: &Arc<Replication>,
+    events: Receiver<Pushed>,
+    stop: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(event_loop(live.clone(), r.clone(), events, stop.clone())),
+        tokio::spawn(dispatch_loop(live.clone(), r.clone(), stop.clone())),
+        tokio::spawn(reconcile::run_loop(live.clone(), r.clone(), stop)),
+    ]
+}
+
+fn config(snap: &Snapshot) -> Option<&ReplicationConfig> {
+    snap.config.replication.as_ref()
+}
+
+async fn event_loop(
+    live: SnapshotSource,
+    r: Arc<Replication>,
+    mut events: Receiver<Pushed>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            _ = stop.changed() => None,
+        };
+        let (Some(ev), Some(snap)) = (ev, live()) else {
+            return;
+        };
+        on_event(&snap, &r, ev).await;
+    }
+}
+
+/// A push: its destinations by the rules, the status entry, and one job per destination.
+async fn on_event(snap: &Snapshot, r: &Replication, ev: Pushed) {
+    let Some(cfg) = config(snap) else { return };
+    let is_digest = ev.reference.contains(':');
+    let tag = (!is_digest).then_some(ev.reference.as_str());
+    let mut dests = rules::destinations(&cfg.rules, &ev.repo, tag);
+    dests.remove(&ev.region);
+    if dests.is_empty() {
+        return;
+    }
+    let digest = match (&ev.digest, is_digest) {
+        (Some(d), _) => d.clone(),
+        (None, true) => ev.reference.clone(),
+        (None, false) => {
+            let reg = snap
+                .config
+                .regions
+                .iter()
+                .find(|g| g.name == ev.region)
+                .and_then(|g| r.registry(g));
+            match reg {
+                Some(reg) => match reg.manifest_digest(&ev.repo, &ev.reference).await {
+                    Ok(Some(d)) => d,
+                    _ => return,
+                },
+                None => return,
+            }
+        }
+    };
+    r.status()
+        .pushed(&ev.repo, &digest, tag, &ev.region, Some(ev.at_ms), &dests);
+    let jobs = dests
+        .into_iter()
+        .map(|dest| Job {
+            id: 0,
+            repo: ev.repo.clone(),
+            digest: digest.clone(),
+            tags: tag.map(String::from).into_iter().collect(),
+            source: ev.region.clone(),
+            dest,
+            pushed_at_ms: Some(ev.at_ms),
+            attempts: 0,
+            not_before_ms: 0,
+            last_error: None,
+        })
+        .collect();
+    r.enqueue(jobs, &cfg.queue_file);
+}
+
+async fn dispatch_loop(live: SnapshotSource, r: Arc<Replication>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let Some(snap) = live() else { return };
+        let per_dest = config(&snap).map_or(1, |c| c.concurrency);
+        let now = unix_ms();
+        let ready = r.queue().take_ready(now, per_dest);
+        for job in ready {
+            tokio::spawn(run_job(snap.clone(), r.clone(), job));
+        }
+        let wait = r.queue().next_due().map_or(Duration::from_secs(1), |due| {
+            Duration::from_millis(due.saturating_sub(now).clamp(10, 1000))
+        });
+        tokio::select! {
+            _ = r.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The region to copy from on this attempt: the job's source first, then (on retries) the
+/// other regions the status table knows hold it, in turn.
+fn source_for(r: &Replication, job: &Job) -> String {
+    let mut holders: Vec<String> = r
+        .manifest_holders(&job.repo, &job.digest)
+        .into_iter()
+        .filter(|h| h != &job.source && h != &job.dest)
+        .collect();
+    holders.insert(0, job.source.clone());
+    holders[job.attempts as usize % holders.len()].clone()
+}
+
+async fn run_job(snap: Arc<Snapshot>, r: Arc<Replication>, job: Job) {
+    let Some(cfg) = config(&snap) else { return };
+    let find = |name: &str| snap.config.regions.iter().find(|g| g.name == name);
+    let source = source_for(&r, &job);
+    let (Some(src), Some(dst)) = (
+        find(&source).and_then(|g| r.registry(g)),
+        find(&job.dest).and_then(|g| r.registry(g)),
+    ) else {
+        // A region no longer configured (or without an upstream): nothing to do.
+        r.queue().finish(job.id);
+        r.wake.notify_one();
+        return;
+    };
+    let task = Task {
+        src: &src,
+        dst: &dst,
+        repo: &job.repo,
+        digest: &job.digest,
+        tags: job.tags.iter().cloned().collect(),
+        concurrency: cfg.concurrency,
+    };
+    let result = r.engine.copy(&task).await;
+    let now = unix_ms();
+    match result {
+        Ok(copied) => {
+            let lag = r
+                .status()
+                .present(&job.repo, &job.digest, &job.dest, now, &copied.blobs);
+            r.metrics.job_done(&job.dest, lag);
+            r.queue().finish(job.id);
+            tracing::debug!(repo = %job.repo, digest = %job.digest, region = %job.dest, bytes = copied.bytes, "replicated");
+            webhooks(cfg, &r, &job, lag);
+        }
+        Err(e) => failed(cfg, &r, &job, &e.to_string()),
+    }
+    save(cfg, &r);
+    r.wake.notify_one();
+}
+
+fn failed(cfg: &ReplicationConfig, r: &Replication, job: &Job, error: &str) {
+    let attempts = job.attempts + 1;
+    let gave_up = attempts >= cfg.retry.max;
+    r.status()
+        .attempt_failed(&job.repo, &job.digest, &job.dest, attempts, error, gave_up);
+    if gave_up {
+        tracing::warn!(repo = %job.repo, digest = %job.digest, region = %job.dest, attempts, error, "replication gave up (the next reconcile tries again)");
+        r.metrics.job_failed(&job.dest);
+        r.queue().finish(job.id);
+    } else {
+        let jitter = backoff::jitter_of(job.id ^ (u64::from(attempts) << 48) ^ unix_ms());
+        let delay = backoff::delay(attempts, cfg.retry.initial, cfg.retry.max_delay, jitter);
+        tracing::info!(repo = %job.repo, region = %job.dest, attempts, error, retry_in_ms = delay.as_millis() as u64, "replication attempt failed");
+        r.metrics.job_retried(&job.dest);
+        r.queue()
+            .retry_later(job.id, unix_ms() + delay.as_millis() as u64, error);
+    }
+}
+
+fn save(cfg: &ReplicationConfig, r: &Replication) {
+    if let Err(e) = r.queue().save(&cfg.queue_file) {
+        tracing::error!(error = %format!("{e:#}"), "replication: the queue could not be persisted");
+    }
+}
+
+/// POST the regional event to every webhook the rules name, with retries, off this task.
+fn webhooks(cfg: &ReplicationConfig, r: &Replication, job: &Job, lag: Option<f64>) {
+    let tag = job.tags.iter().next().map(String::as_str);
+    let mut urls: BTreeSet<String> = cfg.webhooks.iter().cloned().collect();
+    urls.extend(rules::webhooks(&cfg.rules, &job.repo, tag));
+    if urls.is_empty() {
+        return;
+    }
+    let body = serde_json::json!({
+        "action": "present",
+        "repository": job.repo,
+        "tags": job.tags,
+        "digest": job.digest,
+        "region": job.dest,
+        "source": job.source,
+        "lag_seconds": lag,
+    });
+    for url in urls {
+        let http = r.http.clone();
+        let body = body.clone();
+        tokio::spawn(async move {
+            for attempt in 1..=5u32 {
+                match http.post(&url).json(&body).send().await {
+                    Ok(resp) if resp.status().is_success() => return,
+                    Ok(resp) => {
+                        tracing::info!(url = %url, status = resp.status().as_u16(), attempt, "replication webhook refused")
+                    }
+                    Err(e) => {
+                        tracing::info!(url = %url, error = %e.without_url(), attempt, "replication webhook failed")
+                    }
+                }
+                let d = backoff::delay(
+                    attempt,
+                    Duration::from_millis(500),
+                    Duration::from_secs(30),
+                    backoff::jitter_of(u64::from(attempt)),
+                );
+                tokio::time::sleep(d).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,327 @@
+//! The job queue: what is still to be copied where, persisted so a restart loses nothing.
+//!
+//! A job is one manifest (by digest, with the tags it should carry) of one repository, to
+//! one destination region. Jobs are keyed by (repository, digest, destination): a second
+//! event for the same content merges into the waiting job instead of adding work, which is
+//! what bounds duplicate work inside one instance. The selection of ready jobs and the
+//! bookkeeping are pure (time is a parameter); [`Queue::load`] and [`Queue::save`] are the IO.
+//!
+//! Single-instance mode keeps the queue in a local JSON file beside the admin state file,
+//! rewritten atomically (temp file, fsync, rename, fsync of the directory) after each change
+//! of the set of jobs. Several instances in front of the same replicas each keep their own
+//! queue: copies are idempotent (same digest, same bytes; HEAD first), so the cost of running
+//! a job twice is a few HEAD requests. Cluster mode (#11) plugs in at [`should_run`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One manifest to copy to one region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: u64,
+    pub repo: String,
+    pub digest: String,
+    /// Tags the destination should carry for this digest (the manifest is PUT once per tag;
+    /// with none it is PUT by digest).
+    #[serde(default)]
+    pub tags: BTreeSet<String>,
+    /// The region to copy from first (where it was pushed or found).
+    pub source: String,
+    pub dest: String,
+    /// When the push completed (Unix ms), for the lag; None when found by reconcile.
+    pub pushed_at_ms: Option<u64>,
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not to be started before (Unix ms): the backoff.
+    #[serde(default)]
+    pub not_before_ms: u64,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// Should this instance run job `key` ((repository, digest, destination))? In single-instance
+/// mode every job is ours. Cluster mode (#11) answers from the member list: the live member
+/// that owns the key's hash (rendezvous hashing over members) runs it, the others skip it and
+/// keep it queued until the owner's copy shows up (or the owner dies and ownership moves), so
+/// each job runs once per cluster in the normal case and at most once per instance otherwise.
+pub fn should_run(_repo: &str, _digest: &str, _dest: &str) -> bool {
+    true
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct QueueFile {
+    version: u32,
+    next_id: u64,
+    jobs: Vec<Job>,
+}
+
+/// The waiting and running jobs.
+#[derive(Debug, Default)]
+pub struct Queue {
+    jobs: BTreeMap<u64, Job>,
+    /// Jobs handed out and not finished.
+    running: BTreeSet<u64>,
+    next_id: u64,
+}
+
+/// Why the queue file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot read the replication queue {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the replication queue {} is not valid ({message}); move it aside to start with an empty queue", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot write the replication queue {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Queue {
+    /// Add a job, or merge it into the waiting one for the same (repository, digest,
+    /// destination): its tags are added and it becomes due now. Returns whether a new job was
+    /// added.
+    pub fn add(&mut self, mut job: Job) -> bool {
+        if let Some(j) = self
+            .jobs
+            .values_mut()
+            .find(|j| j.repo == job.repo && j.digest == job.digest && j.dest == job.dest)
+        {
+            j.tags.append(&mut job.tags);
+            if j.pushed_at_ms.is_none() {
+                j.pushed_at_ms = job.pushed_at_ms;
+            }
+            j.not_before_ms = j.not_before_ms.min(job.not_before_ms);
+            return false;
+        }
+        self.next_id += 1;
+        job.id = self.next_id;
+        self.jobs.insert(job.id, job);
+        true
+    }
+
+    /// Jobs due at `now` and not running, at most `per_dest` running per destination,
+    /// oldest first; they are marked running.
+    pub fn take_ready(&mut self, now_ms: u64, per_dest: usize) -> Vec<Job> {
+        let mut busy: BTreeMap<String, usize> = BTreeMap::new();
+        for id in &self.running {
+            if let Some(j) = self.jobs.get(id) {
+                *busy.entry(j.dest.clone()).or_default() += 1;
+            }
+        }
+        let mut out = vec![];
+        for j in self.jobs.values() {
+            if self.running.contains(&j.id)
+                || j.not_before_ms > now_ms
+                || !should_run(&j.repo, &j.digest, &j.dest)
+            {
+                continue;
+            }
+            let n = busy.entry(j.dest.clone()).or_default();
+            if *n >= per_dest {
+                continue;
+            }
+            *n += 1;
+            out.push(j.clone());
+        }
+        for j in &out {
+            self.running.insert(j.id);
+        }
+        out
+    }
+
+    /// The job is done (copied, or given up): it leaves the queue.
+    pub fn finish(&mut self, id: u64) {
+        self.running.remove(&id);
+        self.jobs.remove(&id);
+    }
+
+    /// The job failed: it waits until `not_before_ms` and counts the attempt.
+    pub fn retry_later(&mut self, id: u64, not_before_ms: u64, error: &str) -> Option<&Job> {
+        self.running.remove(&id);
+        let j = self.jobs.get_mut(&id)?;
+        j.attempts += 1;
+        j.not_before_ms = not_before_ms;
+        j.last_error = Some(error.to_string());
+        Some(j)
+    }
+
+    /// Earliest time a waiting job becomes due.
+    pub fn next_due(&self) -> Option<u64> {
+        self.jobs
+            .values()
+            .filter(|j| !self.running.contains(&j.id))
+            .map(|j| j.not_before_ms)
+            .min()
+    }
+
+    /// Jobs waiting or running per destination.
+    pub fn depth(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for j in self.jobs.values() {
+            *out.entry(j.dest.clone()).or_default() += 1;
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    /// Load the queue; a missing file is an empty queue. Jobs that were running when the
+    /// process stopped are simply waiting again.
+    pub fn load(path: &Path) -> Result<Queue, QueueError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Queue::default()),
+            Err(source) => {
+                return Err(QueueError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let f: QueueFile = serde_json::from_str(&text).map_err(|e| QueueError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if f.version != 1 {
+            return Err(QueueError::Parse {
+                path: path.to_path_buf(),
+                message: format!("version {} is not supported (expected 1)", f.version),
+            });
+        }
+        let next_id = f
+            .jobs
+            .iter()
+            .map(|j| j.id)
+            .max()
+            .unwrap_or(0)
+            .max(f.next_id);
+        Ok(Queue {
+            jobs: f.jobs.into_iter().map(|j| (j.id, j)).collect(),
+            running: BTreeSet::new(),
+            next_id,
+        })
+    }
+
+    /// Write the queue atomically: after a crash the file is the old queue or the new one.
+    pub fn save(&self, path: &Path) -> Result<(), QueueError> {
+        let f = QueueFile {
+            version: 1,
+            next_id: self.next_id,
+            jobs: self.jobs.values().cloned().collect(),
+        };
+        write_atomically(path, &f).map_err(|source| QueueError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+fn write_atomically(path: &Path, f: &QueueFile) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let text = serde_json::to_vec(f).map_err(std::io::Error::other)?;
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(repo: &str, dest: &str, tag: &str) -> Job {
+        Job {
+            id: 0,
+            repo: repo.into(),
+            digest: "sha256:a".into(),
+            tags: [tag.to_string()].into(),
+            source: "westus".into(),
+            dest: dest.into(),
+            pushed_at_ms: Some(5),
+            attempts: 0,
+            not_before_ms: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn same_content_merges_and_the_queue_survives_a_reload() {
+        let mut q = Queue::default();
+        assert!(q.add(job("app", "eastus", "1")));
+        assert!(!q.add(job("app", "eastus", "latest")), "merged");
+        assert!(q.add(job("app", "westeurope", "1")));
+        assert_eq!(q.len(), 2);
+        let ready = q.take_ready(0, 1);
+        assert_eq!(ready.len(), 2);
+        assert_eq!(ready[0].tags.len(), 2);
+        assert!(
+            q.take_ready(0, 1).is_empty(),
+            "running jobs are not handed out twice"
+        );
+        q.retry_later(ready[0].id, 100, "connection refused");
+        assert!(q.take_ready(99, 1).is_empty());
+        assert_eq!(q.next_due(), Some(100));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.json");
+        q.save(&path).unwrap();
+        let mut back = Queue::load(&path).unwrap();
+        assert_eq!(back.len(), 2);
+        let again = back.take_ready(100, 4);
+        assert_eq!(
+            again.len(),
+            2,
+            "running jobs are waiting again after a restart"
+        );
+        assert_eq!(again[0].attempts, 1);
+        back.finish(again[0].id);
+        assert!(back.add(job("app", "x", "1")));
+        assert!(
+            back.jobs().all(|j| j.id != again[0].id)
+                && back.jobs().map(|j| j.id).max() > Some(again[1].id)
+        );
+    }
+
+    #[test]
+    fn a_bad_file_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.json");
+        std::fs::write(&path, "{").unwrap();
+        let e = Queue::load(&path).unwrap_err().to_string();
+        assert!(e.contains("q.json") && e.contains("move it aside"), "{e}");
+    }
+}

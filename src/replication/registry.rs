@@ -1,0 +1,521 @@
+//! The registry client replication uses: the OCI distribution API of one region's replica,
+//! with its credentials (basic, or a bearer token from the `WWW-Authenticate` realm). This is
+//! IO; what to call in which order is `copy`'s business.
+//!
+//! Credentials are never logged: errors carry status codes and registry error codes only.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use reqwest::{header, Method, Response, StatusCode};
+
+pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// The `User-Agent` of every request replication makes.
+pub const USER_AGENT: &str = concat!("berth-replication/", env!("CARGO_PKG_VERSION"));
+
+/// Why a request to a registry did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{region}: {what}: {source}")]
+    Http {
+        region: String,
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{region}: {what}: status {status}{detail}")]
+    Status {
+        region: String,
+        what: String,
+        status: u16,
+        /// The registry's error code(s), never its whole body.
+        detail: String,
+    },
+    #[error("{region}: {what}: {message}")]
+    Other {
+        region: String,
+        what: String,
+        message: String,
+    },
+}
+
+/// A region's registry.
+pub struct Registry {
+    pub region: String,
+    http: reqwest::Client,
+    /// The upstream URL without a trailing '/'.
+    base: String,
+    /// (username, password), read once at start.
+    credential: Option<(String, String)>,
+    /// The `Authorization` value that worked last (basic, or the latest bearer token).
+    auth: Mutex<Option<String>>,
+}
+
+/// A blob download in progress: its length and its body as a stream.
+pub struct BlobStream {
+    pub len: Option<u64>,
+    pub response: Response,
+}
+
+impl Registry {
+    pub fn new(
+        region: &str,
+        base: &str,
+        credential: Option<(String, String)>,
+        http: reqwest::Client,
+    ) -> Registry {
+        Registry {
+            region: region.to_string(),
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            credential,
+            auth: Mutex::new(None),
+        }
+    }
+
+    /// The shared HTTP client: connection pools per host, connect and read timeouts, no
+    /// overall timeout (a blob of many GB takes as long as it takes while bytes flow).
+    pub fn client() -> Result<reqwest::Client, reqwest::Error> {
+        reqwest::Client::builder()
+            // Registries notify about Berth's own copies too; this is how they are told apart.
+            .user_agent(USER_AGENT)
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(120))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+    }
+
+    fn err_http(&self, what: &str, source: reqwest::Error) -> RegistryError {
+        RegistryError::Http {
+            region: self.region.clone(),
+            what: what.to_string(),
+            source: source.without_url(),
+        }
+    }
+
+    fn other(&self, what: &str, message: impl Into<String>) -> RegistryError {
+        RegistryError::Other {
+            region: self.region.clone(),
+            what: what.to_string(),
+            message: message.into(),
+        }
+    }
+
+    async fn err_status(&self, what: &str, r: Response) -> RegistryError {
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap_or_default();
+        let codes: Vec<String> = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("errors").and_then(|e| e.as_array()).cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e.get("code").and_then(|c| c.as_str()).map(String::from))
+            .collect();
+        RegistryError::Status {
+            region: self.region.clone(),
+            what: what.to_string(),
+            status,
+            detail: if codes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", codes.join(", "))
+            },
+        }
+    }
+
+    fn url(&self, path_or_url: &str) -> String {
+        if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
+            path_or_url.to_string()
+        } else {
+            format!("{}{path_or_url}", self.base)
+        }
+    }
+
+    fn current_auth(&self) -> Option<String> {
+        self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Send a request whose body (if any) can be sent again; on 401 answer the challenge
+    /// once and repeat it.
+    async fn send(
+        &self,
+        what: &str,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> Result<Response, RegistryError> {
+        for round in 0..2 {
+            let mut req = self.http.request(method.clone(), self.url(path));
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if let Some(a) = self.current_auth() {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            let r = req.send().await.map_err(|e| self.err_http(what, e))?;
+            if r.status() != StatusCode::UNAUTHORIZED || round == 1 {
+                return Ok(r);
+            }
+            let challenge = r
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            self.answer_challenge(what, &challenge).await?;
+        }
+        Err(self.other(what, "unauthorized"))
+    }
+
+    /// Basic: send the configured pair. Bearer: ask the realm for a token with it.
+    async fn answer_challenge(&self, what: &str, challenge: &str) -> Result<(), RegistryError> {
+        let Some((user, pass)) = &self.credential else {
+            return Err(self.other(
+                what,
+                "the registry wants credentials; add [[replication.credential]] for this region",
+            ));
+        };
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        );
+        let value = if let Some(params) = strip_scheme(challenge, "bearer") {
+            let p = parse_params(params);
+            let realm = p
+                .iter()
+                .find(|(k, _)| k == "realm")
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| self.other(what, "bearer challenge without a realm"))?;
+            let query: Vec<(&str, &str)> = p
+                .iter()
+                .filter(|(k, _)| k == "service" || k == "scope")
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let url = reqwest::Url::parse_with_params(&realm, &query)
+                .map_err(|e| self.other(what, format!("bad token realm: {e}")))?;
+            let r = self
+                .http
+                .get(url)
+                .header(header::AUTHORIZATION, &basic)
+                .send()
+                .await
+                .map_err(|e| self.err_http("token realm", e))?;
+            if !r.status().is_success() {
+                return Err(self.err_status("token realm", r).await);
+            }
+            let v: serde_json::Value = r
+                .json()
+                .await
+                .map_err(|e| self.err_http("token realm", e))?;
+            let token = v
+                .get("token")
+                .or_else(|| v.get("access_token"))
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| self.other("token realm", "answer has no token"))?;
+            format!("Bearer {token}")
+        } else {
+            basic
+        };
+        *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+        Ok(())
+    }
+
+    /// Does the registry hold the blob in `repo`?
+    pub async fn has_blob(&self, repo: &str, digest: &str) -> Result<bool, RegistryError> {
+        let what = format!("HEAD blob {digest}");
+        let r = self
+            .send(
+                &what,
+                Method::HEAD,
+                &format!("/v2/{repo}/blobs/{digest}"),
+                &[],
+                None,
+            )
+            .await?;
+        match r.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.err_status(&what, r).await),
+        }
+    }
+
+    /// The digest `repo:reference` names here, or None if it is not here.
+    pub async fn manifest_digest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let what = format!("HEAD manifest {repo}:{reference}");
+        let r = self
+            .send(
+                &what,
+                Method::HEAD,
+                &format!("/v2/{repo}/manifests/{reference}"),
+                &[("accept", MANIFEST_TYPES)],
+                None,
+            )
+            .await?;
+        match r.status() {
+            s if s.is_success() => Ok(r
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.err_status(&what, r).await),
+        }
+    }
+
+    /// The manifest's bytes and media type.
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<(Bytes, String), RegistryError> {
+        let what = format!("GET manifest {repo}:{reference}");
+        let r = self
+            .send(
+                &what,
+                Method::GET,
+                &format!("/v2/{repo}/manifests/{reference}"),
+                &[("accept", MANIFEST_TYPES)],
+                None,
+            )
+            .await?;
+        if !r.status().is_success() {
+            return Err(self.err_status(&what, r).await);
+        }
+        let ct = r
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+            .to_string();
+        let body = r.bytes().await.map_err(|e| self.err_http(&what, e))?;
+        Ok((body, ct))
+    }
+
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        body: Bytes,
+        media_type: &str,
+    ) -> Result<(), RegistryError> {
+        let what = format!("PUT manifest {repo}:{reference}");
+        let r = self
+            .send(
+                &what,
+                Method::PUT,
+                &format!("/v2/{repo}/manifests/{reference}"),
+                &[("content-type", media_type)],
+                Some(body),
+            )
+            .await?;
+        if !r.status().is_success() {
+            return Err(self.err_status(&what, r).await);
+        }
+        Ok(())
+    }
+
+    /// Start an upload; with `mount_from`, ask for a cross-repository mount first. Ok(None):
+    /// mounted, nothing to upload; Ok(Some(location)): upload there.
+    pub async fn start_upload(
+        &self,
+        repo: &str,
+        digest: &str,
+        mount_from: Option<&str>,
+    ) -> Result<Option<String>, RegistryError> {
+        let what = format!("start upload of {digest}");
+        let path = match mount_from {
+            Some(from) => format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"),
+            None => format!("/v2/{repo}/blobs/uploads/"),
+        };
+        let r = self
+            .send(&what, Method::POST, &path, &[("content-length", "0")], None)
+            .await?;
+        match r.status() {
+            StatusCode::CREATED if mount_from.is_some() => Ok(None),
+            StatusCode::ACCEPTED => r
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| Some(l.to_string()))
+                .ok_or_else(|| self.other(&what, "202 without a Location")),
+            _ => Err(self.err_status(&what, r).await),
+        }
+    }
+
+    /// Start reading a blob: the body is not read here.
+    pub async fn get_blob(&self, repo: &str, digest: &str) -> Result<BlobStream, RegistryError> {
+        let what = format!("GET blob {digest}");
+        let r = self
+            .send(
+                &what,
+                Method::GET,
+                &format!("/v2/{repo}/blobs/{digest}"),
+                &[],
+                None,
+            )
+            .await?;
+        if !r.status().is_success() {
+            return Err(self.err_status(&what, r).await);
+        }
+        Ok(BlobStream {
+            len: r.content_length(),
+            response: r,
+        })
+    }
+
+    /// Finish an upload at `location` with one streamed PUT of the whole blob (monolithic):
+    /// the body flows from `body` as it arrives, never held whole.
+    pub async fn put_blob(
+        &self,
+        location: &str,
+        digest: &str,
+        len: Option<u64>,
+        body: reqwest::Body,
+    ) -> Result<(), RegistryError> {
+        let what = format!("PUT blob {digest}");
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let url = format!("{}{sep}digest={digest}", self.url(location));
+        let mut req = self
+            .http
+            .put(url)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        if let Some(l) = len {
+            req = req.header(header::CONTENT_LENGTH, l);
+        }
+        if let Some(a) = self.current_auth() {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let r = req.send().await.map_err(|e| self.err_http(&what, e))?;
+        if !r.status().is_success() {
+            return Err(self.err_status(&what, r).await);
+        }
+        Ok(())
+    }
+
+    /// Every page of a list endpoint (`_catalog` or `tags/list`), following `Link` headers.
+    async fn list(&self, first: &str, key: &str) -> Result<Vec<String>, RegistryError> {
+        let mut out = vec![];
+        let mut next = Some(first.to_string());
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            pages += 1;
+            if pages > 10_000 {
+                return Err(self.other(first, "more than 10000 pages"));
+            }
+            let r = self.send(first, Method::GET, &path, &[], None).await?;
+            if r.status() == StatusCode::NOT_FOUND {
+                return Ok(out);
+            }
+            if !r.status().is_success() {
+                return Err(self.err_status(first, r).await);
+            }
+            next = r
+                .headers()
+                .get(header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link);
+            let v: serde_json::Value = r.json().await.map_err(|e| self.err_http(first, e))?;
+            if let Some(items) = v.get(key).and_then(|x| x.as_array()) {
+                out.extend(items.iter().filter_map(|x| x.as_str().map(String::from)));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
+        self.list("/v2/_catalog?n=1000", "repositories").await
+    }
+
+    pub async fn tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
+        self.list(&format!("/v2/{repo}/tags/list?n=1000"), "tags")
+            .await
+    }
+}
+
+/// `<url>; rel="next"` from a `Link` header.
+fn next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (url, rest) = part.trim().split_once(';')?;
+        rest.contains("rel=\"next\"").then(|| {
+            url.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
+}
+
+fn strip_scheme<'a>(challenge: &'a str, scheme: &str) -> Option<&'a str> {
+    let c = challenge.trim_start();
+    let (s, rest) = c.split_once(' ')?;
+    s.eq_ignore_ascii_case(scheme).then_some(rest)
+}
+
+/// `realm="https://x",service="y",scope="repository:a:pull,push"`: the values may hold commas.
+fn parse_params(s: &str) -> Vec<(String, String)> {
+    let mut out = vec![];
+    let mut rest = s.trim();
+    while let Some((k, after)) = rest.split_once('=') {
+        let k = k.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (v, next) = if let Some(q) = after.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (&q[..end], &q[end + 1..]),
+                None => (q, ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(end) => (&after[..end], &after[end..]),
+                None => (after, ""),
+            }
+        };
+        out.push((k, v.to_string()));
+        rest = next.trim_start().trim_start_matches(',');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_and_links() {
+        let c = r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:team/app:pull,push""#;
+        let p = parse_params(strip_scheme(c, "bearer").unwrap());
+        assert_eq!(
+            p,
+            [
+                (
+                    "realm".to_string(),
+                    "https://auth.example/token".to_string()
+                ),
+                ("service".to_string(), "registry.example".to_string()),
+                (
+                    "scope".to_string(),
+                    "repository:team/app:pull,push".to_string()
+                ),
+            ]
+        );
+        assert!(strip_scheme(r#"Basic realm="x""#, "bearer").is_none());
+        assert_eq!(
+            next_link(r#"</v2/_catalog?last=b&n=2>; rel="next""#).as_deref(),
+            Some("/v2/_catalog?last=b&n=2")
+        );
+    }
+}
