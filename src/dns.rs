@@ -315,10 +315,10 @@ fn respond_with(
         }
         None => zone_answer(live, snap, zone, &mut resp, &asked),
     };
-    // The ECS scope we answer with: 0 unless the answer depended on the client's address.
-    let scope = if has_ecs { scope } else { 0 };
-
     if let (Some(e), Some(cs)) = (edns_out.as_mut(), &ecs) {
+        // 0 unless the answer depended on the client's address, and never more than the bits
+        // the client sent (RFC 7871 7.2.1 allows more; resolvers cache for the source anyway).
+        let scope = if has_ecs { scope.min(cs.source) } else { 0 };
         // Exactly the octets the query sent: Ecs::parse checked they are what the prefix needs.
         let echo = ClientSubnet::new(cs.ip(), cs.source, scope);
         e.options_mut().insert(EdnsOption::Subnet(echo));
@@ -460,9 +460,9 @@ fn routed_answer(
     }
     let rn = &snap.config.routed_names[entry.index];
     let routed = live.route(snap, entry.index, client);
-    let scope = rn.client_prefix(&client);
+    let scope = routed_scope(rn, &routed, client);
     let mut records = Vec::new();
-    let Some(region_id) = routed.decision.region else {
+    let Some(region_id) = routed.region else {
         return RoutedAnswer { records, scope };
     };
     let region = &snap.config.regions[region_id];
@@ -508,6 +508,34 @@ fn routed_answer(
         _ => {}
     }
     RoutedAnswer { records, scope }
+}
+
+/// The ECS scope of a routed answer, before the cap at the query's source prefix:
+/// - when the answer depends only on where GeoIP puts the client (the usual case), the length
+///   of the GeoIP network that decided: every address in it gets the same answer, so
+///   resolvers may cache it that widely (gdnsd's rule);
+/// - when it also depends on the client key (a tie broken by the rendezvous hash, a weighted
+///   policy, a remembered region other than the fresh choice, a latency-table entry, or a
+///   latency-table entry inside that GeoIP network), at least the routed name's client
+///   prefix, the unit stickiness and hashing work in (and the GeoIP network's length if
+///   that is longer).
+pub(crate) fn routed_scope(
+    rn: &crate::config::RoutedName,
+    routed: &crate::snapshot::FastRouted,
+    client: IpAddr,
+) -> u8 {
+    let key_prefix = rn.client_prefix(&client);
+    let geo = routed.network_prefix;
+    if routed.keyed {
+        return key_prefix.max(geo);
+    }
+    let wide = ipnet::IpNet::new(client, geo).map(|n| n.trunc());
+    let holds_table_entry = wide.is_ok_and(|w| rn.latency.iter().any(|e| w.contains(&e.network)));
+    if holds_table_entry {
+        key_prefix.max(geo)
+    } else {
+        geo
+    }
 }
 
 /// Encode a response, truncating for UDP: drop additional data first, then set TC and drop

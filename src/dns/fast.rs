@@ -149,10 +149,9 @@ pub(super) fn answer(
         _ => None,
     };
     let routed = live.route(snap, entry.index, client);
-    let scope = if has_ecs {
-        rn.client_prefix(&client)
-    } else {
-        0
+    let scope = match q.edns.as_ref().and_then(|e| e.ecs) {
+        Some(e) if has_ecs => super::routed_scope(rn, &routed, client).min(e.source),
+        _ => 0,
     };
 
     let mut out = Vec::with_capacity(512);
@@ -165,7 +164,7 @@ pub(super) fn answer(
     out.extend_from_slice(&[0, 0, 0, 0, 0, u8::from(q.edns.is_some())]);
     out.extend_from_slice(q.question);
     let mut answers = 0u16;
-    if let Some(id) = routed.decision.region {
+    if let Some(id) = routed.region {
         let region = &snap.config.regions[id];
         let ttl = rn.ttl.to_be_bytes();
         let mut rr = |rtype: u16, data: &[u8]| {
