@@ -516,6 +516,101 @@ fn fast_path_answers_exactly_like_the_general_path() {
     assert!(a.answers.is_empty() && a.authorities.len() == 1);
 }
 
+/// Static zone data on the fast path: answers, NODATA, CNAMEs, SOA and NS at the apex, with
+/// and without EDNS, ECS and cookies, byte for byte what the general path says; and what the
+/// fast path must leave to the general path (a CNAME into a routed name, a name spelled in
+/// mixed case, NXDOMAIN, an answer over the UDP limit) it does leave.
+#[test]
+fn static_answers_on_the_fast_path_equal_the_general_path() {
+    use berth::dns::{answer_at, answer_general, Transport};
+    use berth::live::Live;
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+    use hickory_proto::rr::{Name, RecordType};
+
+    const NOW: u32 = 1_800_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = format!("[dns.cookie]\nsecret = \"{COOKIE_SECRET}\"\n");
+    let path = demo_config(dir.path(), &[], &extra);
+    let fast = Live::load(&path).expect("loads");
+    let general = Live::load(&path).expect("loads");
+    let src: IpAddr = "127.0.0.1".parse().expect("literal");
+    use RecordType::*;
+    // (name, type, answered by the fast path with a 4096 payload)
+    let cases = [
+        ("example.test.", SOA, true),
+        ("example.test.", NS, true),
+        ("example.test.", TXT, true),
+        ("example.test.", A, true),
+        ("example.test.", MX, true),
+        ("static.example.test.", A, true),
+        ("static.example.test.", AAAA, true),
+        ("static.example.test.", TXT, true),
+        ("ns1.example.test.", A, true),
+        ("ns1.example.test.", AAAA, true),
+        ("www.example.test.", CNAME, true),
+        ("westus.data.registry.example.test.", A, true),
+        ("big.example.test.", TXT, true),
+        // A CNAME into a routed name: routing decides, the general path answers.
+        ("www.example.test.", A, false),
+        ("Static.Example.Test.", A, false),
+        ("nonexistent.example.test.", A, false),
+        ("static.example.test.", ANY, false),
+    ];
+    let mut fast_answers = 0;
+    for (name, qtype, fast_expected) in cases {
+        for (edns, ecs, cookie, payload) in [
+            (false, None, None, 0),
+            (true, None, None, 4096),
+            (true, Some("198.51.100.0/24"), None, 4096),
+            (
+                true,
+                Some("2001:db8:1::/56"),
+                Some([1u8, 2, 3, 4, 5, 6, 7, 8]),
+                4096,
+            ),
+            (true, None, None, 512),
+        ] {
+            for (rd, cd, dnssec_ok) in [(false, false, false), (true, true, true)] {
+                let mut m = Message::new(0x5151, MessageType::Query, OpCode::Query);
+                m.metadata.recursion_desired = rd;
+                m.metadata.checking_disabled = cd;
+                m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+                if edns {
+                    let mut e = Edns::new();
+                    e.set_max_payload(payload);
+                    e.set_dnssec_ok(dnssec_ok);
+                    if let Some(s) = ecs {
+                        let cs: ClientSubnet = s.parse().expect("subnet");
+                        e.options_mut().insert(EdnsOption::Subnet(cs));
+                    }
+                    if let Some(c) = cookie {
+                        e.options_mut().insert(EdnsOption::Unknown(10, c.to_vec()));
+                    }
+                    m.set_edns(e);
+                }
+                let q = m.to_vec().expect("encode");
+                let what =
+                    format!("{name} {qtype} edns {edns} ecs {ecs:?} payload {payload} rd {rd}");
+                let b = answer_general(&general, &q, src, Some(NOW)).expect("general answer");
+                // Truncated by the general path: over the UDP limit.
+                let big = b[2] & 0x02 != 0;
+                match berth::dns::answer_fast(&fast, &q, src, Some(NOW)) {
+                    Some(a) => {
+                        assert!(fast_expected && !big, "the fast path answered {what}");
+                        assert_eq!(a, b, "{what}");
+                        fast_answers += 1;
+                    }
+                    None => assert!(!fast_expected || big, "the fast path left {what}"),
+                }
+                let c = answer_at(&fast, &q, src, Transport::Udp, Some(NOW)).expect("answer");
+                assert_eq!(c, b, "front door: {what}");
+            }
+        }
+    }
+    assert!(fast_answers >= 12 * 10, "{fast_answers}");
+}
+
 /// A query for `name`/`qtype` with one OPT record whose RDATA is `rdata` as given (its RDLENGTH
 /// is `rdlength`, so it can lie), then `trailer` octets.
 fn query_with_opt(name: &str, qtype: u16, rdlength: u16, rdata: &[u8], trailer: &[u8]) -> Vec<u8> {
