@@ -611,6 +611,98 @@ fn static_answers_on_the_fast_path_equal_the_general_path() {
     assert!(fast_answers >= 12 * 10, "{fast_answers}");
 }
 
+/// Exact geography and the ECS scope: the whole ECS address is looked up (a /26 inside a
+/// /24 of another city gets its own city), and the scope is the GeoIP network that decided,
+/// capped at the source prefix, unless the answer depends on the client key (a remembered
+/// region other than the fresh choice, a tie broken by the hash): then the client prefix.
+#[test]
+fn ecs_scope_is_the_deciding_geoip_network_unless_the_client_key_matters() {
+    use berth::dns::{answer_at, Transport};
+    use berth::live::Live;
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+    use hickory_proto::rr::{Name, RData, RecordType};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("geo.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "{}\n198.18.0.0/24,SA,BR,Sao Paulo,-23.55,-46.63\n\
+             198.18.0.64/26,AS,JP,Tokyo,35.68,139.69\n\
+             198.19.0.0/16,EU,NL,Amsterdam,52.37,4.90\n",
+            berth::geo::CSV_HEADER
+        ),
+    )
+    .expect("write csv");
+    let mmdb = dir.path().join("geo.mmdb");
+    berth::geo::build_from_csv(&csv, &mmdb).expect("build mmdb");
+    let geoip = format!("{}", mmdb.display());
+    let load = |tie: &str| {
+        let path = demo_config(
+            dir.path(),
+            &[("../geoip/demo.mmdb", &geoip), ("tie_band_ms = 5.0", tie)],
+            "",
+        );
+        Live::load(&path).expect("loads")
+    };
+    let ask = |live: &Live, subnet: &str| -> (String, u8) {
+        let mut m = Message::new(9, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_ascii("registry.example.test.").expect("name"),
+            RecordType::A,
+        ));
+        let mut e = Edns::new();
+        let cs: ClientSubnet = subnet.parse().expect("subnet");
+        e.options_mut().insert(EdnsOption::Subnet(cs));
+        m.set_edns(e);
+        let q = m.to_vec().expect("encode");
+        let src: IpAddr = "127.0.0.1".parse().expect("literal");
+        let a = answer_at(live, &q, src, Transport::Udp, None).expect("answer");
+        let a = Message::from_vec(&a).expect("parses");
+        let addr = match a.answers.first().map(|r| &r.data) {
+            Some(RData::A(ip)) => ip.to_string(),
+            other => panic!("{subnet}: {other:?}\n{a:?}"),
+        };
+        let scope = match a.edns.as_ref().and_then(|e| e.option(EdnsCode::Subnet)) {
+            Some(EdnsOption::Subnet(cs)) => cs.scope_prefix(),
+            other => panic!("{other:?}"),
+        };
+        (addr, scope)
+    };
+    let live = load("tie_band_ms = 5.0");
+    let southeastasia = "192.0.2.40".to_string();
+    let eastus = "192.0.2.20".to_string();
+    let westeurope = "192.0.2.30".to_string();
+    // Tokyo's /26 inside Sao Paulo's /24: located by its own bits, scope /26.
+    assert_eq!(ask(&live, "198.18.0.64/26"), (southeastasia.clone(), 26));
+    assert_eq!(ask(&live, "198.18.0.77/32"), (southeastasia.clone(), 26));
+    // The /24 as sent (a fresh server: the /26 above shares its client key, so here it
+    // would be remembered on southeastasia): its first address is in Sao Paulo's part,
+    // whose /26 is capped at the source /24.
+    assert_eq!(
+        ask(&load("tie_band_ms = 5.0"), "198.18.0.0/24"),
+        (eastus.clone(), 24)
+    );
+    // Amsterdam's /16 decides for all of it: resolvers may cache the answer that widely.
+    assert_eq!(ask(&live, "198.19.5.0/24"), (westeurope.clone(), 16));
+    assert_eq!(ask(&live, "198.19.16.0/20"), (westeurope.clone(), 16));
+
+    // A client remembered on eastus while westeurope was disabled keeps eastus when it comes
+    // back: that answer is the client's own, scope /24 (the client prefix).
+    live.set_enabled("westeurope", false).expect("flag");
+    assert_eq!(ask(&live, "198.19.7.0/24"), (eastus.clone(), 16));
+    live.set_enabled("westeurope", true).expect("flag");
+    assert_eq!(ask(&live, "198.19.7.0/24"), (eastus.clone(), 24));
+    assert_eq!(ask(&live, "198.19.8.0/24"), (westeurope.clone(), 16));
+
+    // Every region tied: the rendezvous hash of the client key decides, scope /24; and a
+    // /26 network longer than the client prefix still keeps its own length.
+    let tied = load("tie_band_ms = 100000.0");
+    assert_eq!(ask(&tied, "198.19.9.0/24").1, 24);
+    assert_eq!(ask(&tied, "198.18.0.64/26").1, 26);
+}
+
 /// A query for `name`/`qtype` with one OPT record whose RDATA is `rdata` as given (its RDLENGTH
 /// is `rdlength`, so it can lie), then `trailer` octets.
 fn query_with_opt(name: &str, qtype: u16, rdlength: u16, rdata: &[u8], trailer: &[u8]) -> Vec<u8> {
