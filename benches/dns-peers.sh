@@ -250,8 +250,8 @@ for line in open(sys.argv[1], encoding="utf-8"):
     if b_scope != g_scope:
         scope_diff += 1
 print(f"berth vs gdnsd: {len(region_diff)} of {rows} rows answer a different region; "
-      f"{scope_diff} rows differ in ECS scope (Berth answers its client_prefix, "
-      f"gdnsd the prefix of the matched GeoIP network)")
+      f"{scope_diff} rows differ in ECS scope (both answer the matched GeoIP network's prefix; "
+      f"gdnsd merges adjacent networks with the same answer into wider ones)")
 for r in region_diff:
     print("  " + r)
 EOF
