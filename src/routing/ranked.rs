@@ -91,6 +91,10 @@ impl NameRanking {
             order: Vec::new(),
             ms: Vec::new(),
         };
+        if width >= usize::from(UNRANKED) {
+            // Row entries are u8 indices: a name with this many regions is left to `decide`.
+            return ranking;
+        }
         if per_location {
             ranking.order.reserve_exact((locations.len() + 1) * width);
             ranking.ms.reserve_exact((locations.len() + 1) * width);
@@ -172,6 +176,9 @@ pub fn decide_ranked(
     key: &ClientKey,
     sticky: Option<RegionId>,
 ) -> Option<Ranked> {
+    if ranking.order.is_empty() && !name.regions.is_empty() {
+        return None;
+    }
     if matches!(name.policy, Policy::Performance) {
         let addr = key.addr();
         if name.latency.iter().any(|e| e.network.contains(&addr)) {
