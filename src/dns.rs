@@ -61,12 +61,6 @@ impl Clock {
     }
 }
 
-/// An answer, and whether its query showed a valid server cookie (then it is not limited).
-pub(crate) struct Answered {
-    bytes: Vec<u8>,
-    cookie_ok: bool,
-}
-
 /// Answer one query packet. `None` means: send nothing (not a query, too short to answer, or
 /// held back by the rate limiter).
 pub fn answer(live: &Live, packet: &[u8], src: IpAddr, transport: Transport) -> Option<Vec<u8>> {
@@ -83,43 +77,62 @@ pub fn answer_at(
     transport: Transport,
     unix_secs: Option<u32>,
 ) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    answer_into(live, packet, src, transport, unix_secs, &mut out).then_some(out)
+}
+
+/// [`answer_at`] into a buffer the caller keeps across queries: the UDP loop reuses one per
+/// slot of its batch, so an answer from the fast path allocates nothing. Returns whether there
+/// is an answer to send (then it is all of `out`).
+pub fn answer_into(
+    live: &Live,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    unix_secs: Option<u32>,
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
     // Fewer than 12 octets has no ID to answer with; a response must never be answered
     // (two servers would bounce it forever).
     if packet.len() < 12 || packet[2] & 0x80 != 0 {
         live.metrics.dropped.fetch_add(1, Ordering::Relaxed);
-        return None;
+        return false;
     }
     let snap = live.snapshot.load();
     let mut clock = Clock(unix_secs);
     if transport == Transport::Tcp {
         // TCP proves the source address: never limited.
-        return Some(general(live, &snap, packet, src, transport, &mut clock).bytes);
+        general(live, &snap, packet, src, transport, &mut clock, out);
+        return true;
     }
-    let answered = match fast::answer(live, &snap, packet, src, &mut clock) {
-        Some(a) => a,
-        None => general(live, &snap, packet, src, transport, &mut clock),
+    let cookie_ok = match fast::answer(live, &snap, packet, src, &mut clock, out) {
+        Some(ok) => ok,
+        None => general(live, &snap, packet, src, transport, &mut clock, out),
     };
-    limit(live, &snap, answered, src)
+    limit(live, &snap, cookie_ok, src, out)
 }
 
-/// Response rate limiting: send, drop, or send an empty truncated answer (slip).
-fn limit(live: &Live, snap: &Snapshot, answered: Answered, src: IpAddr) -> Option<Vec<u8>> {
+/// Response rate limiting: send `out` as it is, drop it (false), or turn it into an empty
+/// truncated answer (slip).
+fn limit(live: &Live, snap: &Snapshot, cookie_ok: bool, src: IpAddr, out: &mut Vec<u8>) -> bool {
     let Some(limiter) = &snap.dns.rrl else {
-        return Some(answered.bytes);
+        return true;
     };
     // A valid server cookie proves the source address, as TCP does (BIND and Knot agree).
-    if answered.cookie_ok {
-        return Some(answered.bytes);
+    if cookie_ok {
+        return true;
     }
     match limiter.check(src, live.now().saturating_mul(1000)) {
-        rrl::Verdict::Send => Some(answered.bytes),
+        rrl::Verdict::Send => true,
         rrl::Verdict::Slip => {
             live.metrics.rrl_slipped.fetch_add(1, Ordering::Relaxed);
-            Some(slip(&answered.bytes))
+            *out = slip(out);
+            true
         }
         rrl::Verdict::Drop => {
             live.metrics.rrl_dropped.fetch_add(1, Ordering::Relaxed);
-            None
+            false
         }
     }
 }
@@ -143,7 +156,8 @@ fn slip(out: &[u8]) -> Vec<u8> {
     s
 }
 
-/// The general path: hickory parses, [`respond_with`] answers, the answer is encoded.
+/// The general path: hickory parses, [`respond_with`] answers, the answer is encoded into
+/// `out`. Returns whether the query showed a valid server cookie (then it is not limited).
 fn general(
     live: &Live,
     snap: &Snapshot,
@@ -151,31 +165,25 @@ fn general(
     src: IpAddr,
     transport: Transport,
     clock: &mut Clock,
-) -> Answered {
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
     let tcp = transport == Transport::Tcp;
     let request = match Message::from_vec(packet) {
         Ok(m) => m,
         Err(_) => {
             live.metrics.query(tcp, ResponseCode::FormErr.low());
-            return Answered {
-                bytes: formerr(packet),
-                cookie_ok: false,
-            };
+            out.extend_from_slice(&formerr(packet));
+            return false;
         }
     };
     let opt = query_options(packet, snap.dns.cookie.is_some());
     let (response, cookie_ok) = respond_with(live, snap, &request, opt, src, clock);
     live.metrics
         .query(tcp, response.metadata.response_code.low());
-    Answered {
-        bytes: encode(
-            &response,
-            &request,
-            transport,
-            snap.config.dns.max_udp_payload,
-        ),
-        cookie_ok,
-    }
+    let max_udp = snap.config.dns.max_udp_payload;
+    out.extend_from_slice(&encode(&response, &request, transport, max_udp));
+    cookie_ok
 }
 
 /// The OPT options of a query, from its bytes.
@@ -207,7 +215,8 @@ pub fn answer_fast(
     unix_secs: Option<u32>,
 ) -> Option<Vec<u8>> {
     let snap = live.snapshot.load();
-    fast::answer(live, &snap, packet, src, &mut Clock(unix_secs)).map(|a| a.bytes)
+    let mut out = Vec::new();
+    fast::answer(live, &snap, packet, src, &mut Clock(unix_secs), &mut out).map(|_| out)
 }
 
 /// The general path alone (no fast path, no rate limiting): tests compare the two.
@@ -223,7 +232,17 @@ pub fn answer_general(
     }
     let snap = live.snapshot.load();
     let mut clock = Clock(unix_secs);
-    Some(general(live, &snap, packet, src, Transport::Udp, &mut clock).bytes)
+    let mut out = Vec::new();
+    general(
+        live,
+        &snap,
+        packet,
+        src,
+        Transport::Udp,
+        &mut clock,
+        &mut out,
+    );
+    Some(out)
 }
 
 /// The protocol logic on parsed messages, used by UDP and TCP alike. `opt` is what the query's
@@ -315,10 +334,10 @@ fn respond_with(
         }
         None => zone_answer(live, snap, zone, &mut resp, &asked),
     };
-    // The ECS scope we answer with: 0 unless the answer depended on the client's address.
-    let scope = if has_ecs { scope } else { 0 };
-
     if let (Some(e), Some(cs)) = (edns_out.as_mut(), &ecs) {
+        // 0 unless the answer depended on the client's address, and never more than the bits
+        // the client sent (RFC 7871 7.2.1 allows more; resolvers cache for the source anyway).
+        let scope = if has_ecs { scope.min(cs.source) } else { 0 };
         // Exactly the octets the query sent: Ecs::parse checked they are what the prefix needs.
         let echo = ClientSubnet::new(cs.ip(), cs.source, scope);
         e.options_mut().insert(EdnsOption::Subnet(echo));
@@ -460,9 +479,9 @@ fn routed_answer(
     }
     let rn = &snap.config.routed_names[entry.index];
     let routed = live.route(snap, entry.index, client);
-    let scope = rn.client_prefix(&client);
+    let scope = routed_scope(rn, &routed, client);
     let mut records = Vec::new();
-    let Some(region_id) = routed.decision.region else {
+    let Some(region_id) = routed.region else {
         return RoutedAnswer { records, scope };
     };
     let region = &snap.config.regions[region_id];
@@ -508,6 +527,34 @@ fn routed_answer(
         _ => {}
     }
     RoutedAnswer { records, scope }
+}
+
+/// The ECS scope of a routed answer, before the cap at the query's source prefix:
+/// - when the answer depends only on where GeoIP puts the client (the usual case), the length
+///   of the GeoIP network that decided: every address in it gets the same answer, so
+///   resolvers may cache it that widely (gdnsd's rule);
+/// - when it also depends on the client key (a tie broken by the rendezvous hash, a weighted
+///   policy, a remembered region other than the fresh choice, a latency-table entry, or a
+///   latency-table entry inside that GeoIP network), at least the routed name's client
+///   prefix, the unit stickiness and hashing work in (and the GeoIP network's length if
+///   that is longer).
+pub(crate) fn routed_scope(
+    rn: &crate::config::RoutedName,
+    routed: &crate::snapshot::FastRouted,
+    client: IpAddr,
+) -> u8 {
+    let key_prefix = rn.client_prefix(&client);
+    let geo = routed.network_prefix;
+    if routed.keyed {
+        return key_prefix.max(geo);
+    }
+    let wide = ipnet::IpNet::new(client, geo).map(|n| n.trunc());
+    let holds_table_entry = wide.is_ok_and(|w| rn.latency.iter().any(|e| w.contains(&e.network)));
+    if holds_table_entry {
+        key_prefix.max(geo)
+    } else {
+        geo
+    }
 }
 
 /// Encode a response, truncating for UDP: drop additional data first, then set TC and drop

@@ -21,7 +21,7 @@ use crate::flags::{FlagRecord, Flags, FlagsError};
 use crate::metrics::{Gauges, Metrics, RegionGauge};
 use crate::routing::{ClientKey, RegionState};
 use crate::shared::{Change, SharedState};
-use crate::snapshot::{LoadError, Routed, Snapshot};
+use crate::snapshot::{FastRouted, LoadError, Snapshot};
 use crate::sticky::{Millis, StickyTable};
 
 /// A probe verdict for one region, as the health monitor reports it.
@@ -208,12 +208,12 @@ impl Live {
     }
 
     /// Route `addr` for routed name number `index` of `snap`, remembering the answer.
-    pub fn route(&self, snap: &Snapshot, index: usize, addr: IpAddr) -> Routed {
+    pub fn route(&self, snap: &Snapshot, index: usize, addr: IpAddr) -> FastRouted {
         self.route_at(snap, index, addr, self.now())
     }
 
     /// As [`Live::route`] at an explicit time (tests replay minutes of queries this way).
-    pub fn route_at(&self, snap: &Snapshot, index: usize, addr: IpAddr, now: Millis) -> Routed {
+    pub fn route_at(&self, snap: &Snapshot, index: usize, addr: IpAddr, now: Millis) -> FastRouted {
         let rn = &snap.config.routed_names[index];
         // Keyed by names, not ids: entries written from an older snapshot mean the same.
         let key = (
@@ -224,11 +224,10 @@ impl Live {
             .sticky
             .get(&key, now)
             .and_then(|r| snap.keys.region_id(r));
-        let routed = snap.route_with(rn, addr, remembered);
-        let region = routed.decision.region.map(|r| snap.keys.regions[r]);
+        let routed = snap.route_fast(index, addr, remembered);
+        let region = routed.region.map(|r| snap.keys.regions[r]);
         self.sticky.record(key, region, now);
-        snap.counters
-            .answer(index, routed.decision.region, routed.decision.fail_open);
+        snap.counters.answer(index, routed.region, routed.fail_open);
         routed
     }
 

@@ -13,8 +13,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::config::{Config, Policy, RegionId, RoutedName};
+use crate::config::{Config, Policy, Region, RegionId, RoutedName};
 use crate::geo::{great_circle_km, Location};
+
+mod ranked;
+pub use ranked::{decide_ranked, NameRanking, Ranked, Rankings};
 
 /// What the core knows about a region at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,13 +309,8 @@ fn estimate(config: &Config, name: &RoutedName, query: &Query<'_>, cands: &mut [
                     c.ms = Some(ms.1);
                     c.source = Source::Table(entry.expect("found above").network);
                 } else if let Some(loc) = query.location {
-                    let km = great_circle_km(
-                        loc.latitude,
-                        loc.longitude,
-                        region.latitude,
-                        region.longitude,
-                    );
-                    c.ms = Some(name.base_ms + km / 100.0 * name.inflation);
+                    let (km, ms) = distance_estimate(name, region, loc);
+                    c.ms = Some(ms);
                     c.source = Source::Distance { km };
                 } else {
                     let rank = name.default_order.iter().position(|&id| id == c.region);
@@ -335,11 +333,10 @@ fn estimate(config: &Config, name: &RoutedName, query: &Query<'_>, cands: &mut [
                 // Weighted rendezvous hashing: score = w / -ln(u), u uniform in (0, 1) from the
                 // hash. Each client gets one region, in proportion to the weights, and removing
                 // a region moves only its own clients.
-                let u = ((c.hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
                 let score = if weight == 0 {
                     f64::NEG_INFINITY
                 } else {
-                    f64::from(weight) / -u.ln()
+                    weighted_score(weight, c.hash)
                 };
                 c.source = Source::Weight { weight, score };
             }
@@ -369,6 +366,24 @@ fn estimate(config: &Config, name: &RoutedName, query: &Query<'_>, cands: &mut [
             }
         }
     }
+}
+
+/// The distance model's estimate from `loc` to `region`: (km, ms). The one formula both
+/// [`decide`] and the precomputed [`Rankings`] use, so their numbers are bit-identical.
+fn distance_estimate(name: &RoutedName, region: &Region, loc: &Location) -> (f64, f64) {
+    let km = great_circle_km(
+        loc.latitude,
+        loc.longitude,
+        region.latitude,
+        region.longitude,
+    );
+    (km, name.base_ms + km / 100.0 * name.inflation)
+}
+
+/// Weighted rendezvous score of a region of weight > 0 whose hash for the client is `hash`.
+fn weighted_score(weight: u32, hash: u64) -> f64 {
+    let u = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    f64::from(weight) / -u.ln()
 }
 
 /// Rendezvous hash of (client key, region name). FNV-1a, then the splitmix64 finalizer for

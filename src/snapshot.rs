@@ -11,13 +11,13 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dashmap::DashMap;
-
 use crate::config::{Config, ConfigError, RegionId, RoutedName};
 use crate::dns::tables::Tables;
-use crate::geo::{GeoDb, GeoError, GeoHit};
+use crate::geo::{GeoDb, GeoError, GeoHit, Spot};
 use crate::metrics::Counters;
-use crate::routing::{self, stable_key, ClientKey, Decision, Query, RegionState};
+use crate::routing::{
+    self, decide_ranked, stable_key, ClientKey, Decision, Query, Rankings, RegionState,
+};
 use crate::zone::{Zone, ZoneError, ZoneSet};
 
 /// Why a config could not become a snapshot. Each names the file at fault.
@@ -63,9 +63,10 @@ pub struct Snapshot {
     /// Stable keys of the routed names and regions, by id, for tables that outlive a
     /// generation (sticky memory).
     pub keys: Arc<StableKeys>,
-    /// GeoIP answers by client key. A pure memo of `geo.lookup(key)`, so it is shared by
-    /// every snapshot with the same database and dropped with it; bounded by clearing.
-    geo_cache: Arc<DashMap<ClientKey, Option<Arc<GeoHit>>, foldhash::fast::RandomState>>,
+    /// Every routed name's regions ranked from every location of `geo`, as `decide` would
+    /// rank them: built with the snapshot's config and database, shared by snapshots that
+    /// only differ in region states (a state change picks another entry, never re-ranks).
+    pub rankings: Arc<Rankings>,
 }
 
 /// [`routing::stable_key`] of every routed name and region, by id.
@@ -92,13 +93,25 @@ impl StableKeys {
     }
 }
 
-/// Most client keys whose GeoIP answers are memoized; past it the memo starts over.
-const GEO_CACHE_MAX: usize = 200_000;
-
-/// A decision plus the GeoIP answer it was made from (for explanations and ECS scope).
+/// A decision plus the GeoIP answer it was made from (for explanations).
 pub struct Routed {
     pub decision: Decision,
-    pub geo: Option<Arc<GeoHit>>,
+    pub geo: Option<GeoHit>,
+}
+
+/// What the DNS answers with, from [`Snapshot::route_fast`]: the decision's region and
+/// fail-open verdict, and what the answer depended on (for the ECS scope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastRouted {
+    /// The region to answer with; None means NODATA.
+    pub region: Option<RegionId>,
+    pub fail_open: bool,
+    /// The answer depends on the client key (tie hash, weights, a remembered region that
+    /// differs from the fresh choice, a latency-table entry), not only on `network_prefix`.
+    pub keyed: bool,
+    /// Length of the GeoIP network that holds the address (0 without a database): every
+    /// address in it has the same location.
+    pub network_prefix: u8,
 }
 
 impl Snapshot {
@@ -135,6 +148,8 @@ impl Snapshot {
         let states = vec![RegionState::UP; config.regions.len()];
         let counters = Arc::new(Counters::detached(&config));
         let keys = Arc::new(StableKeys::new(&config));
+        let locations = geo.as_ref().map_or(&[][..], |g| g.locations());
+        let rankings = Arc::new(Rankings::build(&config, locations));
         Ok(Snapshot {
             config: Arc::new(config),
             zones: Arc::new(zones),
@@ -144,7 +159,7 @@ impl Snapshot {
             generation,
             counters,
             keys,
-            geo_cache: Arc::new(DashMap::with_hasher(foldhash::fast::RandomState::default())),
+            rankings,
         })
     }
 
@@ -160,7 +175,7 @@ impl Snapshot {
             generation: self.generation,
             counters: self.counters.clone(),
             keys: self.keys.clone(),
-            geo_cache: self.geo_cache.clone(),
+            rankings: self.rankings.clone(),
         }
     }
 
@@ -187,9 +202,10 @@ impl Snapshot {
     }
 
     /// Route with the region this client was answered with before, if remembered. Pure.
+    /// GeoIP sees the whole address (exact geography); the client key is its truncation.
     pub fn route_with(&self, name: &RoutedName, addr: IpAddr, sticky: Option<RegionId>) -> Routed {
         let key = ClientKey::new(addr, name.client_prefix(&addr));
-        let geo = self.geo_lookup(key);
+        let geo = self.geo.as_ref().and_then(|g| g.lookup(addr));
         let query = Query {
             key,
             location: geo.as_ref().map(|g| &g.location),
@@ -199,18 +215,51 @@ impl Snapshot {
         Routed { decision, geo }
     }
 
-    /// The GeoIP answer for a client key, memoized.
-    fn geo_lookup(&self, key: ClientKey) -> Option<Arc<GeoHit>> {
-        let db = self.geo.as_ref()?;
-        if let Some(hit) = self.geo_cache.get(&key) {
-            return hit.clone();
+    /// What DNS answers for routed name number `index`: the same region and fail-open verdict
+    /// as [`Snapshot::route_with`], from the precomputed rankings (no allocation) unless the
+    /// client is in the name's latency table. Pure.
+    pub fn route_fast(&self, index: usize, addr: IpAddr, sticky: Option<RegionId>) -> FastRouted {
+        let name = &self.config.routed_names[index];
+        let key = ClientKey::new(addr, name.client_prefix(&addr));
+        let spot = self.geo.as_ref().map_or(
+            Spot {
+                location: None,
+                prefix: 0,
+            },
+            |g| g.locate(addr),
+        );
+        let ranked = self.rankings.name(index).and_then(|ranking| {
+            decide_ranked(
+                &self.config,
+                name,
+                &self.states,
+                ranking,
+                spot.location,
+                &key,
+                sticky,
+            )
+        });
+        if let Some(r) = ranked {
+            return FastRouted {
+                region: r.region,
+                fail_open: r.fail_open,
+                keyed: r.keyed,
+                network_prefix: spot.prefix,
+            };
         }
-        let hit = db.lookup(key.addr()).map(Arc::new);
-        if self.geo_cache.len() >= GEO_CACHE_MAX {
-            self.geo_cache.clear();
+        let location = self.geo.as_ref().and_then(|g| g.location(spot.location?));
+        let query = Query {
+            key,
+            location,
+            sticky,
+        };
+        let d = routing::decide(&self.config, name, &self.states, &query);
+        FastRouted {
+            region: d.region,
+            fail_open: d.fail_open,
+            keyed: true,
+            network_prefix: spot.prefix,
         }
-        self.geo_cache.insert(key, hit.clone());
-        hit
     }
 
     /// The explanation `berth route` prints and the admin API serves.

@@ -77,8 +77,10 @@ fn routed_answers_follow_the_client_subnet_over_udp_and_tcp() {
                 "AA flag missing\n{}",
                 d.raw
             );
-            // The scope says what the answer depended on: the routed name's client prefix.
-            let scope = if subnet.contains(':') { 56 } else { 24 };
+            // The scope says what the answer depended on: the GeoIP network that decided
+            // (demo.csv: the IPv4 cities are /24s, the IPv6 ones /48s), as no tie and no
+            // remembered region other than the fresh choice were involved.
+            let scope = if subnet.contains(':') { 48 } else { 24 };
             assert_eq!(
                 d.ecs.as_deref(),
                 Some(format!("{subnet}/{scope}").as_str()),
@@ -512,6 +514,193 @@ fn fast_path_answers_exactly_like_the_general_path() {
     // Debug, not ==: hickory's Record equality ignores TTLs.
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
     assert!(a.answers.is_empty() && a.authorities.len() == 1);
+}
+
+/// Static zone data on the fast path: answers, NODATA, CNAMEs, SOA and NS at the apex, with
+/// and without EDNS, ECS and cookies, byte for byte what the general path says; and what the
+/// fast path must leave to the general path (a CNAME into a routed name, a name spelled in
+/// mixed case, NXDOMAIN, an answer over the UDP limit) it does leave.
+#[test]
+fn static_answers_on_the_fast_path_equal_the_general_path() {
+    use berth::dns::{answer_at, answer_general, Transport};
+    use berth::live::Live;
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+    use hickory_proto::rr::{Name, RecordType};
+
+    const NOW: u32 = 1_800_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = format!("[dns.cookie]\nsecret = \"{COOKIE_SECRET}\"\n");
+    let path = demo_config(dir.path(), &[], &extra);
+    let fast = Live::load(&path).expect("loads");
+    let general = Live::load(&path).expect("loads");
+    let src: IpAddr = "127.0.0.1".parse().expect("literal");
+    use RecordType::*;
+    // (name, type, answered by the fast path with a 4096 payload)
+    let cases = [
+        ("example.test.", SOA, true),
+        ("example.test.", NS, true),
+        ("example.test.", TXT, true),
+        ("example.test.", A, true),
+        ("example.test.", MX, true),
+        ("static.example.test.", A, true),
+        ("static.example.test.", AAAA, true),
+        ("static.example.test.", TXT, true),
+        ("ns1.example.test.", A, true),
+        ("ns1.example.test.", AAAA, true),
+        ("www.example.test.", CNAME, true),
+        ("westus.data.registry.example.test.", A, true),
+        ("big.example.test.", TXT, true),
+        // A CNAME into a routed name: routing decides, the general path answers.
+        ("www.example.test.", A, false),
+        ("Static.Example.Test.", A, false),
+        ("nonexistent.example.test.", A, false),
+        ("static.example.test.", ANY, false),
+    ];
+    let mut fast_answers = 0;
+    for (name, qtype, fast_expected) in cases {
+        for (edns, ecs, cookie, payload) in [
+            (false, None, None, 0),
+            (true, None, None, 4096),
+            (true, Some("198.51.100.0/24"), None, 4096),
+            (
+                true,
+                Some("2001:db8:1::/56"),
+                Some([1u8, 2, 3, 4, 5, 6, 7, 8]),
+                4096,
+            ),
+            (true, None, None, 512),
+        ] {
+            for (rd, cd, dnssec_ok) in [(false, false, false), (true, true, true)] {
+                let mut m = Message::new(0x5151, MessageType::Query, OpCode::Query);
+                m.metadata.recursion_desired = rd;
+                m.metadata.checking_disabled = cd;
+                m.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+                if edns {
+                    let mut e = Edns::new();
+                    e.set_max_payload(payload);
+                    e.set_dnssec_ok(dnssec_ok);
+                    if let Some(s) = ecs {
+                        let cs: ClientSubnet = s.parse().expect("subnet");
+                        e.options_mut().insert(EdnsOption::Subnet(cs));
+                    }
+                    if let Some(c) = cookie {
+                        e.options_mut().insert(EdnsOption::Unknown(10, c.to_vec()));
+                    }
+                    m.set_edns(e);
+                }
+                let q = m.to_vec().expect("encode");
+                let what =
+                    format!("{name} {qtype} edns {edns} ecs {ecs:?} payload {payload} rd {rd}");
+                let b = answer_general(&general, &q, src, Some(NOW)).expect("general answer");
+                // Truncated by the general path: over the UDP limit.
+                let big = b[2] & 0x02 != 0;
+                match berth::dns::answer_fast(&fast, &q, src, Some(NOW)) {
+                    Some(a) => {
+                        assert!(fast_expected && !big, "the fast path answered {what}");
+                        assert_eq!(a, b, "{what}");
+                        fast_answers += 1;
+                    }
+                    None => assert!(!fast_expected || big, "the fast path left {what}"),
+                }
+                let c = answer_at(&fast, &q, src, Transport::Udp, Some(NOW)).expect("answer");
+                assert_eq!(c, b, "front door: {what}");
+            }
+        }
+    }
+    assert!(fast_answers >= 12 * 10, "{fast_answers}");
+}
+
+/// Exact geography and the ECS scope: the whole ECS address is looked up (a /26 inside a
+/// /24 of another city gets its own city), and the scope is the GeoIP network that decided,
+/// capped at the source prefix, unless the answer depends on the client key (a remembered
+/// region other than the fresh choice, a tie broken by the hash): then the client prefix.
+#[test]
+fn ecs_scope_is_the_deciding_geoip_network_unless_the_client_key_matters() {
+    use berth::dns::{answer_at, Transport};
+    use berth::live::Live;
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+    use hickory_proto::rr::{Name, RData, RecordType};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("geo.csv");
+    std::fs::write(
+        &csv,
+        format!(
+            "{}\n198.18.0.0/24,SA,BR,Sao Paulo,-23.55,-46.63\n\
+             198.18.0.64/26,AS,JP,Tokyo,35.68,139.69\n\
+             198.19.0.0/16,EU,NL,Amsterdam,52.37,4.90\n",
+            berth::geo::CSV_HEADER
+        ),
+    )
+    .expect("write csv");
+    let mmdb = dir.path().join("geo.mmdb");
+    berth::geo::build_from_csv(&csv, &mmdb).expect("build mmdb");
+    let geoip = format!("{}", mmdb.display());
+    let load = |tie: &str| {
+        let path = demo_config(
+            dir.path(),
+            &[("../geoip/demo.mmdb", &geoip), ("tie_band_ms = 5.0", tie)],
+            "",
+        );
+        Live::load(&path).expect("loads")
+    };
+    let ask = |live: &Live, subnet: &str| -> (String, u8) {
+        let mut m = Message::new(9, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_ascii("registry.example.test.").expect("name"),
+            RecordType::A,
+        ));
+        let mut e = Edns::new();
+        let cs: ClientSubnet = subnet.parse().expect("subnet");
+        e.options_mut().insert(EdnsOption::Subnet(cs));
+        m.set_edns(e);
+        let q = m.to_vec().expect("encode");
+        let src: IpAddr = "127.0.0.1".parse().expect("literal");
+        let a = answer_at(live, &q, src, Transport::Udp, None).expect("answer");
+        let a = Message::from_vec(&a).expect("parses");
+        let addr = match a.answers.first().map(|r| &r.data) {
+            Some(RData::A(ip)) => ip.to_string(),
+            other => panic!("{subnet}: {other:?}\n{a:?}"),
+        };
+        let scope = match a.edns.as_ref().and_then(|e| e.option(EdnsCode::Subnet)) {
+            Some(EdnsOption::Subnet(cs)) => cs.scope_prefix(),
+            other => panic!("{other:?}"),
+        };
+        (addr, scope)
+    };
+    let live = load("tie_band_ms = 5.0");
+    let southeastasia = "192.0.2.40".to_string();
+    let eastus = "192.0.2.20".to_string();
+    let westeurope = "192.0.2.30".to_string();
+    // Tokyo's /26 inside Sao Paulo's /24: located by its own bits, scope /26.
+    assert_eq!(ask(&live, "198.18.0.64/26"), (southeastasia.clone(), 26));
+    assert_eq!(ask(&live, "198.18.0.77/32"), (southeastasia.clone(), 26));
+    // The /24 as sent (a fresh server: the /26 above shares its client key, so here it
+    // would be remembered on southeastasia): its first address is in Sao Paulo's part,
+    // whose /26 is capped at the source /24.
+    assert_eq!(
+        ask(&load("tie_band_ms = 5.0"), "198.18.0.0/24"),
+        (eastus.clone(), 24)
+    );
+    // Amsterdam's /16 decides for all of it: resolvers may cache the answer that widely.
+    assert_eq!(ask(&live, "198.19.5.0/24"), (westeurope.clone(), 16));
+    assert_eq!(ask(&live, "198.19.16.0/20"), (westeurope.clone(), 16));
+
+    // A client remembered on eastus while westeurope was disabled keeps eastus when it comes
+    // back: that answer is the client's own, scope /24 (the client prefix).
+    live.set_enabled("westeurope", false).expect("flag");
+    assert_eq!(ask(&live, "198.19.7.0/24"), (eastus.clone(), 16));
+    live.set_enabled("westeurope", true).expect("flag");
+    assert_eq!(ask(&live, "198.19.7.0/24"), (eastus.clone(), 24));
+    assert_eq!(ask(&live, "198.19.8.0/24"), (westeurope.clone(), 16));
+
+    // Every region tied: the rendezvous hash of the client key decides, scope /24; and a
+    // /26 network longer than the client prefix still keeps its own length.
+    let tied = load("tie_band_ms = 100000.0");
+    assert_eq!(ask(&tied, "198.19.9.0/24").1, 24);
+    assert_eq!(ask(&tied, "198.18.0.64/26").1, 26);
 }
 
 /// A query for `name`/`qtype` with one OPT record whose RDATA is `rdata` as given (its RDLENGTH

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use berth::config::Config;
 use berth::geo::Location;
-use berth::routing::{decide, ClientKey, Eligibility, Query, RegionState, Why};
+use berth::routing::{
+    decide, decide_ranked, ClientKey, Eligibility, Query, Rankings, RegionState, Why,
+};
 use expect_test::{expect, Expect};
 use proptest::prelude::*;
 
@@ -545,4 +547,85 @@ fn ties_and_weights_spread_clients_in_proportion() {
         (2800..=3200).contains(&n[0]),
         "3:1 weights give about 3000 of 4000: {n:?}"
     );
+}
+
+/// A location from a small set of countries and continents (some unknown), anywhere.
+fn arb_place() -> impl Strategy<Value = Location> {
+    let codes = prop_oneof![
+        Just((Some("JP"), Some("AS"))),
+        Just((Some("NL"), Some("EU"))),
+        Just((Some("BR"), Some("SA"))),
+        Just((Some("US"), Some("NA"))),
+        Just((None, Some("OC"))),
+        Just((None, None)),
+    ];
+    ((-90.0f64..=90.0, -180.0f64..=180.0), codes).prop_map(|((lat, lon), (country, continent))| {
+        Location {
+            latitude: lat,
+            longitude: lon,
+            country: country.map(str::to_string),
+            continent: continent.map(str::to_string),
+            city: None,
+        }
+    })
+}
+
+fn arb_client() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<[u8; 16]>().prop_map(IpAddr::from),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    /// The precomputed rankings give exactly what `decide` gives (region and fail-open), for
+    /// every policy, tie band, region state, location and client; and when they say the answer
+    /// does not depend on the client key, another client at the same location gets it too.
+    #[test]
+    fn ranked_decisions_equal_decide(
+        places in proptest::collection::vec(arb_place(), 1..6),
+        pick in any::<proptest::sample::Index>(),
+        located in any::<bool>(),
+        states in arb_states(),
+        client in arb_client(),
+        other in arb_client(),
+        sticky in proptest::option::of(0usize..4),
+        policy in 0usize..8,
+    ) {
+        let extra = [
+            "tie_band_ms = 0.0",
+            "tie_band_ms = 5.0",
+            "tie_band_ms = 3000.0",
+            "tie_band_ms = 100000.0\ndefault_order = [\"westeurope\", \"eastus\"]",
+            "policy = \"priority\"",
+            "policy = \"weighted\"\nweights = { westus = 1, eastus = 2, westeurope = 3 }",
+            "policy = \"geographic\"\ngeo_map = { JP = \"westus\", EU = \"westeurope\" }\ngeo_fallback = [\"eastus\"]",
+            "[[routed_name.latency]]\ncidr = \"0.0.0.0/1\"\nms = { westus = 10, eastus = 20 }",
+        ][policy];
+        let cfg = config(&format!("{PERF}\n{extra}"));
+        let rn = &cfg.routed_names[0];
+        let rankings = Rankings::build(&cfg, &places);
+        let ranking = rankings.name(0).expect("one routed name");
+        let id = located.then(|| pick.index(places.len()));
+        let location = id.map(|i| &places[i]);
+        let key = ClientKey::new(client, rn.client_prefix(&client));
+        let q = Query { key, location, sticky };
+        let d = decide(&cfg, rn, &states, &q);
+        let in_table = rn.latency.iter().any(|e| e.network.contains(&key.addr()));
+        let r = decide_ranked(&cfg, rn, &states, ranking, id.map(|i| i as u32), &key, sticky);
+        prop_assert_eq!(r.is_none(), in_table, "only latency-table clients go to decide");
+        if let Some(r) = r {
+            prop_assert_eq!(r.region, d.region, "{}", d.explain(&cfg, rn, location));
+            prop_assert_eq!(r.fail_open, d.fail_open);
+            if !r.keyed {
+                let key2 = ClientKey::new(other, rn.client_prefix(&other));
+                if !rn.latency.iter().any(|e| e.network.contains(&key2.addr())) {
+                    let q2 = Query { key: key2, location, sticky: None };
+                    prop_assert_eq!(decide(&cfg, rn, &states, &q2).region, d.region,
+                        "an answer said not to depend on the client key did");
+                }
+            }
+        }
+    }
 }

@@ -12,7 +12,8 @@
 use std::net::IpAddr;
 
 use super::edns::{self, Cookie, Ecs, OPT_COOKIE, OPT_ECS, TYPE_OPT};
-use super::{cookie, Answered, Clock, RoutedEntry, OUR_PAYLOAD};
+use super::tables::STATIC_TYPES;
+use super::{cookie, Clock, RoutedEntry, OUR_PAYLOAD};
 use crate::live::Live;
 use crate::snapshot::Snapshot;
 
@@ -80,7 +81,8 @@ fn parse(p: &[u8], cookies: bool) -> Option<Parsed<'_>> {
     }
     let qtype = be16(p, i)?;
     let qclass = be16(p, i + 2)?;
-    if !(qtype == TYPE_A || qtype == TYPE_AAAA) || qclass != CLASS_IN {
+    let known = qtype == TYPE_A || qtype == TYPE_AAAA;
+    if !(known || STATIC_TYPES.iter().any(|t| u16::from(*t) == qtype)) || qclass != CLASS_IN {
         return None;
     }
     i += 4;
@@ -124,38 +126,114 @@ fn parse(p: &[u8], cookies: bool) -> Option<Parsed<'_>> {
     })
 }
 
-/// Answer `packet` if it is a plain routed A/AAAA query over UDP; `None` sends it to the
-/// general path.
+/// Answer `packet` into `out` if it is a plain routed A/AAAA query over UDP, and say whether
+/// it showed a valid server cookie; `None` (with `out` untouched) sends it to the general
+/// path. Allocates nothing once `out` has grown to an answer's size.
 pub(super) fn answer(
     live: &Live,
     snap: &Snapshot,
     packet: &[u8],
     src: IpAddr,
     clock: &mut Clock,
-) -> Option<Answered> {
+    out: &mut Vec<u8>,
+) -> Option<bool> {
     let q = parse(packet, snap.dns.cookie.is_some())?;
-    let entry: &RoutedEntry = snap.dns.find_wire(&q.name[..q.name_len])?;
-    if !entry.fast {
+    let Some(entry) = snap.dns.find_wire(&q.name[..q.name_len]) else {
+        return answer_static(live, snap, &q, packet, src, clock, out);
+    };
+    if !entry.fast || !(q.qtype == TYPE_A || q.qtype == TYPE_AAAA) {
         return None;
     }
+    answer_routed(live, snap, entry, &q, packet, src, clock, out)
+}
+
+/// The server cookie for the query's client cookie, if cookies are on and it sent one.
+fn server_cookie(
+    snap: &Snapshot,
+    q: &Parsed<'_>,
+    src: IpAddr,
+    clock: &mut Clock,
+) -> Option<cookie::Answer> {
+    match (&snap.dns.cookie, q.edns.as_ref().and_then(|e| e.cookie)) {
+        (Some(secret), Some(c)) => Some(cookie::answer(secret, &c, src, clock.unix_secs())),
+        _ => None,
+    }
+}
+
+/// The UDP size limit of the answer: 512 without EDNS, else the client's payload size
+/// within [512, max_udp_payload].
+fn udp_limit(snap: &Snapshot, q: &Parsed<'_>) -> usize {
     let max_udp = snap.config.dns.max_udp_payload;
+    match &q.edns {
+        None => 512,
+        Some(e) => usize::from(e.payload.clamp(512, max_udp.max(512))),
+    }
+}
+
+/// A name of a zone (not routed), from the answers precomputed with the general path's own
+/// code ([`super::tables`]). A question not spelled in lowercase, or an answer over the UDP
+/// limit, goes to the general path (which compresses names as spelled, and truncates).
+fn answer_static(
+    live: &Live,
+    snap: &Snapshot,
+    q: &Parsed<'_>,
+    packet: &[u8],
+    src: IpAddr,
+    clock: &mut Clock,
+    out: &mut Vec<u8>,
+) -> Option<bool> {
+    if q.question[..q.name_len] != q.name[..q.name_len] {
+        return None;
+    }
+    let a = snap.dns.find_static(&q.name[..q.name_len])?.get(q.qtype)?;
+    let cookie = server_cookie(snap, q, src, clock);
+    out.clear();
+    out.extend_from_slice(&packet[..2]);
+    out.extend_from_slice(&a.header[2..]);
+    // RD and CD copied, as the general path does.
+    out[2] |= packet[2] & 0x01;
+    out[3] |= packet[3] & 0x10;
+    out.extend_from_slice(q.question);
+    out.extend_from_slice(&a.body);
+    if let Some(e) = &q.edns {
+        let additionals = u16::from_be_bytes([out[10], out[11]]) + 1;
+        out[10..12].copy_from_slice(&additionals.to_be_bytes());
+        // Static data never depends on the client's address: scope /0.
+        write_opt(out, e, 0, cookie.as_ref().map(|c| &c.option));
+    }
+    if out.len() > udp_limit(snap, q) {
+        out.clear();
+        return None;
+    }
+    live.metrics.query(false, a.header[3] & 0x0f);
+    Some(cookie.is_some_and(|c| c.valid))
+}
+
+/// A routed name's A or AAAA, from the routing core.
+#[allow(clippy::too_many_arguments)]
+fn answer_routed(
+    live: &Live,
+    snap: &Snapshot,
+    entry: &RoutedEntry,
+    q: &Parsed<'_>,
+    packet: &[u8],
+    src: IpAddr,
+    clock: &mut Clock,
+    out: &mut Vec<u8>,
+) -> Option<bool> {
     let rn = &snap.config.routed_names[entry.index];
     let (client, has_ecs) = match q.edns.as_ref().and_then(|e| e.ecs) {
         Some(e) if e.source > 0 => (e.ip(), true),
         _ => (src, false),
     };
-    let cookie = match (&snap.dns.cookie, q.edns.as_ref().and_then(|e| e.cookie)) {
-        (Some(secret), Some(c)) => Some(cookie::answer(secret, &c, src, clock.unix_secs())),
-        _ => None,
-    };
+    let cookie = server_cookie(snap, q, src, clock);
     let routed = live.route(snap, entry.index, client);
-    let scope = if has_ecs {
-        rn.client_prefix(&client)
-    } else {
-        0
+    let scope = match q.edns.as_ref().and_then(|e| e.ecs) {
+        Some(e) if has_ecs => super::routed_scope(rn, &routed, client).min(e.source),
+        _ => 0,
     };
 
-    let mut out = Vec::with_capacity(512);
+    out.clear();
     out.extend_from_slice(&packet[..2]);
     // QR AA, RD copied; CD copied; RCODE 0.
     out.push(0x84 | (packet[2] & 0x01));
@@ -165,7 +243,7 @@ pub(super) fn answer(
     out.extend_from_slice(&[0, 0, 0, 0, 0, u8::from(q.edns.is_some())]);
     out.extend_from_slice(q.question);
     let mut answers = 0u16;
-    if let Some(id) = routed.decision.region {
+    if let Some(id) = routed.region {
         let region = &snap.config.regions[id];
         let ttl = rn.ttl.to_be_bytes();
         let mut rr = |rtype: u16, data: &[u8]| {
@@ -190,28 +268,21 @@ pub(super) fn answer(
     }
     let body_end = out.len();
     if let Some(e) = &q.edns {
-        write_opt(&mut out, e, scope, cookie.as_ref().map(|c| &c.option));
+        write_opt(out, e, scope, cookie.as_ref().map(|c| &c.option));
     }
-    let limit = match &q.edns {
-        None => 512,
-        Some(e) => usize::from(e.payload.clamp(512, max_udp.max(512))),
-    };
-    if out.len() > limit {
+    if out.len() > udp_limit(snap, q) {
         // Truncated: keep the question and OPT, drop the records, set TC (RFC 2181 9).
-        let opt = out[body_end..].to_vec();
-        out.truncate(12 + q.question.len());
+        let question_end = 12 + q.question.len();
+        out.copy_within(body_end.., question_end);
+        out.truncate(question_end + (out.len() - body_end));
         out[2] |= 0x02;
-        out.extend_from_slice(&opt);
         answers = 0;
         authorities = 0;
     }
     out[counts_at..counts_at + 2].copy_from_slice(&answers.to_be_bytes());
     out[counts_at + 2..counts_at + 4].copy_from_slice(&authorities.to_be_bytes());
     live.metrics.query(false, 0);
-    Some(Answered {
-        bytes: out,
-        cookie_ok: cookie.is_some_and(|c| c.valid),
-    })
+    Some(cookie.is_some_and(|c| c.valid))
 }
 
 /// Our OPT: payload, DO echoed, then ECS and COOKIE in the order the general path adds them.

@@ -453,7 +453,7 @@ mod batch {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use crate::dns::{answer, Transport};
+    use crate::dns::{answer_into, Transport};
     use crate::live::Live;
     use crate::metrics::hist::BatchTimer;
     use crate::supervise::Unit;
@@ -603,7 +603,10 @@ mod batch {
         // SAFETY: as above.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
         let mut ctrls = [Ctrl([0; 64]); BATCH];
-        let mut outs: Vec<(usize, Vec<u8>)> = Vec::with_capacity(BATCH);
+        // One answer buffer per batch slot, kept across batches: answers allocate nothing.
+        let mut out_bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(512)).collect();
+        // For each answer to send: the batch slot of its query (and of its buffer).
+        let mut outs: Vec<usize> = Vec::with_capacity(BATCH);
         // SAFETY: as above.
         let mut out_iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
@@ -655,13 +658,15 @@ mod batch {
                     continue;
                 };
                 let len = msgs[i].msg_len as usize;
-                let out = answer(live, &bufs[i][..len], src.ip(), Transport::Udp);
-                crate::logs::log_query(src.ip(), "udp", &bufs[i][..len], out.as_deref());
-                if let Some(out) = out {
-                    outs.push((i, out));
+                let (query, out) = (&bufs[i][..len], &mut out_bufs[i]);
+                let answered = answer_into(live, query, src.ip(), Transport::Udp, None, out);
+                crate::logs::log_query(src.ip(), "udp", query, answered.then_some(out.as_slice()));
+                if answered {
+                    outs.push(i);
                 }
             }
-            for (k, (i, out)) in outs.iter().enumerate() {
+            for (k, i) in outs.iter().enumerate() {
+                let out = &out_bufs[*i];
                 out_iovs[k].iov_base = out.as_ptr() as *mut libc::c_void;
                 out_iovs[k].iov_len = out.len();
                 let h = &mut out_msgs[k].msg_hdr;

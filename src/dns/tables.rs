@@ -3,9 +3,11 @@
 //! limiter). A leaf: it imports config, zone and its sibling pure modules, never the front end
 //! itself, so the snapshot can hold it without depending on `dns`.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use hickory_proto::rr::{Name, Record, RecordType};
+use hickory_proto::op::{Message, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 
 use super::{cookie, rrl};
@@ -19,6 +21,51 @@ pub struct Tables {
     pub(super) cookie: Option<cookie::Secret>,
     /// None: no rate limiting. Its state starts over when a reload builds new tables.
     pub(super) rrl: Option<rrl::Limiter>,
+    /// Static answers by lowercase wire-format owner name, for the fast path.
+    statics: HashMap<Box<[u8]>, StaticName, foldhash::fast::RandomState>,
+}
+
+/// The query types the fast path answers from [`StaticName`]s; anything else (ANY, zone
+/// transfers, DS at a cut...) goes to the general path.
+pub(super) const STATIC_TYPES: [RecordType; 10] = [
+    RecordType::A,
+    RecordType::AAAA,
+    RecordType::CNAME,
+    RecordType::SOA,
+    RecordType::NS,
+    RecordType::MX,
+    RecordType::TXT,
+    RecordType::SRV,
+    RecordType::PTR,
+    RecordType::CAA,
+];
+
+/// The general path's answers at one zone name, encoded once at load for a query with ID 0,
+/// no flags, no EDNS and a lowercase name: the fast path copies the question as sent (same
+/// bytes when it is lowercase), patches ID, RD and CD, and appends its OPT.
+#[derive(Debug, Default)]
+pub(super) struct StaticName {
+    /// By query type: header (12 octets) and everything after the question; None where the
+    /// answer is not static (a CNAME into a routed name, a referral).
+    by_type: Vec<(u16, Option<StaticAnswer>)>,
+    /// The NODATA answer shared by the static types with no records here (the question,
+    /// which alone differs between them, is the query's own).
+    nodata: Option<StaticAnswer>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct StaticAnswer {
+    pub(super) header: [u8; 12],
+    pub(super) body: Vec<u8>,
+}
+
+impl StaticName {
+    pub(super) fn get(&self, qtype: u16) -> Option<&StaticAnswer> {
+        match self.by_type.iter().find(|(t, _)| *t == qtype) {
+            Some((_, a)) => a.as_ref(),
+            None => self.nodata.as_ref(),
+        }
+    }
 }
 
 /// 32 random bytes for this process: the default cookie secret and the limiter's hash key.
@@ -140,11 +187,18 @@ impl Tables {
         } else {
             None
         };
+        let statics = static_names(zones, &routed)?;
         Ok(Tables {
             routed,
             cookie,
             rrl,
+            statics,
         })
+    }
+
+    /// The precomputed answers at a lowercase wire-format name, if it has any.
+    pub(super) fn find_static(&self, wire: &[u8]) -> Option<&StaticName> {
+        self.statics.get(wire)
     }
 
     pub(super) fn find_wire(&self, wire: &[u8]) -> Option<&RoutedEntry> {
@@ -162,4 +216,94 @@ impl Tables {
 pub(super) fn negative_soa(mut soa: Record, routed_ttl: u32) -> Record {
     soa.ttl = soa.ttl.min(routed_ttl);
     soa
+}
+
+/// Precompute [`StaticName`]s for every owner name of every zone, except routed names, names
+/// answered by another (nested) zone, and answers that depend on routing or leave the zone's
+/// authority (a CNAME into a routed name, a referral).
+fn static_names(
+    zones: &ZoneSet,
+    routed: &[RoutedEntry],
+) -> Result<HashMap<Box<[u8]>, StaticName, foldhash::fast::RandomState>, String> {
+    let mut out = HashMap::default();
+    for zone in zones.zones() {
+        for name in zone.names() {
+            let served_here = zones
+                .find(name)
+                .is_some_and(|z| z.origin() == zone.origin());
+            if !served_here || routed.iter().any(|r| r.name == *name) {
+                continue;
+            }
+            let mut entry = StaticName::default();
+            for qtype in STATIC_TYPES {
+                let Some(resp) = static_response(zone, routed, name, qtype) else {
+                    entry.by_type.push((u16::from(qtype), None));
+                    continue;
+                };
+                let bytes = resp.to_vec().map_err(|e| {
+                    format!("zone {}: cannot encode {name} {qtype}: {e}", zone.origin())
+                })?;
+                let question_end = 12 + name.to_bytes().map_err(|e| e.to_string())?.len() + 4;
+                let mut header = [0u8; 12];
+                header.copy_from_slice(&bytes[..12]);
+                let answer = StaticAnswer {
+                    header,
+                    body: bytes[question_end..].to_vec(),
+                };
+                let nodata =
+                    resp.answers.is_empty() && resp.metadata.response_code == ResponseCode::NoError;
+                match &entry.nodata {
+                    Some(n) if nodata && *n == answer => {}
+                    None if nodata => entry.nodata = Some(answer),
+                    _ => entry.by_type.push((u16::from(qtype), Some(answer))),
+                }
+            }
+            let wire = name.to_lowercase().to_bytes().map_err(|e| e.to_string())?;
+            out.insert(wire.into_boxed_slice(), entry);
+        }
+    }
+    Ok(out)
+}
+
+/// The general path's message for a plain query of `name`/`qtype` (see `zone_answer` in the
+/// front end), or None where the answer is not static.
+fn static_response(
+    zone: &crate::zone::Zone,
+    routed: &[RoutedEntry],
+    name: &Name,
+    qtype: RecordType,
+) -> Option<Message> {
+    let mut resp = Message::response(0, OpCode::Query);
+    resp.add_query(Query::query(name.clone(), qtype));
+    resp.metadata.authoritative = true;
+    let rcode = match zone.lookup(name, qtype) {
+        Lookup::Answer {
+            answers,
+            additionals,
+        } => {
+            resp.add_answers(answers);
+            resp.add_additionals(additionals);
+            ResponseCode::NoError
+        }
+        Lookup::NoData { cname_chain } => {
+            let into_routed = match cname_chain.last().map(|r| &r.data) {
+                Some(RData::CNAME(c)) => routed.iter().any(|r| r.name == c.0),
+                _ => false,
+            };
+            if into_routed {
+                return None;
+            }
+            resp.add_answers(cname_chain);
+            resp.add_authority(zone.negative_soa());
+            ResponseCode::NoError
+        }
+        Lookup::NxDomain { cname_chain } => {
+            resp.add_answers(cname_chain);
+            resp.add_authority(zone.negative_soa());
+            ResponseCode::NXDomain
+        }
+        Lookup::Referral { .. } => return None,
+    };
+    resp.metadata.response_code = rcode;
+    Some(resp)
 }

@@ -2,7 +2,8 @@
 //!
 //! This module owns:
 //! - [`GeoDb`]: a City database (GeoLite2-City, GeoIP2-City, DB-IP City Lite, or one built by
-//!   [`build_from_csv`]) held in memory, answering [`GeoDb::lookup`] on the hot path;
+//!   [`build_from_csv`]) compacted into a search tree over its distinct locations, answering
+//!   [`GeoDb::locate`] on the hot path (a tree walk, nothing allocated);
 //! - [`great_circle_km`]: the pure distance between two locations;
 //! - [`build_from_csv`]: the offline builder behind `berth geoip build CSV OUT.mmdb`.
 //!
@@ -14,11 +15,12 @@
 
 mod build;
 mod reader;
+mod tree;
 
 use std::path::PathBuf;
 
 pub use build::{build_from_csv, BuildReport, CsvProblem, CSV_HEADER};
-pub use reader::GeoDb;
+pub use reader::{GeoDb, LocationId, Spot};
 
 /// Mean Earth radius used by [`great_circle_km`], in km (the IUGG mean radius).
 pub const EARTH_RADIUS_KM: f64 = 6371.0;

@@ -125,6 +125,12 @@ impl Zone {
         soa
     }
 
+    /// Every owner name in the file, lowercased and fully qualified (what the DNS front end
+    /// precomputes static answers for).
+    pub fn names(&self) -> impl Iterator<Item = &Name> {
+        self.nodes.keys()
+    }
+
     /// Does any record exist at this exact name, or below it (an empty non-terminal)?
     /// Case-insensitive. Wildcards are not expanded: this is about the names in the file.
     pub fn name_exists(&self, name: &Name) -> bool {
