@@ -220,23 +220,7 @@ impl Running {
             tasks.push(task);
             crate::cluster::wait_first_sync(&live).await;
         }
-        {
-            // Maintenance windows end by the clock, not by an event.
-            let weak = Arc::downgrade(&live);
-            let mut stop = shutdown.subscribe();
-            tasks.push(tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_millis(250));
-                loop {
-                    tokio::select! {
-                        _ = every.tick() => match weak.upgrade() {
-                            Some(live) => live.tick(),
-                            None => return,
-                        },
-                        _ = stop.wait_for(|s| *s) => return,
-                    }
-                }
-            }));
-        }
+        tasks.push(spawn_window_ticker(&live, shutdown.subscribe()));
 
         let admin_addr = match admin.listen {
             Some(addr) => {
@@ -502,6 +486,26 @@ fn send_notify(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Maintenance windows end by the clock, not by an event: `Live::tick` every 250 ms.
+fn spawn_window_ticker(
+    live: &Arc<Live>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(live);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = every.tick() => match weak.upgrade() {
+                    Some(live) => live.tick(),
+                    None => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    })
 }
 
 #[cfg(test)]

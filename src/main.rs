@@ -273,27 +273,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Replication { command, admin } => {
-            let c = AdminClient::new(&admin, std::env::var(TOKEN_ENV).ok());
-            match command {
-                ReplicationCommand::Status { image: None } => {
-                    print!(
-                        "{}",
-                        berth::client::render_replication(&c.get("/api/v1/replication")?)
-                    );
-                }
-                ReplicationCommand::Status { image: Some(i) } => {
-                    let (repo, reference) = berth::client::split_image(&i);
-                    let v = c.get(&format!(
-                        "/api/v1/replication/{repo}?reference={}",
-                        encode(reference)
-                    ))?;
-                    print!("{}", berth::client::render_image(&v));
-                }
-                ReplicationCommand::Sync => {
-                    c.post("/api/v1/replication/sync")?;
-                    println!("reconcile started");
-                }
-            }
+            replication(
+                &AdminClient::new(&admin, std::env::var(TOKEN_ENV).ok()),
+                command,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Geoip {
@@ -309,6 +292,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `berth replication status|sync` against a running server's admin API.
+fn replication(c: &AdminClient, command: ReplicationCommand) -> anyhow::Result<()> {
+    match command {
+        ReplicationCommand::Status { image: None } => {
+            print!(
+                "{}",
+                berth::client::render_replication(&c.get("/api/v1/replication")?)
+            );
+        }
+        ReplicationCommand::Status { image: Some(i) } => {
+            let (repo, reference) = berth::client::split_image(&i);
+            let v = c.get(&format!(
+                "/api/v1/replication/{repo}?reference={}",
+                encode(reference)
+            ))?;
+            print!("{}", berth::client::render_image(&v));
+        }
+        ReplicationCommand::Sync => {
+            c.post("/api/v1/replication/sync")?;
+            println!("reconcile started");
+        }
+    }
+    Ok(())
 }
 
 /// `berth check-config`: load everything the config names, as a reload would.

@@ -644,8 +644,7 @@ mod batch {
             };
             unit.injected_panic_point();
             if n <= 0 {
-                // EAGAIN from the receive timeout (time to look at `stop`), EINTR, or an ICMP
-                // error from an earlier send: none is fatal.
+                // Receive timeout (time to look at `stop`), EINTR, an earlier send's ICMP: not fatal.
                 continue;
             }
             let t0 = timer.start();
