@@ -851,3 +851,30 @@ fn events_are_shared_through_etcd_and_the_list_stays_bounded() {
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
     }
 }
+
+fn readyz(b: &Berth) -> (u16, String) {
+    match agent().get(format!("{}/readyz", admin(b))).call() {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+#[test]
+fn an_instance_that_has_not_reached_etcd_is_not_ready_until_it_does() {
+    let mut etcd = Etcd::start(1);
+    let ups = Upstreams::start();
+    etcd.kill(0);
+    let n = node("a", &etcd.endpoints(), &ups.ports, &[], "/t9");
+    let b = Berth::start(&n.config);
+    wait_until("503: etcd not reached", DEADLINE, || {
+        let (status, body) = readyz(&b);
+        status == 503 && body.contains("cluster: etcd not reached yet")
+    });
+    etcd.restart(0);
+    wait_until("ready once etcd answers", Duration::from_secs(30), || {
+        readyz(&b).0 == 200
+    });
+}

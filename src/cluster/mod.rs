@@ -490,15 +490,34 @@ async fn timed<T>(
 /// How long start-up waits for the first read of the shared state.
 const FIRST_SYNC: Duration = Duration::from_secs(10);
 
+/// Keep `/readyz` at 503 ("cluster: etcd not reached yet") until the shared state was read
+/// once: an instance that started without etcd answers with every region enabled, so a load
+/// balancer should not send it traffic before then.
+pub async fn ready_when_synced(live: Weak<Live>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let Some(l) = live.upgrade() else { return };
+        if l.shared().is_some_and(|s| s.connected) {
+            l.metrics.workers.cluster_synced(true);
+            return;
+        }
+        drop(l);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Wait until the cluster task has read the shared state once, or [`FIRST_SYNC`] passed
-/// (then Berth starts with every region enabled and says so: `berth_cluster_connected` 0).
+/// (then Berth starts with every region enabled and says so: `berth_cluster_connected` 0,
+/// and `/readyz` 503 until etcd answers, [`ready_when_synced`]).
 pub async fn wait_first_sync(live: &Live) {
     let end = tokio::time::Instant::now() + FIRST_SYNC;
     while !live.shared().is_some_and(|s| s.connected) {
         if tokio::time::Instant::now() > end {
             tracing::warn!(
                 "etcd did not answer within {FIRST_SYNC:?}: serving without the shared flags \
-                 until it does"
+                 (and /readyz 503) until it does"
             );
             return;
         }
