@@ -5,7 +5,7 @@
 # starts on loopback; the hot path reads the same snapshot either way, so the target is no
 # measurable difference. Rounds alternate the order (off first in odd rounds).
 #
-# Status: written but not yet run (see BENCHMARKS.md); check its first run by hand.
+# Figures from its first runs: BENCHMARKS.md ("Cluster").
 #
 # usage: benches/cluster-dns.sh [SECONDS]      (SECONDS per dnsperf run, default 10)
 # env:   ROUNDS=3, BERTH_BIN=path (default: cargo build --release), KEEP_WORK=1

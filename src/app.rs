@@ -218,7 +218,12 @@ impl Running {
         // answering, so a restarted instance never serves from its old local flags.
         if let Some((_, task)) = crate::cluster::start(&live, shutdown.subscribe()) {
             tasks.push(task);
+            live.metrics.workers.cluster_synced(false);
             crate::cluster::wait_first_sync(&live).await;
+            tasks.push(tokio::spawn(crate::cluster::ready_when_synced(
+                Arc::downgrade(&live),
+                shutdown.subscribe(),
+            )));
         }
         tasks.push(spawn_window_ticker(&live, shutdown.subscribe()));
 

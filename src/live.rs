@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::flags::{FlagRecord, Flags, FlagsError};
@@ -46,14 +46,32 @@ impl Default for HealthInfo {
 }
 
 /// Something an operator will want to see in the dashboard's event list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
+    /// Order in the list: a local counter, or with `[cluster]` the etcd revision that
+    /// wrote the event to the shared list.
     pub seq: u64,
     /// Unix time, ms.
     pub at_ms: u64,
-    pub kind: &'static str,
+    pub kind: String,
     pub region: Option<String>,
     pub detail: String,
+    /// With `[cluster]`: the instance that saw the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+/// With `[cluster]`, which instance writes an event to the shared list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Share {
+    /// This instance's own observation (a reload, its etcd connection, its probes).
+    Mine,
+    /// Something every instance sees alike (a member joining, the shared health, fail-open):
+    /// only the first live member by name writes it, so the list has it once.
+    First,
+    /// Kept out of the shared list (a flag change seen through the watch: the instance it
+    /// was made through writes it).
+    Local,
 }
 
 /// The result of the last reload, for the API and the dashboard.
@@ -92,6 +110,13 @@ pub enum SharedUpdate {
         revision: i64,
         changes: Vec<(String, Option<Vec<u8>>)>,
     },
+    /// The shared events list: entries put (key, mod revision, value) and keys deleted;
+    /// `replace` after a full read.
+    Events {
+        replace: bool,
+        puts: Vec<(String, i64, Vec<u8>)>,
+        deletes: Vec<String>,
+    },
     /// etcd is unreachable: keep the last state, say so.
     Disconnected(String),
 }
@@ -106,6 +131,10 @@ struct Control {
     last_reload: Option<ReloadStatus>,
     events: VecDeque<Event>,
     next_seq: u64,
+    /// `[cluster]`: events this instance still has to write to etcd.
+    outbox: Vec<Event>,
+    /// `[cluster]`: the shared events list as read from etcd, by revision (with its key).
+    shared_events: BTreeMap<u64, (String, Event)>,
 }
 
 pub struct Live {
@@ -170,6 +199,8 @@ impl Live {
             last_reload: None,
             events: VecDeque::new(),
             next_seq: 1,
+            outbox: Vec::new(),
+            shared_events: BTreeMap::new(),
         };
         let states = compute_states(&snapshot.config, &control, unix_ms());
         let live = Live {
@@ -295,6 +326,15 @@ impl Live {
     /// Apply what the cluster task read from etcd: recompute and publish, with events for
     /// flag changes, members and the connection.
     pub fn apply_shared(&self, update: SharedUpdate) {
+        if let SharedUpdate::Events {
+            replace,
+            puts,
+            deletes,
+        } = update
+        {
+            let max = (self.snapshot.load().config.cluster.as_ref()).map_or(1000, |c| c.events_max);
+            return apply_events(&mut self.control(), replace, puts, &deletes, max);
+        }
         let mut c = self.control();
         let prefix = {
             let snap = self.snapshot.load();
@@ -306,8 +346,9 @@ impl Live {
         let Some(shared) = c.shared.as_mut() else {
             return;
         };
-        let mut events: Vec<(&'static str, Option<String>, String)> = Vec::new();
+        let mut events: Vec<(Share, &'static str, Option<String>, String)> = Vec::new();
         let changes = match update {
+            SharedUpdate::Events { .. } => return,
             SharedUpdate::Resync { revision, kvs } => {
                 let old_flags = shared.flags.clone();
                 shared.reset();
@@ -317,6 +358,7 @@ impl Live {
                 }
                 if !shared.connected {
                     events.push((
+                        Share::Mine,
                         "cluster-connected",
                         None,
                         format!("etcd reachable; shared state at revision {revision}"),
@@ -331,12 +373,18 @@ impl Live {
                 for (k, v) in &changes {
                     match shared.apply(&prefix, k, v.as_deref()) {
                         Change::Flag { region, record } => out.push((region, record)),
-                        Change::MemberJoined(m) => {
-                            events.push(("member-joined", None, format!("instance {m} joined")))
-                        }
-                        Change::MemberLeft(m) => {
-                            events.push(("member-left", None, format!("instance {m} left")))
-                        }
+                        Change::MemberJoined(m) => events.push((
+                            Share::First,
+                            "member-joined",
+                            None,
+                            format!("instance {m} joined"),
+                        )),
+                        Change::MemberLeft(m) => events.push((
+                            Share::First,
+                            "member-left",
+                            None,
+                            format!("instance {m} left"),
+                        )),
                         Change::Verdict | Change::Ignored => {}
                     }
                 }
@@ -345,6 +393,7 @@ impl Live {
             SharedUpdate::Disconnected(why) => {
                 if shared.connected {
                     events.push((
+                        Share::Mine,
                         "cluster-disconnected",
                         None,
                         format!(
@@ -358,10 +407,15 @@ impl Live {
         };
         for (region, record) in changes {
             let rec = record.unwrap_or_else(|| FlagRecord::plain(true));
-            events.push((flag_kind(&rec), Some(region), flag_detail(&rec)));
+            events.push((
+                Share::Local,
+                flag_kind(&rec),
+                Some(region),
+                flag_detail(&rec),
+            ));
         }
-        for (kind, region, detail) in events {
-            push_event(&mut c, kind, region.as_deref(), detail);
+        for (share, kind, region, detail) in events {
+            push_shared(&mut c, share, kind, region.as_deref(), detail);
         }
         let snap = self.snapshot.load_full();
         self.republish(&mut c, &snap);
@@ -381,8 +435,9 @@ impl Live {
                 .zip(states.iter().zip(&snap.states))
             {
                 if now.enabled && !was.enabled {
-                    push_event(
+                    push_shared(
                         &mut c,
+                        Share::First,
                         "region-enabled",
                         Some(&r.name),
                         "the disable's maintenance window is over".to_string(),
@@ -511,14 +566,41 @@ impl Live {
         self.control().last_reload.clone()
     }
 
-    /// Events after `after` (by sequence number), oldest first.
+    /// Events after `after` (by sequence number), oldest first. With `[cluster]`: the shared
+    /// list from etcd, then this instance's events not written there yet (etcd unreachable).
     pub fn events(&self, after: u64) -> Vec<Event> {
-        self.control()
-            .events
-            .iter()
+        let c = self.control();
+        if c.shared.is_none() {
+            return c.events.iter().filter(|e| e.seq > after).cloned().collect();
+        }
+        let last = c.shared_events.keys().next_back().copied().unwrap_or(0);
+        let pending = c.outbox.iter().enumerate().map(|(i, e)| Event {
+            seq: last + 1 + i as u64,
+            ..e.clone()
+        });
+        c.shared_events
+            .values()
+            .map(|(_, e)| e.clone())
+            .chain(pending)
             .filter(|e| e.seq > after)
-            .cloned()
             .collect()
+    }
+
+    /// `[cluster]`: the events this instance has still to write to etcd (oldest first).
+    pub fn events_to_share(&self) -> Vec<Event> {
+        self.control().outbox.clone()
+    }
+
+    /// `[cluster]`: these events (by their local `seq`) are in etcd now.
+    pub fn events_shared(&self, written: &[u64]) {
+        self.control().outbox.retain(|e| !written.contains(&e.seq));
+    }
+
+    /// `[cluster]`: a flag change made through this instance goes to the shared list.
+    pub fn share_flag_event(&self, region: &str, record: &FlagRecord) {
+        let mut c = self.control();
+        let e = new_event(&mut c, flag_kind(record), Some(region), flag_detail(record));
+        c.outbox.push(e);
     }
 
     /// Compute region states from flags and health and publish `base` with them; count the
@@ -554,8 +636,11 @@ impl Live {
                 } else {
                     format!("{}: a healthy enabled region is back", n.name)
                 };
-                push_event(c, kind, None, detail);
+                push_shared(c, Share::First, kind, None, detail);
             }
+        }
+        if c.shared.is_some() {
+            shared_health_events(c, before.as_ref(), &next);
         }
         self.snapshot.store(Arc::new(next));
     }
@@ -727,22 +812,106 @@ fn flag_detail(rec: &FlagRecord) -> String {
 }
 
 fn push_event(c: &mut Control, kind: &'static str, region: Option<&str>, detail: String) {
-    let seq = c.next_seq;
-    c.next_seq += 1;
-    if matches!(kind, "region-down" | "reload-rejected" | "fail-open-start") {
+    push_shared(c, Share::Mine, kind, region, detail)
+}
+
+/// An event for the local list, logged; with `[cluster]` also queued for etcd as `share` says.
+fn push_shared(
+    c: &mut Control,
+    share: Share,
+    kind: &'static str,
+    region: Option<&str>,
+    detail: String,
+) {
+    if matches!(
+        kind,
+        "region-down" | "reload-rejected" | "fail-open-start" | "cluster-disconnected"
+    ) {
         tracing::warn!(event = kind, region = region.unwrap_or("-"), "{detail}");
     } else {
         tracing::info!(event = kind, region = region.unwrap_or("-"), "{detail}");
     }
-    c.events.push_back(Event {
-        seq,
-        at_ms: unix_ms(),
-        kind,
-        region: region.map(String::from),
-        detail,
+    let e = new_event(c, kind, region, detail);
+    let writes = c.shared.as_ref().is_some_and(|s| match share {
+        Share::Mine => true,
+        Share::Local => false,
+        Share::First => s.members.keys().next().is_none_or(|m| *m == s.instance),
     });
+    if writes {
+        c.outbox.push(e.clone());
+        // etcd unreachable for long: keep the newest, as the list itself does.
+        if c.outbox.len() > MAX_EVENTS {
+            c.outbox.remove(0);
+        }
+    }
+    c.events.push_back(e);
     while c.events.len() > MAX_EVENTS {
         c.events.pop_front();
+    }
+}
+
+fn new_event(c: &mut Control, kind: &'static str, region: Option<&str>, detail: String) -> Event {
+    let seq = c.next_seq;
+    c.next_seq += 1;
+    Event {
+        seq,
+        at_ms: unix_ms(),
+        kind: kind.to_string(),
+        region: region.map(String::from),
+        detail,
+        instance: c.shared.as_ref().map(|s| s.instance.clone()),
+    }
+}
+
+/// `[cluster]`: the shared verdict of a region changed (the quorum of instances' probes).
+fn shared_health_events(c: &mut Control, before: &Snapshot, next: &Snapshot) {
+    let was: BTreeMap<&str, bool> = before
+        .config
+        .regions
+        .iter()
+        .zip(&before.states)
+        .map(|(r, s)| (r.name.as_str(), s.healthy))
+        .collect();
+    for (r, s) in next.config.regions.iter().zip(&next.states) {
+        match was.get(r.name.as_str()) {
+            Some(&h) if h != s.healthy => {
+                let (kind, detail) = if s.healthy {
+                    ("shared-region-up", "the instances' probes agree it is up")
+                } else {
+                    (
+                        "shared-region-down",
+                        "the instances' probes agree it is down",
+                    )
+                };
+                push_shared(c, Share::First, kind, Some(&r.name), detail.to_string());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `[cluster]`: apply puts and deletes of the shared events list, keeping the newest `max`.
+fn apply_events(
+    c: &mut Control,
+    replace: bool,
+    puts: Vec<(String, i64, Vec<u8>)>,
+    deletes: &[String],
+    max: usize,
+) {
+    if replace {
+        c.shared_events.clear();
+    }
+    if !deletes.is_empty() {
+        c.shared_events.retain(|_, (k, _)| !deletes.contains(k));
+    }
+    for (key, rev, value) in puts {
+        if let Ok(mut e) = serde_json::from_slice::<Event>(&value) {
+            e.seq = rev.max(0) as u64;
+            c.shared_events.insert(e.seq, (key, e));
+        }
+    }
+    while c.shared_events.len() > max {
+        c.shared_events.pop_first();
     }
 }
 

@@ -124,6 +124,8 @@ struct Startup {
     unprobed: Vec<String>,
     /// The first probe round ended: later regions (a reload's) do not make the process unready.
     probed: bool,
+    /// `[cluster]`: the shared state was not read from etcd once yet.
+    cluster_unsynced: bool,
 }
 
 impl Workers {
@@ -176,6 +178,15 @@ impl Workers {
         s.unprobed = regions;
     }
 
+    /// `[cluster]`: whether the first full read of the shared state from etcd is done; until
+    /// it is, the instance would answer without the cluster's flags, so it is not ready.
+    pub fn cluster_synced(&self, done: bool) {
+        self.startup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cluster_unsynced = !done;
+    }
+
     /// Whether the first probe round is still going on (so reports are worth looking at).
     pub fn probing_first_round(&self) -> bool {
         !self
@@ -195,6 +206,9 @@ impl Workers {
             let s = self.startup.lock().unwrap_or_else(|p| p.into_inner());
             if s.binding {
                 return Err("starting: listeners not bound yet".to_string());
+            }
+            if s.cluster_unsynced {
+                return Err("cluster: etcd not reached yet".to_string());
             }
             if !s.probed && !s.unprobed.is_empty() {
                 return Err(format!(

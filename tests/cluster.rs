@@ -164,6 +164,20 @@ impl Etcd {
     }
 
     /// `etcdctl get KEY --print-value-only`.
+    /// How many keys start with `prefix`.
+    fn count(&self, prefix: &str) -> usize {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoints().join(","), "get", prefix])
+            .args(["--prefix", "--keys-only"])
+            .output()
+            .expect("etcdctl runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    }
+
     fn get(&self, key: &str) -> String {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
@@ -310,6 +324,18 @@ struct Node {
 /// The demo config with `[cluster]`, probes of kind tcp at `ports` (a region whose index is
 /// in `dead` probes a port nothing listens on), and the admin token in a file.
 fn node(name: &str, etcd: &[String], ports: &[u16], dead: &[usize], prefix: &str) -> Node {
+    node_with(name, etcd, ports, dead, prefix, "")
+}
+
+/// [`node`] with more `[cluster]` keys.
+fn node_with(
+    name: &str,
+    etcd: &[String],
+    ports: &[u16],
+    dead: &[usize],
+    prefix: &str,
+    more: &str,
+) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token");
     let probe =
@@ -334,7 +360,7 @@ fn node(name: &str, etcd: &[String], ports: &[u16], dead: &[usize], prefix: &str
     ));
     let endpoints: Vec<String> = etcd.iter().map(|e| format!("{e:?}")).collect();
     let extra = format!(
-        "[cluster]\netcd = [{}]\nprefix = \"{prefix}\"\ninstance = \"{name}\"\nlease_ttl = \"3s\"\n",
+        "[cluster]\netcd = [{}]\nprefix = \"{prefix}\"\ninstance = \"{name}\"\nlease_ttl = \"3s\"\n{more}",
         endpoints.join(", ")
     );
     let config = demo_config(dir.path(), &all, &extra);
@@ -749,4 +775,106 @@ fn a_single_instance_keeps_who_when_why_in_its_state_file() {
         get_json(&format!("{}/api/v1/cluster", berth.admin()))["enabled"],
         false
     );
+}
+
+/// B's events list, oldest first.
+fn events_of(b: &Berth) -> Vec<Value> {
+    get_json(&format!("{}/api/v1/events", admin(b)))["events"]
+        .as_array()
+        .expect("events")
+        .clone()
+}
+
+#[test]
+fn events_are_shared_through_etcd_and_the_list_stays_bounded() {
+    let etcd = Etcd::start(1);
+    let ups = Upstreams::start();
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            node_with(
+                n,
+                &etcd.endpoints(),
+                &ups.ports,
+                &[],
+                "/t8",
+                "events_max = 6\n",
+            )
+        })
+        .collect();
+    let berths: Vec<Berth> = nodes.iter().map(|n| Berth::start(&n.config)).collect();
+    let url_a = format!("{}/api/v1/regions/southeastasia", admin(&berths[0]));
+    let (status, v) = put(&url_a, &disable_body("shared-event-check"));
+    assert_eq!(status, 200, "{v}");
+    // The change made through A is in B's list, once, saying A saw it.
+    wait_until("B lists A's flag change", DEADLINE, || {
+        events_of(&berths[1]).iter().any(|e| {
+            e["kind"] == "region-disabled"
+                && e["instance"] == "a"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("shared-event-check"))
+        })
+    });
+    let seen = events_of(&berths[1]);
+    let copies = seen
+        .iter()
+        .filter(|e| {
+            e["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("shared-event-check"))
+        })
+        .count();
+    assert_eq!(copies, 1, "{seen:?}");
+    // Ten more changes: the list in etcd and in every instance keeps the newest 6.
+    for i in 0..10 {
+        let body = format!(
+            "{{\"endpoint_enabled\": {}, \"reason\": \"bound-{i}\"}}",
+            i % 2 == 1
+        );
+        assert_eq!(put(&url_a, &body).0, 200);
+    }
+    for b in &berths {
+        wait_until("the last change listed", DEADLINE, || {
+            events_of(b)
+                .iter()
+                .any(|e| e["detail"].as_str().is_some_and(|d| d.contains("bound-9")))
+        });
+    }
+    wait_until("etcd keeps at most 6 events", DEADLINE, || {
+        etcd.count("/t8/events/") <= 6
+    });
+    for b in &berths {
+        let list = events_of(b);
+        assert!(list.len() <= 6, "{list:?}");
+        let seqs: Vec<u64> = list.iter().filter_map(|e| e["seq"].as_u64()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    }
+}
+
+fn readyz(b: &Berth) -> (u16, String) {
+    match agent().get(format!("{}/readyz", admin(b))).call() {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+#[test]
+fn an_instance_that_has_not_reached_etcd_is_not_ready_until_it_does() {
+    let mut etcd = Etcd::start(1);
+    let ups = Upstreams::start();
+    etcd.kill(0);
+    let n = node("a", &etcd.endpoints(), &ups.ports, &[], "/t9");
+    let b = Berth::start(&n.config);
+    wait_until("503: etcd not reached", DEADLINE, || {
+        let (status, body) = readyz(&b);
+        status == 503 && body.contains("cluster: etcd not reached yet")
+    });
+    etcd.restart(0);
+    wait_until("ready once etcd answers", Duration::from_secs(30), || {
+        readyz(&b).0 == 200
+    });
 }

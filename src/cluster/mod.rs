@@ -92,6 +92,7 @@ impl Handle {
         };
         let revision = resp.header().map_or(0, |h| h.revision());
         if let Some(live) = self.live.upgrade() {
+            live.share_flag_event(region, &record);
             live.apply_shared(SharedUpdate::Changes {
                 revision,
                 changes: vec![(key, Some(value))],
@@ -272,11 +273,19 @@ async fn session(handle: &Handle, member: &Member) -> Result<(), anyhow::Error> 
     let prefix = format!("{}/", cfg.prefix);
     let all = timed(client.get(prefix.clone(), Some(GetOptions::new().with_prefix()))).await?;
     let revision = all.header().map_or(0, |h| h.revision());
-    let kvs = all
+    let events_prefix = events_prefix(&cfg.prefix);
+    let (event_kvs, kvs): (Vec<_>, Vec<_>) = all
         .kvs()
         .iter()
-        .filter_map(|kv| Some((kv.key_str().ok()?.to_string(), kv.value().to_vec())))
-        .collect();
+        .filter_map(|kv| {
+            Some((
+                kv.key_str().ok()?.to_string(),
+                kv.mod_revision(),
+                kv.value().to_vec(),
+            ))
+        })
+        .partition(|(k, _, _)| k.starts_with(&events_prefix));
+    let kvs = kvs.into_iter().map(|(k, _, v)| (k, v)).collect();
     let mut watch = timed(
         client.watch(
             prefix,
@@ -291,10 +300,16 @@ async fn session(handle: &Handle, member: &Member) -> Result<(), anyhow::Error> 
     .await?;
     let (mut keeper, mut acks) = timed(client.lease_keep_alive(lease)).await?;
     live.apply_shared(SharedUpdate::Resync { revision, kvs });
+    live.apply_shared(SharedUpdate::Events {
+        replace: true,
+        puts: event_kvs,
+        deletes: Vec::new(),
+    });
     handle.set_client(Some(client.clone()));
     drop(live);
     let mut beat = tokio::time::interval(Duration::from_secs((ttl as u64 / 3).max(1)));
     let mut last_ack = tokio::time::Instant::now();
+    let mut outbox = tokio::time::interval(EVENTS_EVERY);
     loop {
         let Some(live) = handle.live.upgrade() else {
             return Ok(());
@@ -306,20 +321,12 @@ async fn session(handle: &Handle, member: &Member) -> Result<(), anyhow::Error> 
                     anyhow::bail!("etcd cancelled the watch: {}", msg.cancel_reason());
                 }
                 let revision = msg.header().map_or(0, |h| h.revision());
-                let changes: Vec<_> = msg
-                    .events()
-                    .iter()
-                    .filter_map(|ev| {
-                        let kv = ev.kv()?;
-                        let key = kv.key_str().ok()?.to_string();
-                        Some(match ev.event_type() {
-                            EventType::Put => (key, Some(kv.value().to_vec())),
-                            EventType::Delete => (key, None),
-                        })
-                    })
-                    .collect();
+                let (changes, puts, deletes) = split_watched(&msg, &events_prefix);
                 if !changes.is_empty() {
                     live.apply_shared(SharedUpdate::Changes { revision, changes });
+                }
+                if !puts.is_empty() || !deletes.is_empty() {
+                    live.apply_shared(SharedUpdate::Events { replace: false, puts, deletes });
                 }
             }
             _ = beat.tick() => {
@@ -335,11 +342,103 @@ async fn session(handle: &Handle, member: &Member) -> Result<(), anyhow::Error> 
                 }
                 last_ack = tokio::time::Instant::now();
             }
+            _ = outbox.tick() => write_events(&mut client, cfg, &live).await?,
             _ = live.local_health_changed.notified() => {
                 published = publish_verdicts(&mut client, cfg, lease, &live, Some(&published)).await?;
             }
         }
     }
+}
+
+/// A watch message's changes: (key, value or `None` for a delete) outside the events list,
+/// and the events list's puts (key, mod revision, value) and deleted keys.
+#[allow(clippy::type_complexity)]
+fn split_watched(
+    msg: &etcd_client::WatchResponse,
+    events_prefix: &str,
+) -> (
+    Vec<(String, Option<Vec<u8>>)>,
+    Vec<(String, i64, Vec<u8>)>,
+    Vec<String>,
+) {
+    let (mut changes, mut puts, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+    for ev in msg.events() {
+        let Some(kv) = ev.kv() else { continue };
+        let Ok(key) = kv.key_str() else { continue };
+        let key = key.to_string();
+        match (ev.event_type(), key.starts_with(events_prefix)) {
+            (EventType::Put, true) => puts.push((key, kv.mod_revision(), kv.value().to_vec())),
+            (EventType::Delete, true) => deletes.push(key),
+            (EventType::Put, false) => changes.push((key, Some(kv.value().to_vec()))),
+            (EventType::Delete, false) => changes.push((key, None)),
+        }
+    }
+    (changes, puts, deletes)
+}
+
+/// How often the session writes this instance's new events to the shared list.
+const EVENTS_EVERY: Duration = Duration::from_millis(200);
+
+fn events_prefix(prefix: &str) -> String {
+    format!("{prefix}/events/")
+}
+
+/// Write this instance's new events under `P/events/` (keys sort by time, then instance),
+/// then delete the oldest beyond `events_max`. An event leaves the outbox only once etcd took
+/// it, so events seen while etcd was unreachable are written when it answers again.
+async fn write_events(
+    client: &mut Client,
+    cfg: &ClusterConfig,
+    live: &Live,
+) -> Result<(), anyhow::Error> {
+    let pending = live.events_to_share();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let prefix = events_prefix(&cfg.prefix);
+    let mut written = Vec::new();
+    for e in &pending {
+        let key = format!("{prefix}{:020}-{}-{:012}", e.at_ms, cfg.instance, e.seq);
+        let put = timed(client.put(key, serde_json::to_vec(e)?, None)).await;
+        if let Err(err) = put {
+            live.events_shared(&written);
+            return Err(err);
+        }
+        written.push(e.seq);
+    }
+    live.events_shared(&written);
+    let count = timed(client.get(
+        prefix.clone(),
+        Some(GetOptions::new().with_prefix().with_count_only()),
+    ))
+    .await?
+    .count();
+    let excess = count - cfg.events_max as i64;
+    if excess > 0 {
+        let oldest = timed(
+            client.get(
+                prefix.clone(),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_sort(etcd_client::SortTarget::Key, etcd_client::SortOrder::Ascend)
+                        .with_limit(excess),
+                ),
+            ),
+        )
+        .await?;
+        if let Some(last) = oldest.kvs().last() {
+            let mut end = last.key().to_vec();
+            end.push(0);
+            timed(client.delete(
+                prefix,
+                Some(etcd_client::DeleteOptions::new().with_range(end)),
+            ))
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Put this instance's probe verdicts that differ from `before` under its lease.
@@ -391,15 +490,34 @@ async fn timed<T>(
 /// How long start-up waits for the first read of the shared state.
 const FIRST_SYNC: Duration = Duration::from_secs(10);
 
+/// Keep `/readyz` at 503 ("cluster: etcd not reached yet") until the shared state was read
+/// once: an instance that started without etcd answers with every region enabled, so a load
+/// balancer should not send it traffic before then.
+pub async fn ready_when_synced(live: Weak<Live>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let Some(l) = live.upgrade() else { return };
+        if l.shared().is_some_and(|s| s.connected) {
+            l.metrics.workers.cluster_synced(true);
+            return;
+        }
+        drop(l);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Wait until the cluster task has read the shared state once, or [`FIRST_SYNC`] passed
-/// (then Berth starts with every region enabled and says so: `berth_cluster_connected` 0).
+/// (then Berth starts with every region enabled and says so: `berth_cluster_connected` 0,
+/// and `/readyz` 503 until etcd answers, [`ready_when_synced`]).
 pub async fn wait_first_sync(live: &Live) {
     let end = tokio::time::Instant::now() + FIRST_SYNC;
     while !live.shared().is_some_and(|s| s.connected) {
         if tokio::time::Instant::now() > end {
             tracing::warn!(
                 "etcd did not answer within {FIRST_SYNC:?}: serving without the shared flags \
-                 until it does"
+                 (and /readyz 503) until it does"
             );
             return;
         }

@@ -23,6 +23,7 @@ pub(super) struct RawCluster {
     user: Option<String>,
     password_env: Option<String>,
     password_file: Option<String>,
+    events_max: Option<usize>,
 }
 
 /// How the live instances' probe verdicts for one region become the shared verdict.
@@ -70,6 +71,8 @@ pub struct ClusterConfig {
     pub identity: Option<ClusterIdentity>,
     pub user: Option<String>,
     pub password: Option<TokenSource>,
+    /// How many events the shared list in etcd keeps (the newest).
+    pub events_max: usize,
 }
 
 fn host_name() -> String {
@@ -171,6 +174,16 @@ impl Validator<'_> {
             identity,
             user: raw.user,
             password,
+            events_max: match raw.events_max {
+                None => 1000,
+                Some(n) if (1..=100_000).contains(&n) => n,
+                Some(n) => {
+                    return Err(self.err(
+                        "cluster.events_max",
+                        format!("{n} is not between 1 and 100000 (the default is 1000)"),
+                    ))
+                }
+            },
         }))
     }
 }
@@ -201,6 +214,7 @@ mod tests {
             ("etcd = [\"http://e:2379\"]\nprefix = \"berth/\"", "/etc/berth/berth.toml: cluster.prefix: \"berth/\" must start with / and not end with one, such as \"/berth\""),
             ("etcd = [\"http://e:2379\"]\ninstance = \"a b\"", "/etc/berth/berth.toml: cluster.instance: \"a b\" must be letters, digits, '-', '_' or '.'"),
             ("etcd = [\"http://e:2379\"]\ncert_file = \"c.pem\"", "/etc/berth/berth.toml: cluster.cert_file: cert_file and key_file go together (the client certificate and its key)"),
+            ("etcd = [\"http://e:2379\"]\nevents_max = 0", "/etc/berth/berth.toml: cluster.events_max: 0 is not between 1 and 100000 (the default is 1000)"),
             ("etcd = [\"http://e:2379\"]\nuser = \"u\"", "/etc/berth/berth.toml: cluster.user: user and a password (password_env or password_file) go together"),
         ] {
             assert_eq!(parse(text).unwrap_err(), want, "{text}");
