@@ -238,13 +238,7 @@ impl Running {
         };
 
         if let Some(cfg) = &snap.config.replication {
-            let (r, mut started) = crate::replication::Replication::start(
-                snapshots(&live),
-                cfg,
-                shutdown.subscribe(),
-            )?;
-            let _ = live.replication.set(r);
-            tasks.append(&mut started);
+            tasks.append(&mut start_replication(&live, cfg, shutdown.subscribe())?);
         }
 
         let proxy = if snap.config.proxy.enabled() {
@@ -407,6 +401,24 @@ fn admin_run(
 }
 
 /// The live snapshot for the replicator, without keeping `Live` alive.
+/// The replicator, reading the live config and (in cluster mode) the member list.
+fn start_replication(
+    live: &Arc<Live>,
+    cfg: &crate::config::ReplicationConfig,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let weak = Arc::downgrade(live);
+    let (r, started) = crate::replication::Replication::start(
+        snapshots(live),
+        cfg,
+        stop,
+        live.metrics.workers.clone(),
+        Arc::new(move || weak.upgrade().and_then(|l| l.shared())),
+    )?;
+    let _ = live.replication.set(r);
+    Ok(started)
+}
+
 fn snapshots(live: &Arc<Live>) -> crate::replication::SnapshotSource {
     let weak = Arc::downgrade(live);
     Arc::new(move || weak.upgrade().map(|l| l.snapshot.load_full()))

@@ -30,9 +30,17 @@ pub enum Kind {
     Health,
     /// The admin API's listener.
     Admin,
+    /// Replication's event, dispatch and reconcile loops, or one replication job.
+    Replication,
 }
 
-const KINDS: [Kind; 4] = [Kind::DnsUdp, Kind::DnsTcp, Kind::Health, Kind::Admin];
+const KINDS: [Kind; 5] = [
+    Kind::DnsUdp,
+    Kind::DnsTcp,
+    Kind::Health,
+    Kind::Admin,
+    Kind::Replication,
+];
 
 impl Kind {
     pub fn label(self) -> &'static str {
@@ -41,6 +49,7 @@ impl Kind {
             Kind::DnsTcp => "dns-tcp",
             Kind::Health => "health",
             Kind::Admin => "admin",
+            Kind::Replication => "replication",
         }
     }
 }
@@ -103,7 +112,7 @@ impl Unit {
 #[derive(Default)]
 pub struct Workers {
     /// By [`Kind`], in `KINDS` order.
-    panics: [AtomicU64; 4],
+    panics: [AtomicU64; 5],
     /// What the last panic said, and in which worker; shown by the API and the dashboard.
     last_panic: Mutex<Option<String>>,
     /// The workers readiness depends on: every DNS UDP thread and TCP accept loop.

@@ -277,6 +277,14 @@ return {
     region: li.querySelector('.region') ? li.querySelector('.region').textContent : null,
     time: li.querySelector('time').textContent,
   })),
+  replication: shown('replication-card')
+    ? [...document.querySelectorAll('#replication-rows tr')].map((tr) => ({
+        region: tr.dataset.region,
+        queued: tr.querySelector('.queued').textContent,
+        present: tr.querySelector('.present').textContent,
+        lag_p50: tr.querySelector('.lag-p50').textContent,
+      }))
+    : null,
   overflow_x: document.documentElement.scrollWidth > window.innerWidth,
   height: document.documentElement.scrollHeight,
   width: window.innerWidth,
@@ -352,7 +360,7 @@ fn the_page_shows_every_region_and_turns_a_stopped_replica_down() {
 
     // A blob pushed through the proxy: requests, bytes, the affinity and the history show.
     let proxy = berth.running().proxy_addr.expect("proxy listener");
-    push_blob(proxy);
+    let _ = push_blob(proxy);
     let page = browser.wait_for("proxy figures after a push", |p| {
         row(p, "westus")["proxy_total"]
             .as_str()
@@ -685,9 +693,79 @@ fn the_page_warns_when_a_worker_panicked() {
     );
 }
 
+/// Issue 12: with `[replication]`, the page shows a replication panel; after a push through
+/// the proxy every region shows the image present, the three copies with their lag. Without it (the other
+/// tests' config) the panel stays hidden.
+#[test]
+fn the_replication_panel_shows_backlog_and_lag_after_a_push() {
+    let _one = serial();
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let mut regs: Vec<support::Registry> = (0..4).map(|_| support::Registry::new()).collect();
+    for r in regs.iter_mut() {
+        rt.block_on(r.start());
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ups: Vec<(String, String)> = (0..4)
+        .map(|i| {
+            (
+                format!("upstream = \"http://127.0.0.1:{}\"", 5001 + i),
+                format!("upstream = \"{}\"", regs[i].upstream()),
+            )
+        })
+        .collect();
+    let all: Vec<(&str, &str)> = ups.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let config = support::demo_config_replicated(dir.path(), &all, "");
+    let berth = Berth::start(&config);
+    let browser = Browser::open(&berth.admin());
+    browser.wait_for("the empty replication panel", |p| {
+        p["replication"].is_array()
+    });
+    let proxy = berth.running().proxy_addr.expect("proxy");
+    let digest = push_blob(proxy);
+    push_manifest(proxy, &digest);
+    // The region pushed to counts as present too (without a lag).
+    let page = browser.wait_for("the image present in all four regions", |p| {
+        p["replication"].as_array().is_some_and(|rows| {
+            rows.iter()
+                .filter(|r| r["present"] == "1" && r["queued"] == "0")
+                .count()
+                == 4
+        })
+    });
+    let lags = page["replication"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["lag_p50"].as_str().is_some_and(|l| l.ends_with(" s")))
+        .count();
+    assert_eq!(lags, 3, "a lag for each destination: {page:#}");
+}
+
+/// PUT a manifest naming `blob` as its config and only layer, as `team/app:1.0`.
+fn push_manifest(proxy: std::net::SocketAddr, blob: &str) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let size = b"a blob pushed through the dashboard test".len();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob, "size": size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": blob, "size": size}],
+    });
+    let r = agent
+        .put(&format!("http://{proxy}/v2/team/app/manifests/1.0"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .send(manifest.to_string().as_bytes())
+        .expect("manifest PUT");
+    assert_eq!(r.status().as_u16(), 201);
+}
+
 /// Push one blob through the proxy as a registry client does: start an upload, then PUT
 /// it whole with its digest (three requests: POST, PUT, and a HEAD to check it).
-fn push_blob(proxy: std::net::SocketAddr) {
+fn push_blob(proxy: std::net::SocketAddr) -> String {
     use sha2::Digest as _;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -728,4 +806,5 @@ fn push_blob(proxy: std::net::SocketAddr) {
         .call()
         .expect("blob");
     assert_eq!(r.status().as_u16(), 200);
+    digest
 }

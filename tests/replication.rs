@@ -399,6 +399,14 @@ fn a_push_through_berth_reaches_every_region() {
     let proxy = proxy(&berth);
     let sk = Skopeo::new();
     let app = image("app-1.0");
+    // The first job panics: counted as a worker panic, and retried like a failed attempt.
+    berth
+        .running()
+        .live
+        .replication
+        .get()
+        .expect("replication on")
+        .inject_job_panic();
     assert_ok(
         &sk.push("app-1.0", &format!("{proxy}/team/app:1.0")),
         "push",
@@ -466,6 +474,10 @@ fn a_push_through_berth_reaches_every_region() {
     assert!(
         metrics.contains("berth_replication_lag_seconds_bucket"),
         "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_worker_panics_total{worker=\"replication\"} 1\n"),
+        "the injected panic counted:\n{metrics}"
     );
 }
 

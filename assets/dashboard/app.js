@@ -569,12 +569,47 @@ async function pollCluster() {
   banner.hidden = false;
 }
 
+/** Seconds as the replication panel shows them: "–" when there is no figure yet. */
+function seconds(x) {
+  return typeof x === "number" ? `${x < 10 ? x.toFixed(2) : x.toFixed(0)} s` : "–";
+}
+
+/** [replication]: backlog and lag per destination region from /api/v1/replication. Hidden
+ * when replication is off (the endpoint answers 404). */
+async function pollReplication() {
+  const card = $("replication-card");
+  let r;
+  try {
+    r = await api("/api/v1/replication");
+  } catch (err) {
+    if (!(err instanceof ApiError) || err.status !== 404) throw err;
+    card.hidden = true;
+    return;
+  }
+  const rows = Object.entries(r.regions || {}).map(([name, g]) =>
+    h("tr", { "data-region": name },
+      h("th", { scope: "row" }, name),
+      h("td", { class: "queued" }, count(g.queued_jobs || 0)),
+      h("td", { class: "present" }, count(g.present || 0)),
+      h("td", { class: "pending" }, count(g.pending || 0)),
+      h("td", { class: "failed" }, count(g.failed || 0)),
+      h("td", { class: "lag-p50" }, seconds(g.lag_p50_seconds)),
+      h("td", { class: "lag-p99" }, seconds(g.lag_p99_seconds))));
+  $("replication-rows").replaceChildren(...rows);
+  const failures = (r.failures || []).length;
+  $("replication-summary").textContent =
+    `${count(r.queued_jobs || 0)} jobs queued, ${count(r.copied_bytes || 0)} bytes copied` +
+    (failures ? `, ${failures} failed` : "") + ".";
+  card.hidden = false;
+}
+
 async function poll() {
   try {
     const data = await api("/api/v1/regions");
     page.data = data;
     updateRates(sample(data));
     render();
+    await pollReplication();
     await pollCluster();
     await pollEvents();
     markFresh();

@@ -320,7 +320,8 @@ where
 
 /// Client settings for one probe: the roots of `ca_file`, else the system's (loaded once per
 /// process; a CA file is read at each probe so a renewed one counts without a reload).
-fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ProbeError> {
+/// Replication's registry clients use it too, so they trust what the probe trusts.
+pub(crate) fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ProbeError> {
     static SYSTEM: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     match ca_file {
         Some(path) => client_config(file_roots(path)?),

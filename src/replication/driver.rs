@@ -10,21 +10,41 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::copy::Task;
-use super::queue::Job;
+use super::queue::{should_run, Job};
 use super::{backoff, reconcile, rules, unix_ms, Pushed, Replication, SnapshotSource};
 use crate::config::ReplicationConfig;
 use crate::snapshot::Snapshot;
+use crate::supervise::{supervise_task, Kind, Unit};
 
+/// The three loops, each supervised: a panic is logged, counted
+/// (`berth_worker_panics_total{worker="replication"}`) and the loop started again; the queue,
+/// the status table and the event channel outlive it.
 pub(super) fn spawn(
     live: &SnapshotSource,
     r: &Arc<Replication>,
     events: Receiver<Pushed>,
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
+    let workers = r.workers.clone();
+    let unit = |name: &str| Unit::unlisted(Kind::Replication, name);
+    // The receiver outlives a panicked event loop: the next one takes it from here.
+    let events = Arc::new(tokio::sync::Mutex::new(events));
+    let (l, rr, st) = (live.clone(), r.clone(), stop.clone());
+    let event = supervise_task(workers.clone(), unit("replication-events"), move || {
+        event_loop(l.clone(), rr.clone(), events.clone(), st.clone())
+    });
+    let (l, rr, st) = (live.clone(), r.clone(), stop.clone());
+    let dispatch = supervise_task(workers.clone(), unit("replication-dispatch"), move || {
+        dispatch_loop(l.clone(), rr.clone(), st.clone())
+    });
+    let (l, rr) = (live.clone(), r.clone());
+    let reconcile = supervise_task(workers, unit("replication-reconcile"), move || {
+        reconcile::run_loop(l.clone(), rr.clone(), stop.clone())
+    });
     vec![
-        tokio::spawn(event_loop(live.clone(), r.clone(), events, stop.clone())),
-        tokio::spawn(dispatch_loop(live.clone(), r.clone(), stop.clone())),
-        tokio::spawn(reconcile::run_loop(live.clone(), r.clone(), stop)),
+        tokio::spawn(event),
+        tokio::spawn(dispatch),
+        tokio::spawn(reconcile),
     ]
 }
 
@@ -35,9 +55,10 @@ fn config(snap: &Snapshot) -> Option<&ReplicationConfig> {
 async fn event_loop(
     live: SnapshotSource,
     r: Arc<Replication>,
-    mut events: Receiver<Pushed>,
+    events: Arc<tokio::sync::Mutex<Receiver<Pushed>>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut events = events.lock().await;
     loop {
         let ev = tokio::select! {
             ev = events.recv() => ev,
@@ -104,13 +125,18 @@ async fn dispatch_loop(live: SnapshotSource, r: Arc<Replication>, mut stop: watc
         let Some(snap) = live() else { return };
         let per_dest = config(&snap).map_or(1, |c| c.concurrency);
         let now = unix_ms();
-        let ready = r.queue().take_ready(now, per_dest);
+        let cluster = (r.cluster)();
+        let runs_here = |j: &Job| should_run(cluster.as_ref(), j);
+        let ready = r.queue().take_ready(now, per_dest, runs_here);
         for job in ready {
-            tokio::spawn(run_job(snap.clone(), r.clone(), job));
+            tokio::spawn(supervised_job(snap.clone(), r.clone(), job));
         }
-        let wait = r.queue().next_due().map_or(Duration::from_secs(1), |due| {
-            Duration::from_millis(due.saturating_sub(now).clamp(10, 1000))
-        });
+        let wait = r
+            .queue()
+            .next_due(runs_here)
+            .map_or(Duration::from_secs(1), |due| {
+                Duration::from_millis(due.saturating_sub(now).clamp(10, 1000))
+            });
         tokio::select! {
             _ = r.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -131,7 +157,34 @@ fn source_for(r: &Replication, job: &Job) -> String {
     holders[job.attempts as usize % holders.len()].clone()
 }
 
+/// One job in its own task: a panic in it is logged and counted like a worker's, and counts
+/// as a failed attempt (retried with backoff), so the job is not left taken forever.
+async fn supervised_job(snap: Arc<Snapshot>, r: Arc<Replication>, job: Job) {
+    let result = tokio::spawn(run_job(snap.clone(), r.clone(), job.clone())).await;
+    let Err(e) = result else { return };
+    if !e.is_panic() {
+        return;
+    }
+    let payload = e.into_panic();
+    let who = format!(
+        "replication-job {}@{} to {}",
+        job.repo, job.digest, job.dest
+    );
+    r.workers.panicked(Kind::Replication, &who, &*payload);
+    if let Some(cfg) = config(&snap) {
+        let error = format!("panicked: {}", crate::panic_message(&*payload));
+        failed(cfg, &r, &job, &error);
+        save(cfg, &r);
+    }
+    r.wake.notify_one();
+}
+
 async fn run_job(snap: Arc<Snapshot>, r: Arc<Replication>, job: Job) {
+    if r.panic_next_job
+        .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        panic!("panic injected into a replication job by Replication::inject_job_panic");
+    }
     let Some(cfg) = config(&snap) else { return };
     let find = |name: &str| snap.config.regions.iter().find(|g| g.name == name);
     let source = source_for(&r, &job);

@@ -46,6 +46,10 @@ use status::StatusTable;
 /// stopping. A function, so this module does not depend on `live` (which holds it).
 pub type SnapshotSource = Arc<dyn Fn() -> Option<Arc<Snapshot>> + Send + Sync>;
 
+/// The cluster's shared state (members), or None in single-instance mode: which jobs this
+/// instance runs ([`queue::should_run`]).
+pub type ClusterSource = Arc<dyn Fn() -> Option<crate::shared::SharedState> + Send + Sync>;
+
 /// A manifest stored in a region: what the proxy's hook and registry notifications report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pushed {
@@ -74,11 +78,17 @@ pub struct Replication {
     sync_now: tokio::sync::Notify,
     engine: Arc<Engine>,
     pub metrics: ReplicationMetrics,
-    /// Registry clients by region name, with the upstream they were built for.
+    /// Registry clients by region name, with the upstream and CA file they were built for.
     registries: Mutex<HashMap<String, (String, Arc<Registry>)>>,
     http: reqwest::Client,
     /// (region, username, password) read at start; never logged.
     credentials: Vec<(String, String, String)>,
+    /// Where the replicator's panics are counted (its loops and jobs are supervised).
+    workers: Arc<crate::supervise::Workers>,
+    /// The cluster view, asked at each dispatch and reconcile.
+    cluster: ClusterSource,
+    /// Set by [`Replication::inject_job_panic`]: the next job panics (tests of supervision).
+    panic_next_job: std::sync::atomic::AtomicBool,
 }
 
 pub fn unix_ms() -> u64 {
@@ -93,6 +103,8 @@ impl Replication {
         live: SnapshotSource,
         cfg: &ReplicationConfig,
         stop: tokio::sync::watch::Receiver<bool>,
+        workers: Arc<crate::supervise::Workers>,
+        cluster: ClusterSource,
     ) -> anyhow::Result<(Arc<Replication>, Vec<tokio::task::JoinHandle<()>>)> {
         let queue = Queue::load(&cfg.queue_file)?;
         if !queue.is_empty() {
@@ -118,8 +130,11 @@ impl Replication {
             engine: Arc::new(Engine::default()),
             metrics: ReplicationMetrics::default(),
             registries: Mutex::new(HashMap::new()),
-            http: Registry::client()?,
+            http: Registry::client(None)?,
             credentials,
+            workers,
+            cluster,
+            panic_next_job: std::sync::atomic::AtomicBool::new(false),
         });
         {
             // Resumed jobs show as pending in the status table.
@@ -155,6 +170,13 @@ impl Replication {
         }
     }
 
+    /// Make the next job panic (once), for tests that the panic is counted and the job
+    /// retried.
+    #[doc(hidden)]
+    pub fn inject_job_panic(&self) {
+        self.panic_next_job.store(true, Ordering::Relaxed);
+    }
+
     /// Ask for a reconcile pass now.
     pub fn sync(&self) {
         self.sync_now.notify_one();
@@ -163,24 +185,35 @@ impl Replication {
     /// The registry client of `region`, built on first use (and again if its upstream moved).
     fn registry(&self, region: &Region) -> Option<Arc<Registry>> {
         let upstream = region.upstream.as_ref()?;
+        let ca_file = region.probe.ca_file.as_deref();
+        // The client is rebuilt when the upstream or its CA file changes.
+        let key = format!(
+            "{upstream} {}",
+            ca_file.map(|p| p.display().to_string()).unwrap_or_default()
+        );
         let mut m = self.registries.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((u, r)) = m.get(&region.name) {
-            if u == upstream {
+        if let Some((k, r)) = m.get(&region.name) {
+            if k == &key {
                 return Some(r.clone());
             }
         }
+        let http = match ca_file {
+            None => self.http.clone(),
+            Some(path) => match Registry::client(Some(path)) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(region = %region.name, error = %format!("{e:#}"), "replication: no registry client for this region (fix its probe.ca_file / proxy.upstream_ca_file); its jobs wait for the next reconcile");
+                    return None;
+                }
+            },
+        };
         let cred = self
             .credentials
             .iter()
             .find(|(r, _, _)| r == &region.name)
             .map(|(_, u, p)| (u.clone(), p.clone()));
-        let r = Arc::new(Registry::new(
-            &region.name,
-            upstream,
-            cred,
-            self.http.clone(),
-        ));
-        m.insert(region.name.clone(), (upstream.clone(), r.clone()));
+        let r = Arc::new(Registry::new(&region.name, upstream, cred, http));
+        m.insert(region.name.clone(), (key, r.clone()));
         Some(r)
     }
 

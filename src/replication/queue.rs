@@ -10,7 +10,8 @@
 //! rewritten atomically (temp file, fsync, rename, fsync of the directory) after each change
 //! of the set of jobs. Several instances in front of the same replicas each keep their own
 //! queue: copies are idempotent (same digest, same bytes; HEAD first), so the cost of running
-//! a job twice is a few HEAD requests. Cluster mode (#11) plugs in at [`should_run`].
+//! a job twice is a few HEAD requests. In cluster mode [`should_run`] gives each job found by
+//! reconcile to one live member.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -42,13 +43,28 @@ pub struct Job {
     pub last_error: Option<String>,
 }
 
-/// Should this instance run job `key` ((repository, digest, destination))? In single-instance
-/// mode every job is ours. Cluster mode (#11) answers from the member list: the live member
-/// that owns the key's hash (rendezvous hashing over members) runs it, the others skip it and
-/// keep it queued until the owner's copy shows up (or the owner dies and ownership moves), so
-/// each job runs once per cluster in the normal case and at most once per instance otherwise.
-pub fn should_run(_repo: &str, _digest: &str, _dest: &str) -> bool {
-    true
+/// Should this instance run `job`? In single-instance mode (`cluster` None) every job is
+/// ours. In cluster mode a job found by reconcile (every instance plans the same ones, from
+/// the same registries) runs only on its owner among the live members: rendezvous hashing of
+/// (repository, digest, destination) over the member names ([`crate::shared::owner`]). The
+/// others keep it queued: when the owner dies its lease ends, it leaves the member list, and
+/// ownership moves to the next member, which runs it (HEAD first, so if the dead owner had
+/// finished it the take-over costs a few HEAD requests). A job from a push or a notification
+/// (it has `pushed_at_ms`) is known only to the instance that received the event, so that
+/// instance runs it. Duplicate work is thus bounded: in a stable membership each reconcile job
+/// runs once per cluster; each membership change can run a job once more per instance whose
+/// view of the members differs, and every repeat is idempotent (same digest, same bytes).
+/// A member list that does not name this instance (its lease lapsed) still counts it, so
+/// nothing stalls while etcd is away.
+pub fn should_run(cluster: Option<&crate::shared::SharedState>, job: &Job) -> bool {
+    let Some(s) = cluster else { return true };
+    if job.pushed_at_ms.is_some() {
+        return true;
+    }
+    let key = format!("{}@{}>{}", job.repo, job.digest, job.dest);
+    let mut members: BTreeSet<&str> = s.members.keys().map(String::as_str).collect();
+    members.insert(&s.instance);
+    crate::shared::owner(members, &key) == Some(s.instance.as_str())
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -111,7 +127,13 @@ impl Queue {
 
     /// Jobs due at `now` and not running, at most `per_dest` running per destination,
     /// oldest first; they are marked running.
-    pub fn take_ready(&mut self, now_ms: u64, per_dest: usize) -> Vec<Job> {
+    /// `runs_here` is [`should_run`] with the current cluster view: jobs it refuses stay queued.
+    pub fn take_ready(
+        &mut self,
+        now_ms: u64,
+        per_dest: usize,
+        runs_here: impl Fn(&Job) -> bool,
+    ) -> Vec<Job> {
         let mut busy: BTreeMap<String, usize> = BTreeMap::new();
         for id in &self.running {
             if let Some(j) = self.jobs.get(id) {
@@ -120,10 +142,7 @@ impl Queue {
         }
         let mut out = vec![];
         for j in self.jobs.values() {
-            if self.running.contains(&j.id)
-                || j.not_before_ms > now_ms
-                || !should_run(&j.repo, &j.digest, &j.dest)
-            {
+            if self.running.contains(&j.id) || j.not_before_ms > now_ms || !runs_here(j) {
                 continue;
             }
             let n = busy.entry(j.dest.clone()).or_default();
@@ -155,11 +174,11 @@ impl Queue {
         Some(j)
     }
 
-    /// Earliest time a waiting job becomes due.
-    pub fn next_due(&self) -> Option<u64> {
+    /// Earliest time a waiting job this instance runs becomes due.
+    pub fn next_due(&self, runs_here: impl Fn(&Job) -> bool) -> Option<u64> {
         self.jobs
             .values()
-            .filter(|j| !self.running.contains(&j.id))
+            .filter(|j| !self.running.contains(&j.id) && runs_here(j))
             .map(|j| j.not_before_ms)
             .min()
     }
@@ -179,6 +198,15 @@ impl Queue {
 
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()
+    }
+
+    /// Drop the waiting jobs `stale` says are no longer needed (a reconcile job another
+    /// member owns that the latest reconcile no longer plans: its owner has copied it).
+    pub fn drop_waiting(&mut self, stale: impl Fn(&Job) -> bool) -> usize {
+        let before = self.jobs.len();
+        let running = &self.running;
+        self.jobs.retain(|id, j| running.contains(id) || !stale(j));
+        before - self.jobs.len()
     }
 
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
@@ -286,22 +314,22 @@ mod tests {
         assert!(!q.add(job("app", "eastus", "latest")), "merged");
         assert!(q.add(job("app", "westeurope", "1")));
         assert_eq!(q.len(), 2);
-        let ready = q.take_ready(0, 1);
+        let ready = q.take_ready(0, 1, |_| true);
         assert_eq!(ready.len(), 2);
         assert_eq!(ready[0].tags.len(), 2);
         assert!(
-            q.take_ready(0, 1).is_empty(),
+            q.take_ready(0, 1, |_| true).is_empty(),
             "running jobs are not handed out twice"
         );
         q.retry_later(ready[0].id, 100, "connection refused");
-        assert!(q.take_ready(99, 1).is_empty());
-        assert_eq!(q.next_due(), Some(100));
+        assert!(q.take_ready(99, 1, |_| true).is_empty());
+        assert_eq!(q.next_due(|_| true), Some(100));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.json");
         q.save(&path).unwrap();
         let mut back = Queue::load(&path).unwrap();
         assert_eq!(back.len(), 2);
-        let again = back.take_ready(100, 4);
+        let again = back.take_ready(100, 4, |_| true);
         assert_eq!(
             again.len(),
             2,
@@ -314,6 +342,68 @@ mod tests {
             back.jobs().all(|j| j.id != again[0].id)
                 && back.jobs().map(|j| j.id).max() > Some(again[1].id)
         );
+    }
+
+    #[test]
+    fn cluster_ownership() {
+        use crate::shared::{Member, SharedState};
+        let member = |name: &str| Member {
+            instance: name.into(),
+            version: "1".into(),
+            config_hash: "h".into(),
+            admin: None,
+            started_ms: 0,
+        };
+        let view = |me: &str, members: &[&str]| {
+            let mut s = SharedState::new(me, crate::config::HealthQuorum::Majority);
+            s.members = members.iter().map(|m| (m.to_string(), member(m))).collect();
+            s
+        };
+        let mut found = job("app", "eastus", "1");
+        found.pushed_at_ms = None;
+        let jobs: Vec<Job> = (0..40)
+            .map(|i| Job {
+                digest: format!("sha256:{i}"),
+                ..found.clone()
+            })
+            .collect();
+        // Single instance: every job is ours.
+        assert!(jobs.iter().all(|j| should_run(None, j)));
+        // Three live members: each reconcile job runs on exactly one, and all three take some.
+        let names = ["a", "b", "c"];
+        let views: Vec<SharedState> = names.iter().map(|n| view(n, &names)).collect();
+        let mut per_member = [0; 3];
+        for j in &jobs {
+            let runners: Vec<usize> = (0..3).filter(|i| should_run(Some(&views[*i]), j)).collect();
+            assert_eq!(runners.len(), 1, "{j:?}");
+            per_member[runners[0]] += 1;
+        }
+        assert!(per_member.iter().all(|n| *n > 0), "{per_member:?}");
+        // "c" dies: its jobs move to a or b, nobody else's move.
+        let after: Vec<SharedState> = ["a", "b"].iter().map(|n| view(n, &["a", "b"])).collect();
+        for j in &jobs {
+            let before = (0..3).find(|i| should_run(Some(&views[*i]), j)).unwrap();
+            let now: Vec<usize> = (0..2).filter(|i| should_run(Some(&after[*i]), j)).collect();
+            assert_eq!(now.len(), 1);
+            if before < 2 {
+                assert_eq!(now[0], before, "only the dead member's jobs move");
+            }
+        }
+        // A push's job runs where the push was heard, whoever owns its key.
+        let pushed = job("app", "eastus", "1");
+        assert!(views.iter().all(|v| should_run(Some(v), &pushed)));
+        // The queue keeps a job another member owns, and does not hand it out.
+        let mut q = Queue::default();
+        let theirs = jobs
+            .iter()
+            .find(|j| !should_run(Some(&views[0]), j))
+            .unwrap();
+        q.add(theirs.clone());
+        assert!(q
+            .take_ready(u64::MAX, 4, |j| should_run(Some(&views[0]), j))
+            .is_empty());
+        assert_eq!(q.next_due(|j| should_run(Some(&views[0]), j)), None);
+        assert_eq!(q.len(), 1);
     }
 
     #[test]

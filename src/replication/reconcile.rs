@@ -154,7 +154,29 @@ pub(super) async fn pass(snap: &Snapshot, r: &Replication) {
         tracing::warn!(conflict = %c, "reconcile");
     }
     let jobs = to_jobs(r, planned);
+    drop_theirs_done(r, &jobs);
     r.enqueue(jobs, &cfg.queue_file);
+}
+
+/// Cluster mode: a reconcile job another member owns, that this pass no longer plans, was
+/// done by its owner; it leaves this instance's queue (it was kept for a take-over).
+fn drop_theirs_done(r: &Replication, planned: &[super::queue::Job]) {
+    let Some(cluster) = (r.cluster)() else { return };
+    let keys: BTreeSet<(&str, &str, &str)> = planned
+        .iter()
+        .map(|j| (j.repo.as_str(), j.digest.as_str(), j.dest.as_str()))
+        .collect();
+    let dropped = r.queue().drop_waiting(|j| {
+        j.pushed_at_ms.is_none()
+            && !super::queue::should_run(Some(&cluster), j)
+            && !keys.contains(&(j.repo.as_str(), j.digest.as_str(), j.dest.as_str()))
+    });
+    if dropped > 0 {
+        tracing::debug!(
+            dropped,
+            "reconcile: jobs their owners finished left the queue"
+        );
+    }
 }
 
 /// The digest of every tag of `repo` in every reachable region.

@@ -81,14 +81,21 @@ impl Registry {
 
     /// The shared HTTP client: connection pools per host, connect and read timeouts, no
     /// overall timeout (a blob of many GB takes as long as it takes while bytes flow).
-    pub fn client() -> Result<reqwest::Client, reqwest::Error> {
-        reqwest::Client::builder()
+    /// HTTPS upstreams are checked against `ca_file` (the region's `probe.ca_file`, which
+    /// defaults to `proxy.upstream_ca_file`) or the system roots, with the probe's rustls
+    /// settings (ring, the provider pingora builds): Berth trusts one set of CAs per region.
+    pub fn client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+        let tls = crate::health::probe::tls_config(ca_file)
+            .map_err(|e| anyhow::anyhow!("replication's registry client: {}", crate::report(&e)))?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
             // Registries notify about Berth's own copies too; this is how they are told apart.
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(120))
             .pool_idle_timeout(Duration::from_secs(60))
-            .build()
+            .build()?;
+        Ok(client)
     }
 
     fn err_http(&self, what: &str, source: reqwest::Error) -> RegistryError {
@@ -517,5 +524,26 @@ mod tests {
             next_link(r#"</v2/_catalog?last=b&n=2>; rel="next""#).as_deref(),
             Some("/v2/_catalog?last=b&n=2")
         );
+    }
+    /// HTTPS: the client trusts the region's CA file (as the probe does) or the system roots,
+    /// and a CA file that cannot be used is an error that names it.
+    #[test]
+    fn client_trusts_the_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["berth test CA".to_string()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = ca.self_signed(&key).unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, cert.pem()).unwrap();
+        Registry::client(Some(&path)).unwrap();
+        Registry::client(None).unwrap();
+
+        let missing = dir.path().join("missing.pem");
+        let e = format!("{:#}", Registry::client(Some(&missing)).unwrap_err());
+        assert!(e.contains("missing.pem"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate").unwrap();
+        let e = format!("{:#}", Registry::client(Some(&empty)).unwrap_err());
+        assert!(e.contains("no usable certificate"), "{e}");
     }
 }
