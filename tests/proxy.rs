@@ -15,22 +15,11 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 mod support;
-use support::{demo_config, Berth, Registry};
+use support::{demo_config, runtime, Berth, Registry, MANIFEST_TYPES};
 
 const SECRET: &str = "proxy-test-secret-0123456789abcdef";
 const ADMIN_TOKEN: &str = "test-token-0123456789";
 const DEADLINE: Duration = Duration::from_secs(30);
-const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.oci.image.index.v1+json, \
-    application/vnd.docker.distribution.manifest.v2+json";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 // ---------------------------------------------------------------------------------------------
 // The test image: built once per run with the shared test bed's script (umoci, no network).
@@ -38,24 +27,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// The OCI layout holding `app-1.0` (3 layers) and `tool-1.0` (shares the base layer).
 fn layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
-    LAYOUT.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("proxy-images");
-        let layout = dir.join("layout");
-        let script = support::repo().join("../shared/testbed/make-images.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .env("IMG_LAYOUT", &layout)
-            .env("OCI_TESTBED_DIR", &dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {} (needs umoci): {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "make-images.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        layout
-    })
+    LAYOUT.get_or_init(|| support::make_images("proxy-images"))
 }
 
 /// An image of the layout: its manifest digest and the blobs the manifest names.

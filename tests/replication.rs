@@ -12,23 +12,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod support;
-use support::{demo_config_replicated, Berth, Registry};
+use support::{demo_config_replicated, runtime, Berth, Registry, MANIFEST_TYPES};
 
 const SECRET: &str = "replication-test-secret-0123456789";
 const ADMIN_TOKEN: &str = "test-token-0123456789";
 const DEADLINE: Duration = Duration::from_secs(60);
-const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.oci.image.index.v1+json, \
-    application/vnd.docker.distribution.manifest.v2+json";
 const REGIONS: [&str; 4] = ["westus", "eastus", "westeurope", "southeastasia"];
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 // ---------------------------------------------------------------------------------------------
 // Test images (umoci, offline) and skopeo.
@@ -38,21 +27,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("replication-images");
-        let layout = dir.join("layout");
-        let script = support::repo().join("../shared/testbed/make-images.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .env("IMG_LAYOUT", &layout)
-            .env("OCI_TESTBED_DIR", &dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {} (needs umoci): {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "make-images.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let layout = support::make_images("replication-images");
         add_index(&layout);
         layout
     })

@@ -411,3 +411,39 @@ pub fn ecs_query(name: &str, qtype: hickory_proto::rr::RecordType, subnet: &str)
     m.set_edns(e);
     m.to_vec().expect("encode")
 }
+
+/// The `Accept` header a registry client sends for manifests (OCI and Docker, single and index).
+pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+/// A two-thread runtime for tests that drive async clients from a plain test function.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Builds the test bed's OCI layout (`app-1.0`, 3 layers; `tool-1.0`, sharing the base layer)
+/// offline with `../shared/testbed/make-images.sh` (umoci) under `CARGO_TARGET_TMPDIR/<name>`,
+/// and returns the layout's path.
+pub fn make_images(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let layout = dir.join("layout");
+    let script = repo().join("../shared/testbed/make-images.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .env("IMG_LAYOUT", &layout)
+        .env("OCI_TESTBED_DIR", &dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} (needs umoci): {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "make-images.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    layout
+}
