@@ -30,6 +30,29 @@ struct Member {
     child: Option<Child>,
 }
 
+/// A free loopback port below the kernel's ephemeral range. An etcd member killed and
+/// restarted by a test must get its port back: a port from the ephemeral range can meanwhile
+/// be taken as the source port of some outgoing connection, or even by a connection to
+/// itself (Linux's TCP self-connect, when a client keeps dialling a dead local port), and
+/// the restart then fails to bind.
+fn stable_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Start at a per-process offset so that test binaries running at once rarely meet.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = low.saturating_sub(20000).max(1000);
+    let base = 20000 + (std::process::id() as u16 % span);
+    loop {
+        let p = 20000 + (base - 20000 + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
 /// An etcd cluster of `n` members on loopback, data in a temp dir; killed on drop.
 struct Etcd {
     dir: tempfile::TempDir,
@@ -42,8 +65,8 @@ impl Etcd {
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("e{i}"),
-                client: free_port(),
-                peer: free_port(),
+                client: stable_port(),
+                peer: stable_port(),
                 child: None,
             })
             .collect();
@@ -131,6 +154,29 @@ impl Etcd {
     /// Restart a killed member on its data dir (it rejoins as it was).
     fn restart(&mut self, i: usize) {
         self.spawn(i);
+        self.wait_up(i);
+    }
+
+    /// Wait until member `i` has bound its client port again (etcd binds before it has a
+    /// quorum); on timeout, show its log, so a restart that could not bind is plain to see.
+    fn wait_up(&self, i: usize) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.members[i].client));
+        let end = std::time::Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err() {
+            if std::time::Instant::now() > end {
+                let log = self
+                    .dir
+                    .path()
+                    .join(format!("{}.log", self.members[i].name));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                panic!(
+                    "etcd member {i} did not come back; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The index of the current leader, from `etcdctl endpoint status`.
@@ -874,7 +920,14 @@ fn an_instance_that_has_not_reached_etcd_is_not_ready_until_it_does() {
         status == 503 && body.contains("cluster: etcd not reached yet")
     });
     etcd.restart(0);
-    wait_until("ready once etcd answers", Duration::from_secs(30), || {
-        readyz(&b).0 == 200
-    });
+    let mut last = (0, String::new());
+    let end = Instant::now() + Duration::from_secs(30);
+    while last.0 != 200 {
+        assert!(
+            Instant::now() < end,
+            "not ready 30 s after etcd answers again; /readyz said {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        last = readyz(&b);
+    }
 }
