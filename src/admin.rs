@@ -517,6 +517,7 @@ async fn cluster_status(State(ctx): State<Ctx>) -> Response {
         "enabled": true,
         "instance": shared.instance,
         "connected": shared.connected,
+        "last_error": shared.last_error,
         "etcd": cfg.map(|c| c.etcd.clone()),
         "prefix": cfg.map(|c| c.prefix.clone()),
         "health_quorum": shared.quorum.name(),

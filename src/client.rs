@@ -195,6 +195,9 @@ pub fn render_cluster(v: &Value) -> String {
         v["health_quorum"].as_str().unwrap_or("?"),
         v["revision"],
     );
+    if let Some(e) = v["last_error"].as_str() {
+        out.push_str(&format!("last etcd error: {e}\n"));
+    }
     out.push_str(&format!(
         "{:<20} {:<10} {:<18} {}\n",
         "MEMBER", "VERSION", "CONFIG HASH", "ADMIN"

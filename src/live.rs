@@ -365,6 +365,7 @@ impl Live {
                     ));
                 }
                 shared.connected = true;
+                shared.last_error = None;
                 flag_diff(&old_flags, &shared.flags)
             }
             SharedUpdate::Changes { revision, changes } => {
@@ -397,11 +398,13 @@ impl Live {
                         "cluster-disconnected",
                         None,
                         format!(
-                            "etcd unreachable ({why}): serving the last shared state;                              operator changes are refused until it returns"
+                            "etcd unreachable ({why}): serving the last shared state; operator changes are \
+                             refused until it returns"
                         ),
                     ));
                 }
                 shared.connected = false;
+                shared.last_error = Some(why);
                 Vec::new()
             }
         };

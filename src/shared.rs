@@ -87,6 +87,9 @@ pub struct SharedState {
     pub quorum: HealthQuorum,
     /// Is the watch on etcd running? When not, everything here is the last known state.
     pub connected: bool,
+    /// Why the last session with etcd ended (or could not start), while not connected: what
+    /// an operator reads to fix a wrong CA, certificate or password.
+    pub last_error: Option<String>,
     pub flags: BTreeMap<String, FlagRecord>,
     /// By instance, then region.
     pub verdicts: BTreeMap<String, BTreeMap<String, Verdict>>,
@@ -114,6 +117,7 @@ impl SharedState {
             instance: instance.to_string(),
             quorum,
             connected: false,
+            last_error: None,
             flags: BTreeMap::new(),
             verdicts: BTreeMap::new(),
             members: BTreeMap::new(),

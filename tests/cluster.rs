@@ -931,3 +931,180 @@ fn an_instance_that_has_not_reached_etcd_is_not_ready_until_it_does() {
         last = readyz(&b);
     }
 }
+
+// ---------- etcd over TLS, with a client certificate and a password ----------
+
+/// A CA, and certificates it signed: the server's for 127.0.0.1, and a client's.
+fn write_pki(dir: &Path) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "berth etcd test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().expect("key"))
+        .expect("CA");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("ca");
+    for (name, sans, cn) in [
+        (
+            "server",
+            vec!["127.0.0.1".to_string(), "localhost".to_string()],
+            "etcd",
+        ),
+        ("client", Vec::new(), "berth"),
+    ] {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(sans).expect("params");
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &ca).expect("cert");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("cert");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("key");
+    }
+}
+
+/// One etcd member that serves clients over TLS only, asks for a client certificate signed
+/// by the test CA, and has authentication on with user `root` (password `rootpw`).
+struct TlsEtcd {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl TlsEtcd {
+    fn start() -> TlsEtcd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_pki(dir.path());
+        let (port, peer) = (stable_port(), stable_port());
+        let p = |f: &str| dir.path().join(f).display().to_string();
+        let url = format!("https://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log");
+        let child = Command::new("etcd")
+            .args(["--name", "tls", "--data-dir", &p("data")])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args(["--initial-cluster", &format!("tls=http://127.0.0.1:{peer}")])
+            .args([
+                "--cert-file",
+                &p("server.pem"),
+                "--key-file",
+                &p("server.key"),
+            ])
+            .args(["--trusted-ca-file", &p("ca.pem"), "--client-cert-auth"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("etcd runs (apt-get install etcd-server)");
+        let e = TlsEtcd { dir, port, child };
+        wait_until("TLS etcd answers etcdctl", DEADLINE, || {
+            e.ctl(&["endpoint", "health"]).is_ok()
+        });
+        e.ctl(&["user", "add", "root:rootpw", "--interactive=false"])
+            .expect("user add");
+        e.ctl(&["auth", "enable"]).expect("auth enable");
+        e
+    }
+
+    /// Run etcdctl as root over TLS; stdout, or stderr as the error.
+    fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let p = |f: &str| self.dir.path().join(f).display().to_string();
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &format!("https://127.0.0.1:{}", self.port)])
+            .args(["--cacert", &p("ca.pem"), "--cert", &p("client.pem")])
+            .args(["--key", &p("client.key"), "--user", "root:rootpw"])
+            .args(args)
+            .output()
+            .expect("etcdctl runs (apt-get install etcd-client)");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `[cluster]` keys for this member's CA and client certificate, plus `more`.
+    fn keys(&self, more: &str) -> String {
+        let p = |f: &str| self.dir.path().join(f).display().to_string();
+        format!(
+            "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n{more}",
+            p("ca.pem"),
+            p("client.pem"),
+            p("client.key")
+        )
+    }
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cluster_view(b: &Berth) -> Value {
+    get_json(&format!("{}/api/v1/cluster", admin(b)))
+}
+
+/// Production etcd runs with TLS, client certificates and authentication: with the right
+/// CA, certificate and password Berth joins and its changes land in etcd; with a wrong
+/// password, or without the CA, it stays disconnected and says why.
+#[test]
+fn etcd_with_tls_client_certificates_and_a_password() {
+    let etcd = TlsEtcd::start();
+    let ups = Upstreams::start();
+    let endpoints = [format!("https://127.0.0.1:{}", etcd.port)];
+    let with_password = |name: &str, password: &str, keys: String| {
+        let n = node_with(name, &endpoints, &ups.ports, &[], "/t10", &keys);
+        std::fs::write(n.dir.path().join("etcd-password"), password).expect("password");
+        n
+    };
+    let good = with_password("a", "rootpw\n", etcd.keys(PASSWORD_KEYS));
+    let wrong = with_password("b", "not-the-password\n", etcd.keys(PASSWORD_KEYS));
+    let no_ca = with_password(
+        "c",
+        "rootpw\n",
+        etcd.keys(PASSWORD_KEYS).replace("ca_file", "# ca_file"),
+    );
+    // The two that cannot connect each wait out the first-sync bound: start them together.
+    let starts: Vec<_> = [wrong.config.clone(), no_ca.config.clone()]
+        .into_iter()
+        .map(|c| std::thread::spawn(move || Berth::start(&c)))
+        .collect();
+    let a = Berth::start(&good.config);
+    wait_until("A connected over TLS with its password", DEADLINE, || {
+        cluster_view(&a)["connected"] == true
+    });
+    let url = format!("{}/api/v1/regions/southeastasia", admin(&a));
+    assert_eq!(put(&url, &disable_body("tls")).0, 200);
+    let stored = etcd
+        .ctl(&["get", "/t10/flags/southeastasia", "--print-value-only"])
+        .expect("etcdctl get");
+    assert!(stored.contains("\"reason\":\"tls\""), "{stored}");
+    assert_ne!(tokyo_a(a.dns), [SEA]);
+
+    let others: Vec<Berth> = starts
+        .into_iter()
+        .map(|t| t.join().expect("start"))
+        .collect();
+    for (b, why) in others.iter().zip(["authentication", "certificate"]) {
+        let v = cluster_view(b);
+        assert_eq!(v["connected"], false, "{v}");
+        let err = v["last_error"].as_str().unwrap_or_default().to_lowercase();
+        assert!(err.contains(why), "last_error should mention {why}: {v}");
+        let (status, body) = put(
+            &format!("{}/api/v1/regions/westus", admin(b)),
+            &disable_body("refused"),
+        );
+        assert_eq!(status, 503, "{body}");
+    }
+}
+
+const PASSWORD_KEYS: &str = "user = \"root\"\npassword_file = \"etcd-password\"\n";

@@ -136,11 +136,11 @@ async fn connect(cfg: &ClusterConfig) -> Result<Client, anyhow::Error> {
         }
         opts = opts.with_tls(tls);
     }
-    let endpoints = reachable(&cfg.etcd, &opts).await;
+    let (endpoints, errors) = reachable(&cfg.etcd, &opts).await;
     anyhow::ensure!(
         !endpoints.is_empty(),
-        "no etcd endpoint answers ({})",
-        cfg.etcd.join(", ")
+        "no etcd endpoint answers: {}",
+        errors.join("; ")
     );
     let c = tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&endpoints, Some(opts)))
         .await
@@ -154,36 +154,58 @@ async fn connect(cfg: &ClusterConfig) -> Result<Client, anyhow::Error> {
     Ok(c)
 }
 
-/// The endpoints that answer a status request now. The client balances requests over the
-/// endpoints it is given; with a dead member among them a share of requests would wait for
-/// their timeout, so a session uses only the members that answer (the next session, after
-/// any error, looks again).
-async fn reachable(endpoints: &[String], opts: &ConnectOptions) -> Vec<String> {
+/// The endpoints that answer a status request now, and why each other one did not. The
+/// client balances requests over the endpoints it is given; with a dead member among them a
+/// share of requests would wait for their timeout, so a session uses only the members that
+/// answer (the next session, after any error, looks again).
+async fn reachable(endpoints: &[String], opts: &ConnectOptions) -> (Vec<String>, Vec<String>) {
     let mut probes = tokio::task::JoinSet::new();
     for (i, e) in endpoints.iter().enumerate() {
         let (e, opts) = (e.clone(), opts.clone());
         probes.spawn(async move {
-            let ok = tokio::time::timeout(PROBE_TIMEOUT, async {
+            let r = tokio::time::timeout(PROBE_TIMEOUT, async {
                 let mut c = Client::connect([e.as_str()], Some(opts)).await?;
                 c.status().await
             })
-            .await
-            .is_ok_and(|r| r.is_ok());
-            (i, ok)
+            .await;
+            let why = match r {
+                Ok(Ok(_)) => None,
+                Ok(Err(err)) => Some(etcd_error(&err)),
+                Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+            };
+            (i, why)
         });
     }
-    let mut up = vec![false; endpoints.len()];
+    let mut why: Vec<Option<String>> = vec![Some("not probed".to_string()); endpoints.len()];
     while let Some(r) = probes.join_next().await {
-        if let Ok((i, true)) = r {
-            up[i] = true;
+        if let Ok((i, w)) = r {
+            why[i] = w;
         }
     }
-    endpoints
-        .iter()
-        .zip(up)
-        .filter(|(_, ok)| *ok)
-        .map(|(e, _)| e.clone())
-        .collect()
+    let mut up = Vec::new();
+    let mut errors = Vec::new();
+    for (e, w) in endpoints.iter().zip(why) {
+        match w {
+            None => up.push(e.clone()),
+            Some(w) => errors.push(format!("{e}: {w}")),
+        }
+    }
+    (up, errors)
+}
+
+/// An etcd client error with its causes (a TLS failure is only named by its source).
+fn etcd_error(err: &etcd_client::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// How long one endpoint may take to answer [`reachable`]'s status request.
