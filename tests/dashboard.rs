@@ -276,7 +276,10 @@ return {
     kind: li.dataset.kind,
     region: li.querySelector('.region') ? li.querySelector('.region').textContent : null,
     time: li.querySelector('time').textContent,
+    instance: li.querySelector('.instance') ? li.querySelector('.instance').textContent : null,
   })),
+  cluster: shown('cluster') ? text('#cluster') : null,
+  flag_notes: Object.fromEntries([...document.querySelectorAll('#region-rows tr')].map((tr) => [tr.dataset.region, tr.querySelector('.flag-note').textContent])),
   replication: shown('replication-card')
     ? [...document.querySelectorAll('#replication-rows tr')].map((tr) => ({
         region: tr.dataset.region,
@@ -807,4 +810,96 @@ fn push_blob(proxy: std::net::SocketAddr) -> String {
         .expect("blob");
     assert_eq!(r.status().as_u16(), 200);
     digest
+}
+
+/// Issue 11: with `[cluster]`, a flag's provenance (who, why, until when) shows in its row,
+/// each event names the instance that saw it, and while etcd is unreachable a banner says the
+/// page shows the last shared state and changes are refused.
+#[test]
+fn with_a_cluster_the_page_shows_provenance_instances_and_an_unreachable_etcd() {
+    let _one = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log");
+    let mut etcd = Command::new("etcd")
+        .args(["--name", "d", "--data-dir"])
+        .arg(dir.path().join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args(["--initial-cluster", &format!("d=http://127.0.0.1:{peer}")])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("etcd runs (apt-get install etcd-server)");
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token");
+    let config = support::demo_config(
+        dir.path(),
+        &[(
+            "token_env = \"BERTH_ADMIN_TOKEN\"",
+            "token_file = \"token\"",
+        )],
+        &format!("[cluster]\netcd = [\"{url}\"]\nprefix = \"/dash\"\ninstance = \"ams-1\"\n"),
+    );
+    let berth = Berth::start(&config);
+    let admin = berth.admin();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let body =
+        json!({"endpoint_enabled": false, "reason": "kernel upgrade", "by": "ana", "for": "2h"});
+    let end = Instant::now() + DEADLINE;
+    // Start-up waits for etcd (bounded); a change is refused until the instance is connected.
+    while agent
+        .put(&format!("{admin}/api/v1/regions/westus"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .content_type("application/json")
+        .send(body.to_string())
+        .expect("admin API answers")
+        .status()
+        .as_u16()
+        != 200
+    {
+        assert!(Instant::now() < end, "the flag change was never taken");
+        std::thread::sleep(POLL);
+    }
+    let browser = Browser::open(&admin);
+    let page = browser.wait_for("westus's provenance and an event by ams-1", |p| {
+        p["flag_notes"]["westus"]
+            .as_str()
+            .is_some_and(|n| n.contains("by ana") && n.contains("kernel upgrade"))
+            && p["events"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["region"] == "westus" && e["instance"] == "@ams-1")
+            })
+    });
+    assert_eq!(page["cluster"], Value::Null, "no banner while etcd answers");
+    let note = page["flag_notes"]["westus"].as_str().expect("note");
+    assert!(note.contains("until"), "a 2h window shows its end: {note}");
+
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    let page = browser.wait_for("the cluster banner", |p| p["cluster"].is_string());
+    let text = page["cluster"].as_str().expect("text");
+    assert!(
+        text.starts_with("Cluster. etcd is unreachable from ams-1: serving the last shared state"),
+        "{text}"
+    );
+    assert!(
+        page["flag_notes"]["westus"]
+            .as_str()
+            .is_some_and(|n| n.contains("by ana")),
+        "the last shared state still shows: {page:#}"
+    );
 }

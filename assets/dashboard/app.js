@@ -418,6 +418,8 @@ function renderEvents() {
         h("time", { datetime: new Date(e.at_ms).toISOString() }, clock(e.at_ms)),
         h("span", { class: "kind" }, e.kind.replace(/-/g, " ")),
         e.region ? h("span", { class: "region" }, e.region) : "",
+        // [cluster]: which instance saw it (the list is shared by every instance).
+        e.instance ? h("span", { class: "instance", title: "seen by instance" }, `@${e.instance}`) : "",
         h("span", { class: "detail" }, e.detail),
       ),
     ),
