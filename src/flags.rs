@@ -40,6 +40,12 @@ struct StateFile {
     version: u32,
     #[serde(default)]
     regions: BTreeMap<String, RegionFlags>,
+    /// With `[cluster]` the file is this instance's copy of the shared flags, written as they
+    /// change, and this is the etcd revision they were read at. An instance that starts while
+    /// etcd is unreachable serves this copy (the last shared state it saw), never flags that
+    /// were set locally only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shared_revision: Option<i64>,
 }
 
 /// One region's operator flag and its provenance. Version 1 state files written before the
@@ -123,7 +129,7 @@ impl Flags {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile {
                 version: 1,
-                regions: BTreeMap::new(),
+                ..StateFile::default()
             },
             Err(source) => {
                 return Err(FlagsError::Read {
@@ -159,10 +165,41 @@ impl Flags {
         self.set_record(region, FlagRecord::plain(enabled))
     }
 
+    /// With `[cluster]`: keep the file as a copy of the shared flags read at `revision`
+    /// (written only when they changed, fsynced like any flag change).
+    pub fn mirror_shared(
+        &mut self,
+        flags: &BTreeMap<String, FlagRecord>,
+        revision: i64,
+    ) -> Result<(), FlagsError> {
+        if self.state.shared_revision.is_some() && &self.state.regions == flags {
+            return Ok(());
+        }
+        let next = StateFile {
+            version: 1,
+            regions: flags.clone(),
+            shared_revision: Some(revision),
+        };
+        write_atomically(&self.path, &next).map_err(|source| FlagsError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.state = next;
+        Ok(())
+    }
+
+    /// The copy of the shared flags and its revision, if the file is one
+    /// ([`Flags::mirror_shared`]); `None` for flags set on this instance alone.
+    pub fn shared_copy(&self) -> Option<(i64, &BTreeMap<String, FlagRecord>)> {
+        Some((self.state.shared_revision?, &self.state.regions))
+    }
+
     /// Set a flag with its provenance; persisted before returning, as [`Flags::set`].
     pub fn set_record(&mut self, region: &str, record: FlagRecord) -> Result<(), FlagsError> {
         let mut next = self.state.clone();
         next.regions.insert(region.to_string(), record);
+        // A change made here alone: the file is no longer a copy of the shared state.
+        next.shared_revision = None;
         write_atomically(&self.path, &next).map_err(|source| FlagsError::Write {
             path: self.path.clone(),
             source,
@@ -244,6 +281,24 @@ fn write_atomically(path: &Path, state: &StateFile) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With `[cluster]` the file is a copy of the shared flags, reloaded as such; a flag set
+    /// on this instance alone makes it local flags again (never served as shared state).
+    #[test]
+    fn a_copy_of_the_shared_flags_is_marked_and_a_local_set_unmarks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.state.json");
+        let mut f = Flags::load(&path).unwrap();
+        assert!(f.shared_copy().is_none(), "an empty file is no copy");
+        let shared = BTreeMap::from([("westus".to_string(), FlagRecord::plain(false))]);
+        f.mirror_shared(&shared, 42).unwrap();
+        let again = Flags::load(&path).unwrap();
+        assert_eq!(again.shared_copy(), Some((42, &shared)));
+        assert!(!again.is_enabled("westus"));
+        let mut again = again;
+        again.set("eastus", false).unwrap();
+        assert!(Flags::load(&path).unwrap().shared_copy().is_none());
+    }
 
     #[test]
     fn missing_file_means_all_enabled_and_set_persists() {

@@ -420,8 +420,37 @@ impl Live {
         for (share, kind, region, detail) in events {
             push_shared(&mut c, share, kind, region.as_deref(), detail);
         }
+        mirror_shared_flags(&mut c);
         let snap = self.snapshot.load_full();
         self.republish(&mut c, &snap);
+    }
+
+    /// With `[cluster]`, at start when etcd did not answer in time: serve the copy of the
+    /// shared flags this instance last wrote (its state file), and say so; without a copy,
+    /// every region stays enabled. Returns the revision served, if any.
+    pub fn serve_shared_copy(&self) -> Option<i64> {
+        let mut c = self.control();
+        let (revision, flags) = c.flags.shared_copy().map(|(r, f)| (r, f.clone()))?;
+        let path = c.flags.path().display().to_string();
+        let shared = c.shared.as_mut()?;
+        if shared.connected || shared.revision != 0 {
+            return None;
+        }
+        shared.flags = flags;
+        shared.revision = revision;
+        push_shared(
+            &mut c,
+            Share::Mine,
+            "cluster-copy",
+            None,
+            format!(
+                "etcd not reached at start: serving the shared flags as this instance last saw \
+                 them (revision {revision}, kept in {path}) until it answers"
+            ),
+        );
+        let snap = self.snapshot.load_full();
+        self.republish(&mut c, &snap);
+        Some(revision)
     }
 
     /// Publish again if time changed a region's state (a maintenance window ended); called
@@ -752,6 +781,18 @@ fn restart_only_changes(prev: &Config, next: &Config) -> Vec<&'static str> {
 
 /// Region states at `now_ms` from flags and health: the state file's flags and this
 /// instance's verdicts alone, or with `[cluster]` etcd's flags and the health quorum.
+/// Keep the state file a copy of the shared flags (what [`Live::serve_shared_copy`] serves
+/// after a restart without etcd). A write error is reported and retried at the next change.
+fn mirror_shared_flags(c: &mut Control) {
+    let Some(shared) = c.shared.as_ref().filter(|s| s.connected) else {
+        return;
+    };
+    let (flags, revision) = (shared.flags.clone(), shared.revision);
+    if let Err(e) = c.flags.mirror_shared(&flags, revision) {
+        tracing::warn!(error = %e, "cannot keep the local copy of the shared flags");
+    }
+}
+
 fn compute_states(config: &Config, c: &Control, now_ms: u64) -> Vec<RegionState> {
     config
         .regions

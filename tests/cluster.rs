@@ -908,17 +908,40 @@ fn readyz(b: &Berth) -> (u16, String) {
     }
 }
 
+/// An instance that starts while etcd is unreachable is not ready until it reaches etcd;
+/// meanwhile it answers with the shared flags as it last saw them (its state file keeps a
+/// copy), not with every region enabled, and says so. Once etcd answers it is ready and
+/// takes the shared state again.
 #[test]
-fn an_instance_that_has_not_reached_etcd_is_not_ready_until_it_does() {
+fn an_instance_that_has_not_reached_etcd_serves_its_copy_and_is_not_ready_until_it_does() {
     let mut etcd = Etcd::start(1);
     let ups = Upstreams::start();
-    etcd.kill(0);
     let n = node("a", &etcd.endpoints(), &ups.ports, &[], "/t9");
+    let mut b = Berth::start(&n.config);
+    let url = format!("{}/api/v1/regions/southeastasia", admin(&b));
+    assert_eq!(put(&url, &disable_body("before the outage")).0, 200);
+    b.stop();
+    etcd.kill(0);
+
     let b = Berth::start(&n.config);
+    let url = format!("{}/api/v1/regions/southeastasia", admin(&b));
     wait_until("503: etcd not reached", DEADLINE, || {
         let (status, body) = readyz(&b);
         status == 503 && body.contains("cluster: etcd not reached yet")
     });
+    assert_ne!(
+        fresh_tokyo_a(b.dns),
+        [SEA],
+        "the copy keeps southeastasia disabled"
+    );
+    let v = get_json(&url);
+    assert_eq!(v["flag"]["reason"], "before the outage", "{v}");
+    let events = events_of(&b);
+    assert!(
+        events.iter().any(|e| e["kind"] == "cluster-copy"),
+        "{events:?}"
+    );
+
     etcd.restart(0);
     let mut last = (0, String::new());
     let end = Instant::now() + Duration::from_secs(30);
@@ -930,6 +953,9 @@ fn an_instance_that_has_not_reached_etcd_is_not_ready_until_it_does() {
         std::thread::sleep(Duration::from_millis(100));
         last = readyz(&b);
     }
+    // Connected: changes are taken again, and reach the answers.
+    assert_eq!(put(&url, "{\"endpoint_enabled\": true}").0, 200);
+    answered_again(&b, "enabled through the reconnected instance");
 }
 
 // ---------- etcd over TLS, with a client certificate and a password ----------

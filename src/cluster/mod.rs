@@ -530,17 +530,24 @@ pub async fn ready_when_synced(live: Weak<Live>, mut stop: tokio::sync::watch::R
     }
 }
 
-/// Wait until the cluster task has read the shared state once, or [`FIRST_SYNC`] passed
-/// (then Berth starts with every region enabled and says so: `berth_cluster_connected` 0,
-/// and `/readyz` 503 until etcd answers, [`ready_when_synced`]).
+/// Wait until the cluster task has read the shared state once, or [`FIRST_SYNC`] passed:
+/// then Berth starts with its copy of the shared flags ([`Live::serve_shared_copy`]), or
+/// with every region enabled when it has none, and says so: `berth_cluster_connected` 0, an
+/// event, and `/readyz` 503 until etcd answers ([`ready_when_synced`]).
 pub async fn wait_first_sync(live: &Live) {
     let end = tokio::time::Instant::now() + FIRST_SYNC;
     while !live.shared().is_some_and(|s| s.connected) {
         if tokio::time::Instant::now() > end {
-            tracing::warn!(
-                "etcd did not answer within {FIRST_SYNC:?}: serving without the shared flags \
-                 (and /readyz 503) until it does"
-            );
+            match live.serve_shared_copy() {
+                Some(revision) => tracing::warn!(
+                    "etcd did not answer within {FIRST_SYNC:?}: serving the shared flags as last \
+                     seen (revision {revision}, from the state file), /readyz 503, until it does"
+                ),
+                None => tracing::warn!(
+                    "etcd did not answer within {FIRST_SYNC:?} and this instance has no copy of \
+                     the shared flags: every region enabled, /readyz 503, until it does"
+                ),
+            }
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
