@@ -183,7 +183,7 @@ impl Running {
         // Not ready until the listeners are bound and every region was probed once.
         live.metrics.workers.binding(true);
         let snap = live.snapshot.load_full();
-        crate::logs::enable(snap.config.log.access, snap.config.log.queries);
+        crate::logs::apply_config(snap.config.log.access, snap.config.log.queries);
         let admin = snap.config.admin.clone();
         let token = admin_token(&admin)?;
         if let Some(addr) = admin.listen {
@@ -428,9 +428,12 @@ fn snapshots(live: &Arc<Live>) -> crate::replication::SnapshotSource {
 pub async fn serve(path: &Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     crate::limits::raise_open_files_limit();
-    let running = Running::start(path).await?;
+    // Before start-up: SIGHUP's default action ends the process, and a reload sent while
+    // Berth starts (its listeners already answer) must not kill it; it is applied once
+    // start-up is done.
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
+    let running = Running::start(path).await?;
     sd_notify(&format!("READY=1\nSTATUS={}", running.status()));
     loop {
         tokio::select! {

@@ -557,6 +557,7 @@ impl Live {
                 // publishing the snapshot is the whole of the switch.
                 let counters = self.metrics.counters(&next.config);
                 let next = next.with_counters(counters);
+                crate::logs::apply_config(next.config.log.access, next.config.log.queries);
                 self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 c.last_reload = Some(ReloadStatus {
                     ok: true,

@@ -17,6 +17,9 @@ pub const FILTER_ENV: &str = "BERTH_LOG";
 
 static ACCESS: AtomicBool = AtomicBool::new(false);
 static QUERIES: AtomicBool = AtomicBool::new(false);
+/// Switched on by the command line (or its environment variable): on for the whole run.
+static ACCESS_FORCED: AtomicBool = AtomicBool::new(false);
+static QUERIES_FORCED: AtomicBool = AtomicBool::new(false);
 
 /// Whether the proxy writes an access log line per request.
 pub fn access_log_on() -> bool {
@@ -28,14 +31,30 @@ pub fn query_log_on() -> bool {
     QUERIES.load(Ordering::Relaxed)
 }
 
-/// Switch the per-request logs on (a flag or the config's `[log]`); they are never switched
-/// off again while running, so a reload cannot silently stop an audit trail.
+/// Switch the per-request logs on for the whole run (`serve --access-log`, `--query-log`):
+/// the config cannot switch these off.
 pub fn enable(access: bool, queries: bool) {
     if access {
+        ACCESS_FORCED.store(true, Ordering::Relaxed);
         ACCESS.store(true, Ordering::Relaxed);
     }
     if queries {
+        QUERIES_FORCED.store(true, Ordering::Relaxed);
         QUERIES.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Apply the config's `[log] access` and `queries` (at start and at each reload), on top of
+/// the command line's; says in the log when a per-request log is switched on or off.
+pub fn apply_config(access: bool, queries: bool) {
+    for (name, on, forced, flag) in [
+        ("proxy access log", access, &ACCESS_FORCED, &ACCESS),
+        ("DNS query log", queries, &QUERIES_FORCED, &QUERIES),
+    ] {
+        let next = on || forced.load(Ordering::Relaxed);
+        if flag.swap(next, Ordering::Relaxed) != next {
+            tracing::info!("{name} {}", if next { "on" } else { "off" });
+        }
     }
 }
 

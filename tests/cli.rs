@@ -431,3 +431,60 @@ fn alert_rules_pass_promtool_unit_tests() {
         );
     }
 }
+
+/// `[log] queries` follows the config across reloads (SIGHUP): on, off, on again; the
+/// queries answered while it was off leave no line.
+#[test]
+fn a_reload_switches_the_query_log_off_and_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = support::demo_config(dir.path(), &[], "[log]\nqueries = true\n");
+    let s = Served::start(&cfg, &[], &[]);
+    let dns = s.addr("serving DNS");
+    let lines = |s: &Served| s.log().matches(" berth::query: ").count();
+    let query = || {
+        assert_eq!(
+            support::dig(dns, &["registry.example.test", "A"]).status,
+            "NOERROR"
+        )
+    };
+    let reload_with = |queries: bool, says: &str| {
+        let text = std::fs::read_to_string(&cfg).expect("config");
+        let text = text.replace(
+            &format!("queries = {}", !queries),
+            &format!("queries = {queries}"),
+        );
+        std::fs::write(&cfg, text).expect("config");
+        let before = s.log().matches(says).count();
+        let hup = Command::new("kill")
+            .args(["-HUP", &s.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(hup.success());
+        let end = std::time::Instant::now() + support::START_DEADLINE;
+        while s.log().matches(says).count() <= before {
+            assert!(
+                std::time::Instant::now() < end,
+                "no {says:?} after the reload; the log:\n{}",
+                s.log()
+            );
+            std::thread::sleep(support::POLL);
+        }
+    };
+    query();
+    support::wait_until("a query line", support::START_DEADLINE, || lines(&s) == 1);
+    reload_with(false, "DNS query log off");
+    for _ in 0..3 {
+        query();
+    }
+    reload_with(true, "DNS query log on");
+    query();
+    support::wait_until("a second query line", support::START_DEADLINE, || {
+        lines(&s) >= 2
+    });
+    assert_eq!(
+        lines(&s),
+        2,
+        "queries answered while off were logged:\n{}",
+        s.log()
+    );
+}
