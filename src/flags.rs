@@ -175,17 +175,11 @@ impl Flags {
         if self.state.shared_revision.is_some() && &self.state.regions == flags {
             return Ok(());
         }
-        let next = StateFile {
+        self.write(StateFile {
             version: 1,
             regions: flags.clone(),
             shared_revision: Some(revision),
-        };
-        write_atomically(&self.path, &next).map_err(|source| FlagsError::Write {
-            path: self.path.clone(),
-            source,
-        })?;
-        self.state = next;
-        Ok(())
+        })
     }
 
     /// The copy of the shared flags and its revision, if the file is one
@@ -200,6 +194,11 @@ impl Flags {
         next.regions.insert(region.to_string(), record);
         // A change made here alone: the file is no longer a copy of the shared state.
         next.shared_revision = None;
+        self.write(next)
+    }
+
+    /// Persist `next`, then take it; on a write error nothing changes.
+    fn write(&mut self, next: StateFile) -> Result<(), FlagsError> {
         write_atomically(&self.path, &next).map_err(|source| FlagsError::Write {
             path: self.path.clone(),
             source,

@@ -1001,21 +1001,7 @@ impl TlsEtcd {
         let (port, peer) = (stable_port(), stable_port());
         let p = |f: &str| dir.path().join(f).display().to_string();
         let url = format!("https://127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log");
-        let child = Command::new("etcd")
-            .args(["--name", "tls", "--data-dir", &p("data")])
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-            ])
-            .args(["--initial-cluster", &format!("tls=http://127.0.0.1:{peer}")])
+        let child = support::single_etcd(dir.path(), "tls", &url, peer)
             .args([
                 "--cert-file",
                 &p("server.pem"),
@@ -1023,9 +1009,6 @@ impl TlsEtcd {
                 &p("server.key"),
             ])
             .args(["--trusted-ca-file", &p("ca.pem"), "--client-cert-auth"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
             .spawn()
             .expect("etcd runs (apt-get install etcd-server)");
         let e = TlsEtcd { dir, port, child };

@@ -821,25 +821,7 @@ fn with_a_cluster_the_page_shows_provenance_instances_and_an_unreachable_etcd() 
     let dir = tempfile::tempdir().expect("tempdir");
     let (client, peer) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{client}");
-    let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log");
-    let mut etcd = Command::new("etcd")
-        .args(["--name", "d", "--data-dir"])
-        .arg(dir.path().join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ])
-        .args(["--initial-cluster", &format!("d=http://127.0.0.1:{peer}")])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
+    let mut etcd = support::single_etcd(dir.path(), "d", &url, peer)
         .spawn()
         .expect("etcd runs (apt-get install etcd-server)");
     std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).expect("token");

@@ -447,3 +447,24 @@ pub fn make_images(name: &str) -> std::path::PathBuf {
     );
     layout
 }
+
+/// `etcd` as a one-member cluster named `name`, data in `dir/name`, serving clients at
+/// `client_url` (http or https: the caller adds the TLS flags) and peers on loopback `peer`;
+/// its output goes to `dir/name.log`. Spawned by the caller.
+#[allow(dead_code)]
+pub fn single_etcd(dir: &Path, name: &str, client_url: &str, peer: u16) -> std::process::Command {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("etcd log");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut c = std::process::Command::new("etcd");
+    c.args(["--name", name, "--data-dir"])
+        .arg(dir.join(name))
+        .args(["--listen-client-urls", client_url])
+        .args(["--advertise-client-urls", client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("{name}={peer_url}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log);
+    c
+}
