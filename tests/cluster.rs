@@ -944,11 +944,12 @@ fn an_instance_that_has_not_reached_etcd_serves_its_copy_and_is_not_ready_until_
 
     etcd.restart(0);
     let mut last = (0, String::new());
-    let end = Instant::now() + Duration::from_secs(30);
+    // Generous: a loaded 2-core CI machine runs other etcd clusters beside this one.
+    let end = Instant::now() + Duration::from_secs(60);
     while last.0 != 200 {
         assert!(
             Instant::now() < end,
-            "not ready 30 s after etcd answers again; /readyz said {last:?}"
+            "not ready 60 s after etcd answers again; /readyz said {last:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
         last = readyz(&b);
