@@ -894,3 +894,105 @@ fn basic_auth_registries_and_regional_webhooks() {
         assert!(e["lag_seconds"].is_f64(), "{e}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Replicas served over HTTPS.
+
+/// Four replicas serving TLS with certificates for 127.0.0.1 from a throwaway CA; the CA's
+/// PEM is written to `ca`.
+fn tls_registries(rt: &tokio::runtime::Runtime, ca: &Path) -> Vec<Registry> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berth replication test CA");
+    let issuer =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("key"))
+            .expect("CA");
+    std::fs::write(ca, issuer.pem()).expect("ca");
+    (0..4)
+        .map(|_| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+                .expect("params")
+                .signed_by(&key, &issuer)
+                .expect("cert");
+            let mut r = Registry::with_yaml(
+                "  tls:\n    certificate: {dir}/server.pem\n    key: {dir}/server.key\n",
+            );
+            std::fs::write(r.dir().join("server.pem"), cert.pem()).expect("cert");
+            std::fs::write(r.dir().join("server.key"), key.serialize_pem()).expect("key");
+            // A TLS listener answers the harness's plain-HTTP readiness check with 400.
+            rt.block_on(r.start_expecting(&[400]));
+            r
+        })
+        .collect()
+}
+
+/// The status of `curl -I https://127.0.0.1:PORT/PATH`, trusting only `ca`.
+fn https_head(port: u16, path: &str, ca: &Path) -> u16 {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-I"])
+        .arg("--cacert")
+        .arg(ca)
+        .args(["-H", &format!("Accept: {MANIFEST_TYPES}")])
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl runs (apt-get install curl)");
+    text(&out).trim().parse().unwrap_or(0)
+}
+
+/// Replicas behind HTTPS (the usual production set-up): Berth copies to them over TLS,
+/// trusting the CA it is given (`proxy.upstream_ca_file`, which the regions' probes and
+/// the replicator share), and every replica holds the pushed image whole.
+#[test]
+fn replicas_behind_https_are_copied_to_with_the_configured_ca() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca.pem");
+    let regs = tls_registries(&rt, &ca);
+    let https: Vec<(String, String)> = regs
+        .iter()
+        .map(|r| {
+            (
+                format!("upstream = \"{}\"", r.upstream()),
+                format!("upstream = \"https://127.0.0.1:{}\"", r.port),
+            )
+        })
+        .collect();
+    let ca_key = format!("[proxy]\nupstream_ca_file = \"{}\"", ca.display());
+    let mut replace: Vec<(&str, &str)> = https
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    replace.push(("[proxy]", &ca_key));
+    let berth = Berth::start(&config(dir.path(), &regs, &replace, ""));
+    let proxy = proxy(&berth);
+    let app = image("app-1.0");
+    assert_ok(
+        &Skopeo::new().push("app-1.0", &format!("{proxy}/team/app:1.0")),
+        "push through Berth to an HTTPS replica",
+    );
+    let manifest = "/v2/team/app/manifests/1.0";
+    wait_for("team/app:1.0 in every HTTPS replica", || {
+        regs.iter()
+            .all(|r| https_head(r.port, manifest, &ca) == 200)
+    });
+    for r in &regs {
+        for b in &app.blobs {
+            assert_eq!(
+                https_head(r.port, &format!("/v2/team/app/blobs/{b}"), &ca),
+                200,
+                "replica on port {} lacks blob {b}",
+                r.port
+            );
+        }
+    }
+    wait_for("the status table to show it present everywhere", || {
+        let (status, v) = admin_json(&berth, "/api/v1/replication/team/app?reference=1.0");
+        status == 200
+            && REGIONS
+                .iter()
+                .all(|r| v["regions"][*r]["state"] == "present")
+    });
+}
