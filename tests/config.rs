@@ -383,6 +383,10 @@ fn replication_section_defaults_and_errors() {
     assert_eq!(r.concurrency, 4);
     assert_eq!(r.rules[0].repositories, ["**"]);
     assert_eq!(r.rules[0].tags, ["*"]);
+    assert!(
+        !r.rules[0].delete,
+        "deletes are not propagated unless asked"
+    );
     assert_eq!(
         r.queue_file,
         Path::new("/etc/berth/berth.state.replication.json")
@@ -402,6 +406,10 @@ fn replication_section_defaults_and_errors() {
                 "[replication]\nbandwidth = \"50MiB/s\"\n",
             ),
             "unknown field `bandwidth`",
+        ),
+        (
+            with_upstream.replace("to = [\"westus\"]", "to = [\"westus\"]\ndelete = \"yes\""),
+            "expected a boolean",
         ),
         (
             with_upstream.replace("[replication]\n", "[replication]\nconcurrency = 0\n"),

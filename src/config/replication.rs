@@ -47,6 +47,8 @@ struct RawRule {
     to: Vec<String>,
     #[serde(default)]
     webhooks: Vec<String>,
+    delete: Option<bool>,
+    bandwidth: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +100,12 @@ pub struct ReplicationRule {
     pub to: Vec<String>,
     /// This rule's own webhook URLs (besides the global ones).
     pub webhooks: Vec<String>,
+    /// Propagate manifest deletes (through Berth's proxy or a registry's notification) to
+    /// `to`; default false: a delete stays in the region it was made in.
+    pub delete: bool,
+    /// Bytes per second streamed to each region in `to` (a token bucket per destination; a
+    /// region several rules name gets the smallest); None: unlimited.
+    pub bandwidth: Option<u64>,
 }
 
 /// Credentials Berth uses on one region's registry: basic, and for a bearer-token registry
@@ -235,6 +243,10 @@ impl Validator<'_> {
             }
         }
         self.urls(&format!("{key}.webhooks"), &r.webhooks)?;
+        let bandwidth = match &r.bandwidth {
+            None => None,
+            Some(_) => return Err(self.err(format!("{key}.bandwidth"), "is not supported yet")),
+        };
         let or_all = |v: Vec<String>, all: &str| {
             if v.is_empty() {
                 vec![all.to_string()]
@@ -250,6 +262,8 @@ impl Validator<'_> {
             exclude_tags: r.exclude_tags,
             to: r.to,
             webhooks: r.webhooks,
+            delete: r.delete.unwrap_or(false),
+            bandwidth,
         })
     }
 

@@ -63,6 +63,15 @@ pub struct Pushed {
     pub at_ms: u64,
 }
 
+/// What the event loop is told: a manifest stored, or deleted, in a region.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Pushed(Pushed),
+    /// `reference` was deleted in `region` (a successful manifest DELETE); propagated to the
+    /// regions of the rules with `delete = true`.
+    Deleted(Pushed),
+}
+
 /// Events waiting for the driver; past this they are dropped and counted (reconcile catches
 /// up), so a flood of pushes cannot grow memory without bound.
 const EVENT_BACKLOG: usize = 10_000;
@@ -71,7 +80,7 @@ const EVENT_BACKLOG: usize = 10_000;
 pub struct Replication {
     queue: Mutex<Queue>,
     status: Mutex<StatusTable>,
-    events: tokio::sync::mpsc::Sender<Pushed>,
+    events: tokio::sync::mpsc::Sender<Event>,
     /// Wakes the driver: a job was added, or one finished.
     wake: tokio::sync::Notify,
     /// Asks the reconcile loop for a pass now (`POST /api/v1/replication/sync`).
@@ -165,7 +174,15 @@ impl Replication {
 
     /// A manifest was stored in a region. Never blocks: the request path calls this.
     pub fn pushed(&self, event: Pushed) {
-        if self.events.try_send(event).is_err() {
+        if self.events.try_send(Event::Pushed(event)).is_err() {
+            self.metrics.event_dropped();
+        }
+    }
+
+    /// A manifest was deleted in a region (`event.reference`: the digest or tag deleted).
+    /// Never blocks: the request path calls this.
+    pub fn deleted(&self, event: Pushed) {
+        if self.events.try_send(Event::Deleted(event)).is_err() {
             self.metrics.event_dropped();
         }
     }
