@@ -387,6 +387,16 @@ fn replication_section_defaults_and_errors() {
         !r.rules[0].delete,
         "deletes are not propagated unless asked"
     );
+    assert_eq!(r.rules[0].bandwidth, None);
+    let limited = with_upstream.replace(
+        "to = [\"westus\"]",
+        "to = [\"westus\"]\nbandwidth = \"50MiB/s\"",
+    );
+    let r = Config::parse(&limited, path)
+        .expect("valid")
+        .replication
+        .expect("on");
+    assert_eq!(r.rules[0].bandwidth, Some(50 << 20));
     assert_eq!(
         r.queue_file,
         Path::new("/etc/berth/berth.state.replication.json")
@@ -410,6 +420,20 @@ fn replication_section_defaults_and_errors() {
         (
             with_upstream.replace("to = [\"westus\"]", "to = [\"westus\"]\ndelete = \"yes\""),
             "expected a boolean",
+        ),
+        (
+            with_upstream.replace(
+                "to = [\"westus\"]",
+                "to = [\"westus\"]\nbandwidth = \"fast\"",
+            ),
+            "replication.rule[0] (all).bandwidth: \"fast\" is not a rate such as \"50MiB/s\"",
+        ),
+        (
+            with_upstream.replace(
+                "to = [\"westus\"]",
+                "to = [\"westus\"]\nbandwidth = \"100/s\"",
+            ),
+            "replication.rule[0] (all).bandwidth: \"100/s\" is below 1KiB/s",
         ),
         (
             with_upstream.replace("[replication]\n", "[replication]\nconcurrency = 0\n"),

@@ -630,13 +630,15 @@ fn filters_include_and_exclude() {
 /// A multi-architecture image (an OCI index of two platform manifests) is replicated whole:
 /// the index, both children and every blob of each, in every region. Pushed straight to
 /// westus and found by a reconcile, so the index's job alone must bring its children (a push
-/// through Berth would also send an event for each child).
+/// through Berth would also send an event for each child). The rule has a `bandwidth` limit.
 #[test]
 fn a_multi_arch_index_is_replicated_whole() {
     let rt = runtime();
     let regs = start_registries(&rt, &|_| String::new());
     let dir = tempfile::tempdir().expect("tempdir");
-    let berth = Berth::start(&config(dir.path(), &regs, &[], ""));
+    // Under a bandwidth limit (appended to the demo's last rule): a limited copy completes.
+    let limited = "bandwidth = \"4MiB/s\"\n";
+    let berth = Berth::start(&config(dir.path(), &regs, &[], limited));
     let proxy_at = proxy(&berth);
     let sk = Skopeo::new();
     let index = descriptor_in(layout(), "multi")["digest"]

@@ -245,7 +245,9 @@ impl Validator<'_> {
         self.urls(&format!("{key}.webhooks"), &r.webhooks)?;
         let bandwidth = match &r.bandwidth {
             None => None,
-            Some(_) => return Err(self.err(format!("{key}.bandwidth"), "is not supported yet")),
+            Some(b) => {
+                Some(parse_bandwidth(b).map_err(|m| self.err(format!("{key}.bandwidth"), m))?)
+            }
         };
         let or_all = |v: Vec<String>, all: &str| {
             if v.is_empty() {
@@ -283,4 +285,19 @@ pub fn default_queue_file(state_file: &std::path::Path) -> PathBuf {
         .file_stem()
         .map_or("berth".into(), |s| s.to_string_lossy().into_owned());
     state_file.with_file_name(format!("{stem}.replication.json"))
+}
+
+/// "50MiB/s" (also "50MiB" or "1048576/s"): bytes per second, at least 1 KiB/s (a smaller
+/// limit would stall a copy for hours; leave the key out for no limit).
+pub fn parse_bandwidth(s: &str) -> Result<u64, String> {
+    let size = s.trim().strip_suffix("/s").unwrap_or(s.trim());
+    let n = super::parse::parse_size(size).map_err(|_| {
+        format!("{s:?} is not a rate such as \"50MiB/s\" (B, KiB, MiB or GiB per second)")
+    })?;
+    if n < 1024 {
+        return Err(format!(
+            "{s:?} is below 1KiB/s; leave bandwidth out for no limit"
+        ));
+    }
+    Ok(n as u64)
 }

@@ -253,6 +253,9 @@ async fn run_job(snap: Arc<Snapshot>, r: Arc<Replication>, job: Job) {
         digest: &job.digest,
         tags: job.tags.iter().cloned().collect(),
         concurrency: cfg.concurrency,
+        limit: r
+            .engine
+            .limiter(&job.dest, rules::bandwidth(&cfg.rules, &job.dest)),
     };
     let result = r.engine.copy(&task).await;
     let now = unix_ms();

@@ -11,13 +11,14 @@
 //! ([`backoff`]), and records presence and lag in the status table ([`status`]), which the
 //! admin API, the CLI, the metrics and the proxy's chooser read.
 //!
-//! Pure parts: [`rules`] (globs), [`status`], [`backoff`], the queue's bookkeeping and
+//! Pure parts: [`rules`] (globs), [`status`], [`backoff`], [`bandwidth`]'s bucket, the queue's bookkeeping and
 //! [`reconcile::plan`]. IO: [`registry`], [`copy`], [`driver`], the queue file.
 //!
 //! Owns: the queue and its file, the status table, the registry clients. Does not own: which
 //! regions exist (the config in the live snapshot) or how clients are routed.
 
 pub mod backoff;
+pub mod bandwidth;
 pub mod copy;
 mod driver;
 pub mod metrics;
