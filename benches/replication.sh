@@ -7,10 +7,11 @@
 #      alternating, ROUNDS times; the ratio of medians is the figure.
 #   2. lag: LAG_N images of one distinct 10 MiB layer each, pushed through Berth's proxy one
 #      after the other; Berth's own push-to-present lag per destination (p50, p99).
-#   3. memory: Berth's RSS sampled every 100 ms while one BIG_MIB MiB blob replicates to one
-#      destination (streamed: RSS must stay flat).
+#   3. memory: Berth's RSS sampled every 50 ms while one BIG_MIB MiB blob of random bytes
+#      replicates to one destination (streamed: RSS must stay flat); the script checks that
+#      the destination did not hold it before and that Berth streamed all of its bytes.
 #
-# usage: benches/replication.sh                     env: ROUNDS=3 LAG_N=20 BIG_MIB=1024
+# usage: benches/replication.sh                     env: ROUNDS=3 LAG_N=20 BIG_MIB=1024 PHASES="1 2 3"
 #   BERTH_BIN=path   use this berth binary instead of `cargo build --release`
 # Needs: docker-registry skopeo umoci jq curl python3. 127.0.0.1 only; temp files removed.
 set -euo pipefail
@@ -20,6 +21,8 @@ TESTBED=$REPO/../shared/testbed
 ROUNDS=${ROUNDS:-3}
 LAG_N=${LAG_N:-20}
 BIG_MIB=${BIG_MIB:-1024}
+PHASES=${PHASES:-"1 2 3"}
+has_phase() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 TOKEN=bench-token-0123456789
 die() { echo "replication-bench: error: $*" >&2; exit 1; }
 log() { echo "replication-bench: $*" >&2; }
@@ -68,14 +71,15 @@ YML
   REG_PORT=$port
 }
 
+sk() { skopeo --insecure-policy "$@"; }
+
 # Images: the test bed's app-1.0 and tool-1.0, and the same build with three times the sizes.
+if has_phase 1; then
 log "building images"
 IMG_LAYOUT=$WORK/l1 OCI_TESTBED_DIR=$WORK/tb1 bash "$TESTBED/make-images.sh" >/dev/null
 IMG_LAYOUT=$WORK/l2 OCI_TESTBED_DIR=$WORK/tb2 IMG_BASE_KB=12288 IMG_APP_A_KB=9216 IMG_APP_B_KB=9000 IMG_TOOL_KB=3000 \
   bash "$TESTBED/make-images.sh" >/dev/null
 SET=("l1:app-1.0:set/app1" "l1:tool-1.0:set/tool1" "l2:app-1.0:set/app2" "l2:tool-1.0:set/tool2")
-
-sk() { skopeo --insecure-policy "$@"; }
 
 start_registry src; SRC=$REG_PORT
 for s in "${SET[@]}"; do
@@ -84,6 +88,7 @@ for s in "${SET[@]}"; do
 done
 SET_BYTES=$(du -sb "$WORK/src/storage/docker/registry/v2/blobs" | cut -f1)
 log "source replica holds $SET_BYTES bytes of blobs"
+fi
 
 # berth_config FILE SRC D1 D2 D3 ADMIN PROXY
 berth_config() {
@@ -156,6 +161,7 @@ now() { date +%s.%N; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 BERTH_T=(); SKOPEO_T=(); COPIES=()
+if has_phase 1; then
 for round in $(seq "$ROUNDS"); do
   # Berth: fresh destinations, one sync.
   start_registry "b$round-1"; D1=$REG_PORT; start_registry "b$round-2"; D2=$REG_PORT; start_registry "b$round-3"; D3=$REG_PORT
@@ -185,8 +191,10 @@ B=$(printf '%s\n' "${BERTH_T[@]}" | median); S=$(printf '%s\n' "${SKOPEO_T[@]}" 
 MIB=$(awk "BEGIN {print $SET_BYTES * 3 / 1048576}")
 printf 'throughput: %.1f MiB to 3 destinations; berth median %.2f s (%.1f MiB/s), skopeo median %.2f s (%.1f MiB/s); berth/skopeo throughput %.2fx\n' \
   "$MIB" "$B" "$(awk "BEGIN {print $MIB / $B}")" "$S" "$(awk "BEGIN {print $MIB / $S}")" "$(awk "BEGIN {print $S / $B}")"
+fi
 
 # 2. Lag: LAG_N distinct 10 MiB single-layer images pushed through the proxy.
+if has_phase 2; then
 python3 - "$WORK/lag" "$LAG_N" <<'PY'
 import hashlib, json, os, sys
 root, n = sys.argv[1], int(sys.argv[2])
@@ -219,44 +227,61 @@ curl -fs "http://127.0.0.1:$ADMIN/api/v1/replication" | jq -r '.regions | to_ent
   "lag \(.key): p50 \(.value.lag_p50_seconds) s, p99 \(.value.lag_p99_seconds) s over \(.value.present) images"'
 kill "$BERTH_PID"; wait "$BERTH_PID" 2>/dev/null || true
 rm -rf "$WORK"/lag-*/storage "$WORK/lag"
+fi
 
-# 3. Memory while one BIG_MIB blob replicates.
-python3 - "$WORK/big" "$BIG_MIB" <<'PY'
-import hashlib, json, os, sys
-root, mib = sys.argv[1], int(sys.argv[2])
-blobs = os.path.join(root, "blobs", "sha256"); os.makedirs(blobs, exist_ok=True)
-h = hashlib.sha256(); tmp = os.path.join(root, "tmp")
-with open(tmp, "wb") as f:
-    chunk = os.urandom(1 << 20)
-    for i in range(mib):
-        c = hashlib.sha256(chunk + i.to_bytes(4, "big")).digest() * 32768
-        h.update(c); f.write(c)
-d = h.hexdigest(); os.rename(tmp, os.path.join(blobs, d))
-def put(data):
-    x = hashlib.sha256(data).hexdigest(); open(os.path.join(blobs, x), "wb").write(data)
-    return {"digest": "sha256:" + x, "size": len(data)}
-layer = {"digest": "sha256:" + d, "size": mib << 20}
-cfg = put(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]}}).encode())
-m = put(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "config": dict(cfg, mediaType="application/vnd.oci.image.config.v1+json"),
-    "layers": [dict(layer, mediaType="application/vnd.oci.image.layer.v1.tar")]}).encode())
-open(os.path.join(root, "oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"}')
-open(os.path.join(root, "index.json"), "w").write(json.dumps({"schemaVersion": 2, "manifests": [dict(m, mediaType="application/vnd.oci.image.manifest.v1+json", annotations={"org.opencontainers.image.ref.name": "big"})]}))
-PY
+# 3. Memory while one BIG_MIB blob replicates. The blob is random (incompressible) and put
+# into the source replica with the registry API as is: skopeo would gzip an uncompressed layer
+# on its way to a registry, and an earlier version of this phase, whose blob was a repeated
+# pattern pushed with skopeo, timed a few compressed MiB instead of 1 GiB.
+if has_phase 3; then
 start_registry big-0; M0=$REG_PORT; start_registry big-1; M1=$REG_PORT
-sk copy --dest-tls-verify=false "oci:$WORK/big:big" "docker://127.0.0.1:$M0/big/blob:1" >/dev/null
-rm -rf "$WORK/big"
+BIG=$WORK/big.bin; BIG_BYTES=$((BIG_MIB << 20))
+head -c "$BIG_BYTES" /dev/urandom > "$BIG"
+LAYER=sha256:$(sha256sum "$BIG" | cut -d' ' -f1)
+put_blob() { # PORT REPO FILE DIGEST
+  local loc; loc=$(curl -fsi -X POST "http://127.0.0.1:$1/v2/$2/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
+  case $loc in http*) ;; *) loc=http://127.0.0.1:$1$loc ;; esac
+  case $loc in *\?*) loc="$loc&digest=$4" ;; *) loc="$loc?digest=$4" ;; esac
+  curl -fs -X PUT -H 'Content-Type: application/octet-stream' -T "$3" "$loc" >/dev/null
+}
+put_blob "$M0" big/blob "$BIG" "$LAYER"
+rm -f "$BIG"
+printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["%s"]}}' "$LAYER" > "$WORK/big-config.json"
+CFG=sha256:$(sha256sum "$WORK/big-config.json" | cut -d' ' -f1)
+put_blob "$M0" big/blob "$WORK/big-config.json" "$CFG"
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%d}]}' \
+  "$CFG" "$(stat -c %s "$WORK/big-config.json")" "$LAYER" "$BIG_BYTES" > "$WORK/big-manifest.json"
+curl -fs -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary "@$WORK/big-manifest.json" \
+  "http://127.0.0.1:$M0/v2/big/blob/manifests/1" >/dev/null
+# The checks that make the figure mean something: the source holds BIG_MIB MiB under that
+# digest, the destination does not hold it yet.
+SRC_LEN=$(curl -fsI "http://127.0.0.1:$M0/v2/big/blob/blobs/$LAYER" | tr -d '\r' | awk 'tolower($1)=="content-length:" {print $2}')
+[ "$SRC_LEN" = "$BIG_BYTES" ] || die "the source holds $SRC_LEN bytes for the big blob, not $BIG_BYTES"
+[ "$(curl -s -o /dev/null -w '%{http_code}' -I "http://127.0.0.1:$M1/v2/big/blob/blobs/$LAYER")" = 404 ] || die "the destination already holds the big blob"
 # Only one destination: the other two regions point at a port nothing listens on.
 DEAD=$(free_port)
 start_berth "$WORK/berth-big" "$M0" "$M1" "$DEAD" "$DEAD"
 rss() { awk '/VmRSS/ {print $2}' "/proc/$BERTH_PID/status"; }
-BEFORE=$(rss); MAX=$BEFORE; SAMPLES=0
-curl -fs -X POST -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ADMIN/api/v1/replication/sync" >/dev/null
+copied() { curl -fs "http://127.0.0.1:$ADMIN/api/v1/replication" | jq .copied_bytes; }
+sleep 1 # idle Berth: the "before" figure is its resting RSS
+BEFORE=$(rss); COPIED0=$(copied)
+# Sampled every 50 ms by a loop of its own, from before the sync until the manifest is there.
+( while [ ! -e "$WORK/big-done" ]; do rss >> "$WORK/big-rss"; sleep 0.05; done ) &
+SAMPLER=$!
 t0=$(now)
+curl -fs -X POST -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ADMIN/api/v1/replication/sync" >/dev/null
 until curl -fsI -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://127.0.0.1:$M1/v2/big/blob/manifests/1" >/dev/null; do
-  r=$(rss); SAMPLES=$((SAMPLES + 1)); [ "$r" -gt "$MAX" ] && MAX=$r
   sleep 0.1
 done
 t1=$(now)
-printf 'memory: %d MiB blob replicated in %.1f s; berth RSS before %d KiB, max during %d KiB (+%d KiB) over %d samples\n' \
-  "$BIG_MIB" "$(awk "BEGIN {print $t1 - $t0}")" "$BEFORE" "$MAX" "$((MAX - BEFORE))" "$SAMPLES"
+touch "$WORK/big-done"; wait "$SAMPLER" 2>/dev/null || true
+COPIED=$(( $(copied) - COPIED0 ))
+[ "$COPIED" -ge "$BIG_BYTES" ] || die "berth streamed $COPIED bytes, not the $BIG_BYTES of the big blob"
+DST_LEN=$(curl -fsI "http://127.0.0.1:$M1/v2/big/blob/blobs/$LAYER" | tr -d '\r' | awk 'tolower($1)=="content-length:" {print $2}')
+[ "$DST_LEN" = "$BIG_BYTES" ] || die "the destination holds $DST_LEN bytes for the big blob"
+MAX=$(sort -n "$WORK/big-rss" | tail -1); SAMPLES=$(wc -l < "$WORK/big-rss")
+printf 'memory: %d MiB blob (random, %d bytes streamed) replicated in %.1f s; berth RSS before %d KiB, peak during %d KiB (+%d KiB) over %d samples\n' \
+  "$BIG_MIB" "$COPIED" "$(awk "BEGIN {print $t1 - $t0}")" "$BEFORE" "$MAX" "$((MAX - BEFORE))" "$SAMPLES"
+kill "$BERTH_PID"; wait "$BERTH_PID" 2>/dev/null || true
+rm -rf "$WORK"/big-*/storage
+fi

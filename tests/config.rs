@@ -383,6 +383,20 @@ fn replication_section_defaults_and_errors() {
     assert_eq!(r.concurrency, 4);
     assert_eq!(r.rules[0].repositories, ["**"]);
     assert_eq!(r.rules[0].tags, ["*"]);
+    assert!(
+        !r.rules[0].delete,
+        "deletes are not propagated unless asked"
+    );
+    assert_eq!(r.rules[0].bandwidth, None);
+    let limited = with_upstream.replace(
+        "to = [\"westus\"]",
+        "to = [\"westus\"]\nbandwidth = \"50MiB/s\"",
+    );
+    let r = Config::parse(&limited, path)
+        .expect("valid")
+        .replication
+        .expect("on");
+    assert_eq!(r.rules[0].bandwidth, Some(50 << 20));
     assert_eq!(
         r.queue_file,
         Path::new("/etc/berth/berth.state.replication.json")
@@ -402,6 +416,24 @@ fn replication_section_defaults_and_errors() {
                 "[replication]\nbandwidth = \"50MiB/s\"\n",
             ),
             "unknown field `bandwidth`",
+        ),
+        (
+            with_upstream.replace("to = [\"westus\"]", "to = [\"westus\"]\ndelete = \"yes\""),
+            "expected a boolean",
+        ),
+        (
+            with_upstream.replace(
+                "to = [\"westus\"]",
+                "to = [\"westus\"]\nbandwidth = \"fast\"",
+            ),
+            "replication.rule[0] (all).bandwidth: \"fast\" is not a rate such as \"50MiB/s\"",
+        ),
+        (
+            with_upstream.replace(
+                "to = [\"westus\"]",
+                "to = [\"westus\"]\nbandwidth = \"100/s\"",
+            ),
+            "replication.rule[0] (all).bandwidth: \"100/s\" is below 1KiB/s",
         ),
         (
             with_upstream.replace("[replication]\n", "[replication]\nconcurrency = 0\n"),

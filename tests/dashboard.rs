@@ -272,6 +272,11 @@ return {
   rcodes: [...document.querySelectorAll('#rcodes tr')].map((r) => r.dataset.rcode),
   why_region: text('.why-region'),
   why_explanation: text('#why-result .explanation'),
+  presence: [...document.querySelectorAll('#why-result .presence li')].map((li) => ({
+    region: li.dataset.region,
+    state: li.dataset.state,
+    text: li.textContent,
+  })),
   events: [...document.querySelectorAll('#events li')].map((li) => ({
     kind: li.dataset.kind,
     region: li.querySelector('.region') ? li.querySelector('.region').textContent : null,
@@ -698,7 +703,8 @@ fn the_page_warns_when_a_worker_panicked() {
 
 /// Issue 12: with `[replication]`, the page shows a replication panel; after a push through
 /// the proxy every region shows the image present, the three copies with their lag. Without it (the other
-/// tests' config) the panel stays hidden.
+/// tests' config) the panel stays hidden. The "why" box, given the image, lists its presence
+/// per region.
 #[test]
 fn the_replication_panel_shows_backlog_and_lag_after_a_push() {
     let _one = serial();
@@ -742,6 +748,27 @@ fn the_replication_panel_shows_backlog_and_lag_after_a_push() {
         .filter(|r| r["lag_p50"].as_str().is_some_and(|l| l.ends_with(" s")))
         .count();
     assert_eq!(lags, 3, "a lag for each destination: {page:#}");
+
+    // The "why" box with an image: its presence in each region, the client's region marked.
+    browser.type_into("#why-client", "198.51.100.7");
+    browser.type_into("#why-image", "team/app:1.0");
+    browser.click("#why-form button[type=submit]");
+    let page = browser.wait_for("the image's presence in the why box", |p| {
+        p["presence"].as_array().is_some_and(|l| l.len() == 4)
+    });
+    let presence = page["presence"].as_array().expect("presence");
+    assert!(presence.iter().all(|p| p["state"] == "present"), "{page:#}");
+    let region = page["why_region"].as_str().expect("why region");
+    let mine = presence
+        .iter()
+        .find(|p| p["region"] == region)
+        .expect("the client's region listed");
+    assert!(
+        mine["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("this client's region")),
+        "{page:#}"
+    );
 }
 
 /// PUT a manifest naming `blob` as its config and only layer, as `team/app:1.0`.

@@ -630,13 +630,15 @@ fn filters_include_and_exclude() {
 /// A multi-architecture image (an OCI index of two platform manifests) is replicated whole:
 /// the index, both children and every blob of each, in every region. Pushed straight to
 /// westus and found by a reconcile, so the index's job alone must bring its children (a push
-/// through Berth would also send an event for each child).
+/// through Berth would also send an event for each child). The rule has a `bandwidth` limit.
 #[test]
 fn a_multi_arch_index_is_replicated_whole() {
     let rt = runtime();
     let regs = start_registries(&rt, &|_| String::new());
     let dir = tempfile::tempdir().expect("tempdir");
-    let berth = Berth::start(&config(dir.path(), &regs, &[], ""));
+    // Under a bandwidth limit (appended to the demo's last rule): a limited copy completes.
+    let limited = "bandwidth = \"4MiB/s\"\n";
+    let berth = Berth::start(&config(dir.path(), &regs, &[], limited));
     let proxy_at = proxy(&berth);
     let sk = Skopeo::new();
     let index = descriptor_in(layout(), "multi")["digest"]
@@ -995,4 +997,133 @@ fn replicas_behind_https_are_copied_to_with_the_configured_ca() {
                 .iter()
                 .all(|r| v["regions"][*r]["state"] == "present")
     });
+}
+
+/// The status of `method` on `url` (0 when it cannot be reached).
+fn call(method: &str, url: &str) -> u16 {
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("Accept", MANIFEST_TYPES)
+        .body(())
+        .expect("request");
+    agent().run(req).map_or(0, |r| r.status().as_u16())
+}
+
+/// Replicas that allow deletes (docker-registry refuses them unless `storage.delete.enabled`).
+fn start_deleting_registries(
+    rt: &tokio::runtime::Runtime,
+    yaml: &dyn Fn(usize) -> String,
+) -> Vec<Registry> {
+    let mut regs: Vec<Registry> = (0..4).map(|i| Registry::with_yaml(&yaml(i))).collect();
+    for r in regs.iter_mut() {
+        let path = r.dir().join("config.yml");
+        let text = std::fs::read_to_string(&path).expect("config");
+        let text = text.replacen("storage:\n", "storage:\n  delete:\n    enabled: true\n", 1);
+        std::fs::write(&path, text).expect("config");
+        rt.block_on(r.start());
+    }
+    regs
+}
+
+/// `delete = true` on a rule: a manifest DELETE through Berth (and one made straight to a
+/// replica that notifies Berth) is propagated to the rule's regions. `delete = false` (the
+/// default, the `keep/**` rule): a delete stays in the region it was made in.
+#[test]
+fn deletes_propagate_only_where_the_rule_says() {
+    let rt = runtime();
+    let admin_port = support::free_port();
+    let notify = move |i: usize| {
+        if i != 1 {
+            return String::new();
+        }
+        format!(
+            "notifications:\n  endpoints:\n    - name: berth\n      \
+             url: http://127.0.0.1:{admin_port}/api/v1/replication/notifications?region=eastus\n      \
+             headers:\n        Authorization: [\"Bearer {ADMIN_TOKEN}\"]\n      \
+             timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
+        )
+    };
+    let regs = start_deleting_registries(&rt, &notify);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = format!("listen = \"127.0.0.1:{admin_port}\"");
+    let keep = format!(
+        "[[replication.rule]]\nname = \"keep\"\nrepositories = [\"keep/**\"]\nto = [{}]\n",
+        REGIONS.map(|r| format!("\"{r}\"")).join(", ")
+    );
+    let cfg = config(
+        dir.path(),
+        &regs,
+        &[
+            ("listen = \"127.0.0.1:9180\"", listen.as_str()),
+            (
+                "repositories = [\"**\"]",
+                "repositories = [\"team/**\"]\ndelete = true",
+            ),
+        ],
+        &keep,
+    );
+    let berth = Berth::start(&cfg);
+    let proxy_at = proxy(&berth);
+    let sk = Skopeo::new();
+    let app = image("app-1.0");
+    let tool = image("tool-1.0");
+    for dest in ["team/app:1.0", "keep/app:1.0", "team/tool:1.0"] {
+        assert_ok(&sk.push("app-1.0", &format!("{proxy_at}/{dest}")), dest);
+    }
+    for repo in ["team/app", "keep/app", "team/tool"] {
+        wait_for(&format!("{repo}:1.0 in every region"), || {
+            regs.iter().all(|r| complete(r, repo, "1.0", &app))
+        });
+    }
+    let manifest = |r: &Registry, repo: &str| {
+        call(
+            "HEAD",
+            &format!(
+                "http://127.0.0.1:{}/v2/{repo}/manifests/{}",
+                r.port, app.manifest
+            ),
+        )
+    };
+
+    // Through Berth, delete = true: gone from every region.
+    let url = format!("http://{proxy_at}/v2/team/app/manifests/{}", app.manifest);
+    assert_eq!(call("DELETE", &url), 202, "DELETE through Berth");
+    wait_for("team/app deleted in every region", || {
+        regs.iter().all(|r| manifest(r, "team/app") == 404)
+    });
+
+    // Straight to eastus, which notifies Berth: gone from every region too.
+    let url = format!(
+        "http://127.0.0.1:{}/v2/team/tool/manifests/{}",
+        regs[1].port, app.manifest
+    );
+    assert_eq!(call("DELETE", &url), 202, "DELETE straight to eastus");
+    wait_for("team/tool deleted in every region, by notification", || {
+        regs.iter().all(|r| manifest(r, "team/tool") == 404)
+    });
+
+    // Through Berth, delete = false: gone only where it was made. Events are taken in
+    // order, so once a later push is everywhere and the queue is empty, the delete was
+    // decided (and any job it made has run).
+    let url = format!("http://{proxy_at}/v2/keep/app/manifests/{}", app.manifest);
+    assert_eq!(call("DELETE", &url), 202, "DELETE through Berth");
+    assert_ok(
+        &sk.push("tool-1.0", &format!("{proxy_at}/team/after:1.0")),
+        "push after",
+    );
+    wait_for("team/after in every region", || {
+        regs.iter().all(|r| complete(r, "team/after", "1.0", &tool))
+    });
+    wait_for("the queue to drain", || {
+        admin_json(&berth, "/api/v1/replication").1["queued_jobs"] == 0
+    });
+    let holders = regs
+        .iter()
+        .filter(|r| manifest(r, "keep/app") == 200)
+        .count();
+    assert_eq!(
+        holders, 3,
+        "keep/app deleted only in the region that took the DELETE"
+    );
 }

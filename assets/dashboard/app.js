@@ -726,6 +726,44 @@ async function toggle(name, sw) {
 
 // ---- the "why" box ------------------------------------------------------------------------------
 
+/** "team/app:1.0" -> ["team/app", "1.0"]; "team/app@sha256:…" -> digest; no tag: "latest". */
+function splitImage(image) {
+  const at = image.indexOf("@");
+  if (at > 0) return [image.slice(0, at), image.slice(at + 1)];
+  const colon = image.lastIndexOf(":");
+  if (colon > image.lastIndexOf("/")) return [image.slice(0, colon), image.slice(colon + 1)];
+  return [image, "latest"];
+}
+
+/** One region's presence as the box says it: "present (lag 0.61 s)", "pending (attempt 2: …)". */
+function presenceText(p) {
+  if (p.state === "present") {
+    return typeof p.lag_seconds === "number" ? `present (lag ${seconds(p.lag_seconds)})` : "present";
+  }
+  const detail = [p.attempts ? `attempt ${p.attempts}` : null, p.last_error].filter(Boolean).join(": ");
+  return detail ? `${p.state} (${detail})` : p.state;
+}
+
+/** Per-region presence of an image (GET /api/v1/replication/{repo}?reference=), with the
+ * region the client is sent to marked: does it hold the image yet? */
+async function presence(image, chosen) {
+  const [repo, reference] = splitImage(image);
+  const path = repo.split("/").map(encodeURIComponent).join("/");
+  let d;
+  try {
+    d = await api(`/api/v1/replication/${path}?${new URLSearchParams({ reference })}`);
+  } catch (err) {
+    if (!(err instanceof ApiError)) throw err;
+    return h("p", { class: "hint presence-none" }, `${repo}:${reference}: ${err.message}`);
+  }
+  const items = Object.entries(d.regions || {}).map(([region, p]) =>
+    h("li", { "data-region": region, "data-state": p.state, class: p.state === "failed" ? "bad" : null },
+      h("strong", {}, region), region === chosen ? " (this client's region)" : "", `: ${presenceText(p)}`));
+  return h("div", { class: "presence-box" },
+    h("p", { class: "why-answer" }, `${repo}:${reference} `, h("code", {}, d.digest)),
+    h("ul", { class: "presence" }, ...items));
+}
+
 async function explain(ev) {
   ev.preventDefault();
   const client = $("why-client").value.trim();
@@ -748,6 +786,8 @@ async function explain(ev) {
       h("p", { class: "hint" }, facts.join(" · ")),
       h("pre", { class: "explanation" }, d.explanation),
     );
+    const image = $("why-image").value.trim();
+    if (image) out.append(await presence(image, d.region));
   } catch (err) {
     if (!(err instanceof ApiError)) throw err;
     out.replaceChildren(h("p", { class: "bad", role: "alert" }, `Cannot explain: ${err.message}`));

@@ -113,22 +113,66 @@ async fn notifications(
         });
         accepted += 1;
     }
+    for ev in deletes(&body) {
+        r.deleted(Pushed {
+            region: region.clone(),
+            ..ev
+        });
+        accepted += 1;
+    }
     Json(json!({ "accepted": accepted })).into_response()
+}
+
+/// The events of `action` in a notification envelope, not made by Berth itself.
+fn events_of<'a>(
+    body: &'a serde_json::Value,
+    action: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    let events = body.get("events").and_then(|e| e.as_array());
+    events
+        .into_iter()
+        .flatten()
+        .filter(move |e| e.get("action").and_then(|a| a.as_str()) == Some(action))
+        .filter(|e| {
+            let agent = e["request"]["useragent"].as_str().unwrap_or_default();
+            // Registries notify about Berth's own copies and deletes too: not new events.
+            !agent.starts_with(crate::replication::registry::USER_AGENT)
+        })
+}
+
+/// The manifest deletes in a notification envelope: action `delete` with a repository and a
+/// digest (distribution sends neither a media type nor a URL with it). A blob deleted through
+/// the API looks the same: its propagated DELETE finds no manifest and counts as done. The
+/// tag events a manifest delete brings along (a tag, no digest) are left out: the digest's
+/// delete removes its tags everywhere.
+fn deletes(body: &serde_json::Value) -> Vec<Pushed> {
+    events_of(body, "delete")
+        .filter_map(|e| {
+            let t = e.get("target")?;
+            let media = t
+                .get("mediaType")
+                .and_then(|m| m.as_str())
+                .unwrap_or("manifest");
+            if !media.contains("manifest") && !media.contains("index") {
+                return None;
+            }
+            let repo = t.get("repository")?.as_str()?.to_string();
+            let digest = t.get("digest")?.as_str()?.to_string();
+            Some(Pushed {
+                repo,
+                reference: digest.clone(),
+                digest: Some(digest),
+                region: String::new(),
+                at_ms: unix_ms(),
+            })
+        })
+        .collect()
 }
 
 /// The manifest pushes in a distribution notification envelope (`{"events": [...]}`):
 /// action `push` with a manifest media type and a repository, not made by Berth itself.
 fn pushes(body: &serde_json::Value) -> Vec<Pushed> {
-    let events = body.get("events").and_then(|e| e.as_array());
-    events
-        .into_iter()
-        .flatten()
-        .filter(|e| e.get("action").and_then(|a| a.as_str()) == Some("push"))
-        .filter(|e| {
-            let agent = e["request"]["useragent"].as_str().unwrap_or_default();
-            // Registries notify about Berth's own copies too: those are not new pushes.
-            !agent.starts_with(crate::replication::registry::USER_AGENT)
-        })
+    events_of(body, "push")
         .filter_map(|e| {
             let t = e.get("target")?;
             let media = t.get("mediaType")?.as_str()?;

@@ -47,6 +47,8 @@ struct RawRule {
     to: Vec<String>,
     #[serde(default)]
     webhooks: Vec<String>,
+    delete: Option<bool>,
+    bandwidth: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +100,12 @@ pub struct ReplicationRule {
     pub to: Vec<String>,
     /// This rule's own webhook URLs (besides the global ones).
     pub webhooks: Vec<String>,
+    /// Propagate manifest deletes (through Berth's proxy or a registry's notification) to
+    /// `to`; default false: a delete stays in the region it was made in.
+    pub delete: bool,
+    /// Bytes per second streamed to each region in `to` (a token bucket per destination; a
+    /// region several rules name gets the smallest); None: unlimited.
+    pub bandwidth: Option<u64>,
 }
 
 /// Credentials Berth uses on one region's registry: basic, and for a bearer-token registry
@@ -235,6 +243,12 @@ impl Validator<'_> {
             }
         }
         self.urls(&format!("{key}.webhooks"), &r.webhooks)?;
+        let bandwidth = match &r.bandwidth {
+            None => None,
+            Some(b) => {
+                Some(parse_bandwidth(b).map_err(|m| self.err(format!("{key}.bandwidth"), m))?)
+            }
+        };
         let or_all = |v: Vec<String>, all: &str| {
             if v.is_empty() {
                 vec![all.to_string()]
@@ -250,6 +264,8 @@ impl Validator<'_> {
             exclude_tags: r.exclude_tags,
             to: r.to,
             webhooks: r.webhooks,
+            delete: r.delete.unwrap_or(false),
+            bandwidth,
         })
     }
 
@@ -269,4 +285,19 @@ pub fn default_queue_file(state_file: &std::path::Path) -> PathBuf {
         .file_stem()
         .map_or("berth".into(), |s| s.to_string_lossy().into_owned());
     state_file.with_file_name(format!("{stem}.replication.json"))
+}
+
+/// "50MiB/s" (also "50MiB" or "1048576/s"): bytes per second, at least 1 KiB/s (a smaller
+/// limit would stall a copy for hours; leave the key out for no limit).
+pub fn parse_bandwidth(s: &str) -> Result<u64, String> {
+    let size = s.trim().strip_suffix("/s").unwrap_or(s.trim());
+    let n = super::parse::parse_size(size).map_err(|_| {
+        format!("{s:?} is not a rate such as \"50MiB/s\" (B, KiB, MiB or GiB per second)")
+    })?;
+    if n < 1024 {
+        return Err(format!(
+            "{s:?} is below 1KiB/s; leave bandwidth out for no limit"
+        ));
+    }
+    Ok(n as u64)
 }

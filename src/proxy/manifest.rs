@@ -288,26 +288,55 @@ fn pushed(
     header: &ResponseHeader,
 ) {
     let r = shared.live.replication.get();
-    let (Some(r), Some(repo), Some(id)) = (r, &ctx.repo, ctx.region) else {
-        return;
+    if let (Some(r), Some(ev)) = (r, event(ctx, snap, req, header)) {
+        r.pushed(ev);
+    }
+}
+
+/// The replication hook for a manifest DELETE that the region answered with success: sends
+/// (repository, reference, region) to the replicator without waiting.
+pub(super) fn deleted(
+    shared: &Shared,
+    ctx: &Ctx,
+    snap: &Snapshot,
+    req: &RequestHeader,
+    header: &ResponseHeader,
+) {
+    let r = shared.live.replication.get();
+    if let (Some(r), Some(ev)) = (r, event(ctx, snap, req, header)) {
+        r.deleted(ev);
+    }
+}
+
+/// What the hooks send: None unless replication is on and the region answered with success.
+fn event(
+    ctx: &Ctx,
+    snap: &Snapshot,
+    req: &RequestHeader,
+    header: &ResponseHeader,
+) -> Option<crate::replication::Pushed> {
+    let (Some(repo), Some(id)) = (&ctx.repo, ctx.region) else {
+        return None;
     };
     if !header.status.is_success() {
-        return;
+        return None;
     }
     // `/v2/<repo>/manifests/<reference>`: the last segment (a digest's ':' may come encoded).
     let reference = req.uri.path().rsplit('/').next().unwrap_or_default();
+    let reference = reference.replace("%3A", ":").replace("%3a", ":");
     let digest = header
         .headers
         .get("docker-content-digest")
         .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    r.pushed(crate::replication::Pushed {
+        .map(String::from)
+        .or_else(|| reference.contains(':').then(|| reference.clone()));
+    Some(crate::replication::Pushed {
         repo: repo.clone(),
-        reference: reference.replace("%3A", ":").replace("%3a", ":"),
+        reference,
         digest,
         region: snap.config.regions[id].name.clone(),
         at_ms: crate::replication::unix_ms(),
-    });
+    })
 }
 
 /// Give the client the region's answer (its `Location` made public), or the refusal when no

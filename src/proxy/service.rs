@@ -332,6 +332,9 @@ impl ProxyHttp for BerthProxy {
         if let (Kind::Upload, true, Some(uuid)) = (ctx.kind, finished, &ctx.uuid) {
             self.shared.sessions.finish(uuid);
         }
+        if ctx.kind == Kind::Manifest && *method == Method::DELETE {
+            super::manifest::deleted(&self.shared, ctx, &snap, session.req_header(), resp);
+        }
         Ok(())
     }
 

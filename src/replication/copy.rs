@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt as _;
 use sha2::Digest as _;
 
+use super::bandwidth::Limiter;
 use super::registry::{Registry, RegistryError};
 use crate::proxy::oci;
 
@@ -31,6 +32,8 @@ pub struct Engine {
     /// (region, blob digest) -> a repository holding it there.
     mount_hints: Mutex<HashMap<(String, String), String>>,
     pub bytes_copied: AtomicU64,
+    /// Destination region -> its `bandwidth` bucket, shared by every copy to it.
+    limiters: Mutex<HashMap<String, Arc<Limiter>>>,
 }
 
 /// One copy to do.
@@ -43,6 +46,8 @@ pub struct Task<'a> {
     pub tags: Vec<String>,
     /// Blob copies in flight at once.
     pub concurrency: usize,
+    /// The destination's bandwidth limit, if any ([`Engine::limiter`]).
+    pub limit: Option<Arc<Limiter>>,
 }
 
 fn bad(region: &str, what: &str, message: String) -> RegistryError {
@@ -69,6 +74,23 @@ impl Engine {
             h.clear();
         }
         h.insert((region.to_string(), digest.to_string()), repo.to_string());
+    }
+
+    /// The bucket of `region` at `rate` bytes per second (None: no limit). Kept across jobs so
+    /// concurrent and successive copies to one region share it; a new rate (a reload) starts
+    /// a new bucket.
+    pub fn limiter(&self, region: &str, rate: Option<u64>) -> Option<Arc<Limiter>> {
+        let mut m = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rate) = rate else {
+            m.remove(region);
+            return None;
+        };
+        if let Some(l) = m.get(region).filter(|l| l.rate() == rate) {
+            return Some(l.clone());
+        }
+        let l = Arc::new(Limiter::new(rate));
+        m.insert(region.to_string(), l.clone());
+        Some(l)
     }
 
     /// Copy `task.repo@task.digest` whole; Ok when the destination holds it under every tag.
@@ -187,14 +209,20 @@ impl Engine {
             }
             chunk
         });
-        let sent = dst
-            .put_blob(
-                &location,
-                digest,
-                blob.len,
-                reqwest::Body::wrap_stream(stream),
-            )
-            .await;
+        let body = match task.limit.clone() {
+            None => reqwest::Body::wrap_stream(stream),
+            // Each chunk waits for its tokens before it is handed to the PUT.
+            Some(limit) => reqwest::Body::wrap_stream(stream.then(move |chunk| {
+                let limit = limit.clone();
+                async move {
+                    if let Ok(c) = &chunk {
+                        limit.wait_for(c.len() as u64).await;
+                    }
+                    chunk
+                }
+            })),
+        };
+        let sent = dst.put_blob(&location, digest, blob.len, body).await;
         let n = counter.load(Ordering::Relaxed);
         total.fetch_add(n, Ordering::Relaxed);
         sent?;

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::copy::Task;
 use super::queue::{should_run, Job};
-use super::{backoff, reconcile, rules, unix_ms, Pushed, Replication, SnapshotSource};
+use super::{backoff, reconcile, rules, unix_ms, Event, Pushed, Replication, SnapshotSource};
 use crate::config::ReplicationConfig;
 use crate::snapshot::Snapshot;
 use crate::supervise::{supervise_task, Kind, Unit};
@@ -22,7 +22,7 @@ use crate::supervise::{supervise_task, Kind, Unit};
 pub(super) fn spawn(
     live: &SnapshotSource,
     r: &Arc<Replication>,
-    events: Receiver<Pushed>,
+    events: Receiver<Event>,
     stop: watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let workers = r.workers.clone();
@@ -55,7 +55,7 @@ fn config(snap: &Snapshot) -> Option<&ReplicationConfig> {
 async fn event_loop(
     live: SnapshotSource,
     r: Arc<Replication>,
-    events: Arc<tokio::sync::Mutex<Receiver<Pushed>>>,
+    events: Arc<tokio::sync::Mutex<Receiver<Event>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut events = events.lock().await;
@@ -67,8 +67,52 @@ async fn event_loop(
         let (Some(ev), Some(snap)) = (ev, live()) else {
             return;
         };
-        on_event(&snap, &r, ev).await;
+        match ev {
+            Event::Pushed(ev) => on_event(&snap, &r, ev).await,
+            Event::Deleted(ev) => on_delete(&snap, &r, ev),
+        }
     }
+}
+
+/// A delete: the region no longer holds it (status), and a delete job for each region of
+/// the rules with `delete = true` that take it. With no such rule nothing else happens: the
+/// other regions keep it, and reconcile does not copy it back where it was deleted.
+fn on_delete(snap: &Snapshot, r: &Replication, ev: Pushed) {
+    let Some(cfg) = config(snap) else { return };
+    let digest = ev
+        .digest
+        .clone()
+        .or_else(|| r.status().resolve(&ev.repo, &ev.reference));
+    let tags = match &digest {
+        Some(d) if ev.reference.contains(':') => r.status().tags_of(&ev.repo, d),
+        _ => vec![ev.reference.clone()],
+    };
+    let mut dests = rules::delete_destinations(&cfg.rules, &ev.repo, &tags);
+    dests.remove(&ev.region);
+    // A deleted tag leaves the manifest in place (under its digest and other tags).
+    if ev.reference.contains(':') {
+        if let Some(d) = &digest {
+            r.status().deleted(&ev.repo, d, &ev.region);
+        }
+    }
+    tracing::info!(repo = %ev.repo, reference = %ev.reference, region = %ev.region, to = ?dests, "replication: manifest deleted");
+    let jobs = dests
+        .into_iter()
+        .map(|dest| Job {
+            id: 0,
+            repo: ev.repo.clone(),
+            digest: ev.reference.clone(),
+            tags: Default::default(),
+            source: ev.region.clone(),
+            dest,
+            pushed_at_ms: Some(ev.at_ms),
+            attempts: 0,
+            not_before_ms: 0,
+            last_error: None,
+            delete: true,
+        })
+        .collect();
+    r.enqueue(jobs, &cfg.queue_file);
 }
 
 /// A push: its destinations by the rules, the status entry, and one job per destination.
@@ -115,6 +159,7 @@ async fn on_event(snap: &Snapshot, r: &Replication, ev: Pushed) {
             attempts: 0,
             not_before_ms: 0,
             last_error: None,
+            delete: false,
         })
         .collect();
     r.enqueue(jobs, &cfg.queue_file);
@@ -197,6 +242,10 @@ async fn run_job(snap: Arc<Snapshot>, r: Arc<Replication>, job: Job) {
         r.wake.notify_one();
         return;
     };
+    if job.delete {
+        run_delete(cfg, &r, &job, &dst).await;
+        return;
+    }
     let task = Task {
         src: &src,
         dst: &dst,
@@ -204,6 +253,9 @@ async fn run_job(snap: Arc<Snapshot>, r: Arc<Replication>, job: Job) {
         digest: &job.digest,
         tags: job.tags.iter().cloned().collect(),
         concurrency: cfg.concurrency,
+        limit: r
+            .engine
+            .limiter(&job.dest, rules::bandwidth(&cfg.rules, &job.dest)),
     };
     let result = r.engine.copy(&task).await;
     let now = unix_ms();
@@ -220,6 +272,28 @@ async fn run_job(snap: Arc<Snapshot>, r: Arc<Replication>, job: Job) {
         Err(e) => failed(cfg, &r, &job, &e.to_string()),
     }
     save(cfg, &r);
+    r.wake.notify_one();
+}
+
+/// A propagated delete: DELETE at the destination (absent already counts as done).
+async fn run_delete(
+    cfg: &ReplicationConfig,
+    r: &Replication,
+    job: &Job,
+    dst: &super::registry::Registry,
+) {
+    match dst.delete_manifest(&job.repo, &job.digest).await {
+        Ok(found) => {
+            if job.digest.contains(':') {
+                r.status().deleted(&job.repo, &job.digest, &job.dest);
+            }
+            r.metrics.job_done(&job.dest, None);
+            r.queue().finish(job.id);
+            tracing::debug!(repo = %job.repo, reference = %job.digest, region = %job.dest, found, "replicated a delete");
+        }
+        Err(e) => failed(cfg, r, job, &e.to_string()),
+    }
+    save(cfg, r);
     r.wake.notify_one();
 }
 

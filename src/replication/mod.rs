@@ -11,13 +11,14 @@
 //! ([`backoff`]), and records presence and lag in the status table ([`status`]), which the
 //! admin API, the CLI, the metrics and the proxy's chooser read.
 //!
-//! Pure parts: [`rules`] (globs), [`status`], [`backoff`], the queue's bookkeeping and
+//! Pure parts: [`rules`] (globs), [`status`], [`backoff`], [`bandwidth`]'s bucket, the queue's bookkeeping and
 //! [`reconcile::plan`]. IO: [`registry`], [`copy`], [`driver`], the queue file.
 //!
 //! Owns: the queue and its file, the status table, the registry clients. Does not own: which
 //! regions exist (the config in the live snapshot) or how clients are routed.
 
 pub mod backoff;
+pub mod bandwidth;
 pub mod copy;
 mod driver;
 pub mod metrics;
@@ -63,6 +64,15 @@ pub struct Pushed {
     pub at_ms: u64,
 }
 
+/// What the event loop is told: a manifest stored, or deleted, in a region.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Pushed(Pushed),
+    /// `reference` was deleted in `region` (a successful manifest DELETE); propagated to the
+    /// regions of the rules with `delete = true`.
+    Deleted(Pushed),
+}
+
 /// Events waiting for the driver; past this they are dropped and counted (reconcile catches
 /// up), so a flood of pushes cannot grow memory without bound.
 const EVENT_BACKLOG: usize = 10_000;
@@ -71,7 +81,7 @@ const EVENT_BACKLOG: usize = 10_000;
 pub struct Replication {
     queue: Mutex<Queue>,
     status: Mutex<StatusTable>,
-    events: tokio::sync::mpsc::Sender<Pushed>,
+    events: tokio::sync::mpsc::Sender<Event>,
     /// Wakes the driver: a job was added, or one finished.
     wake: tokio::sync::Notify,
     /// Asks the reconcile loop for a pass now (`POST /api/v1/replication/sync`).
@@ -165,7 +175,15 @@ impl Replication {
 
     /// A manifest was stored in a region. Never blocks: the request path calls this.
     pub fn pushed(&self, event: Pushed) {
-        if self.events.try_send(event).is_err() {
+        if self.events.try_send(Event::Pushed(event)).is_err() {
+            self.metrics.event_dropped();
+        }
+    }
+
+    /// A manifest was deleted in a region (`event.reference`: the digest or tag deleted).
+    /// Never blocks: the request path calls this.
+    pub fn deleted(&self, event: Pushed) {
+        if self.events.try_send(Event::Deleted(event)).is_err() {
             self.metrics.event_dropped();
         }
     }

@@ -19,11 +19,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// One manifest to copy to one region.
+/// One manifest to copy to one region, or (with `delete`) to delete there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: u64,
     pub repo: String,
+    /// The manifest's digest; for a delete, the reference deleted (a digest, or a tag when
+    /// the source registry deleted a tag).
     pub digest: String,
     /// Tags the destination should carry for this digest (the manifest is PUT once per tag;
     /// with none it is PUT by digest).
@@ -41,6 +43,9 @@ pub struct Job {
     pub not_before_ms: u64,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Delete the manifest at `dest` (a propagated delete) instead of copying it.
+    #[serde(default)]
+    pub delete: bool,
 }
 
 /// Should this instance run `job`? In single-instance mode (`cluster` None) every job is
@@ -104,14 +109,24 @@ pub enum QueueError {
 
 impl Queue {
     /// Add a job, or merge it into the waiting one for the same (repository, digest,
-    /// destination): its tags are added and it becomes due now. Returns whether a new job was
-    /// added.
+    /// destination, kind): its tags are added and it becomes due now. Returns whether a new
+    /// job was added. The latest word wins between a copy and a delete of the same content:
+    /// a waiting (not running) job of the other kind is dropped.
     pub fn add(&mut self, mut job: Job) -> bool {
-        if let Some(j) = self
-            .jobs
-            .values_mut()
-            .find(|j| j.repo == job.repo && j.digest == job.digest && j.dest == job.dest)
-        {
+        let running = &self.running;
+        self.jobs.retain(|id, j| {
+            running.contains(id)
+                || !(j.repo == job.repo
+                    && j.digest == job.digest
+                    && j.dest == job.dest
+                    && j.delete != job.delete)
+        });
+        if let Some(j) = self.jobs.values_mut().find(|j| {
+            j.repo == job.repo
+                && j.digest == job.digest
+                && j.dest == job.dest
+                && j.delete == job.delete
+        }) {
             j.tags.append(&mut job.tags);
             if j.pushed_at_ms.is_none() {
                 j.pushed_at_ms = job.pushed_at_ms;
@@ -140,9 +155,20 @@ impl Queue {
                 *busy.entry(j.dest.clone()).or_default() += 1;
             }
         }
+        // A copy and a delete of the same content to the same region never run together
+        // (the later one waits for the earlier), so they cannot finish in the wrong order.
+        let busy_keys: BTreeSet<(&str, &str, &str)> = self
+            .running
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .map(|j| (j.repo.as_str(), j.digest.as_str(), j.dest.as_str()))
+            .collect();
         let mut out = vec![];
         for j in self.jobs.values() {
             if self.running.contains(&j.id) || j.not_before_ms > now_ms || !runs_here(j) {
+                continue;
+            }
+            if busy_keys.contains(&(j.repo.as_str(), j.digest.as_str(), j.dest.as_str())) {
                 continue;
             }
             let n = busy.entry(j.dest.clone()).or_default();
@@ -304,7 +330,56 @@ mod tests {
             attempts: 0,
             not_before_ms: 0,
             last_error: None,
+            delete: false,
         }
+    }
+
+    /// A delete replaces the waiting copy of the same content to the same region (and the
+    /// other way round), never a running one; an old queue file without `delete` still loads.
+    #[test]
+    fn a_delete_replaces_the_waiting_copy() {
+        let mut q = Queue::default();
+        q.add(job("app", "eastus", "1"));
+        q.add(job("app", "westus", "1"));
+        let running = q.take_ready(0, 1, |j| j.dest == "westus");
+        assert_eq!(running.len(), 1);
+        for dest in ["eastus", "westus"] {
+            q.add(Job {
+                delete: true,
+                tags: Default::default(),
+                ..job("app", dest, "1")
+            });
+        }
+        let kinds: Vec<(String, bool)> = q.jobs().map(|j| (j.dest.clone(), j.delete)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("westus".to_string(), false),
+                ("eastus".to_string(), true),
+                ("westus".to_string(), true)
+            ]
+        );
+        let ready: Vec<(String, bool)> = q
+            .take_ready(0, 4, |_| true)
+            .into_iter()
+            .map(|j| (j.dest, j.delete))
+            .collect();
+        assert_eq!(
+            ready,
+            [("eastus".to_string(), true)],
+            "the delete to westus waits for the running copy"
+        );
+        q.add(job("app", "eastus", "1"));
+        assert_eq!(
+            q.jobs().filter(|j| j.dest == "eastus").count(),
+            2,
+            "the running delete stays"
+        );
+        let old = r#"{"version":1,"next_id":1,"jobs":[{"id":1,"repo":"a","digest":"sha256:a","source":"w","dest":"e","pushed_at_ms":null}]}"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.json");
+        std::fs::write(&path, old).unwrap();
+        assert!(!Queue::load(&path).unwrap().jobs().next().unwrap().delete);
     }
 
     #[test]

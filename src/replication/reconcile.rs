@@ -148,7 +148,10 @@ pub(super) async fn pass(snap: &Snapshot, r: &Replication) {
         observed.extend(observe(&reachable, repo, holders).await);
     }
     let status = r.status();
-    let (planned, conflicts) = plan(&observed, &cfg.rules, |repo, tag| status.resolve(repo, tag));
+    let (mut planned, conflicts) =
+        plan(&observed, &cfg.rules, |repo, tag| status.resolve(repo, tag));
+    // A manifest deleted in a region (through Berth or notified) is not copied back there.
+    planned.retain(|p| !status.was_deleted(&p.repo, &p.digest, &p.dest));
     drop(status);
     for c in conflicts {
         tracing::warn!(conflict = %c, "reconcile");
@@ -232,6 +235,7 @@ fn to_jobs(r: &Replication, planned: Vec<Planned>) -> Vec<Job> {
                 attempts: 0,
                 not_before_ms: unix_ms(),
                 last_error: None,
+                delete: false,
             }
         })
         .collect()
@@ -261,6 +265,8 @@ mod tests {
             exclude_tags: vec![],
             to: regions.iter().map(|s| s.to_string()).collect(),
             webhooks: vec![],
+            delete: false,
+            bandwidth: None,
         }]
     }
 

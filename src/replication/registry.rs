@@ -335,6 +335,30 @@ impl Registry {
         Ok(())
     }
 
+    /// Delete the manifest `repo:reference` (a digest, or a tag where the registry allows
+    /// deleting tags). Ok(false): it was not there.
+    pub async fn delete_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<bool, RegistryError> {
+        let what = format!("DELETE manifest {repo}:{reference}");
+        let r = self
+            .send(
+                &what,
+                Method::DELETE,
+                &format!("/v2/{repo}/manifests/{reference}"),
+                &[],
+                None,
+            )
+            .await?;
+        match r.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.err_status(&what, r).await),
+        }
+    }
+
     /// Start an upload; with `mount_from`, ask for a cross-repository mount first. Ok(None):
     /// mounted, nothing to upload; Ok(Some(location)): upload there.
     pub async fn start_upload(

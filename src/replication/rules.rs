@@ -72,6 +72,39 @@ pub fn destinations(rules: &[ReplicationRule], repo: &str, tag: Option<&str>) ->
         .collect()
 }
 
+/// The regions a delete of a manifest of `repo` goes to: the union of the `to` of the rules
+/// with `delete = true` that take it. `tags` are the tags Berth knew the manifest by (a
+/// delete by digest removes every tag naming it); with none known, the rule must take
+/// untagged manifests ([`rule_takes`] with no tag).
+pub fn delete_destinations(
+    rules: &[ReplicationRule],
+    repo: &str,
+    tags: &[String],
+) -> BTreeSet<String> {
+    rules
+        .iter()
+        .filter(|r| r.delete)
+        .filter(|r| {
+            if tags.is_empty() {
+                rule_takes(r, repo, None)
+            } else {
+                tags.iter().any(|t| rule_takes(r, repo, Some(t)))
+            }
+        })
+        .flat_map(|r| r.to.iter().cloned())
+        .collect()
+}
+
+/// Bytes per second streamed to `region`: the smallest `bandwidth` of the rules naming it in
+/// `to`; None: no limit.
+pub fn bandwidth(rules: &[ReplicationRule], region: &str) -> Option<u64> {
+    rules
+        .iter()
+        .filter(|r| r.to.iter().any(|t| t == region))
+        .filter_map(|r| r.bandwidth)
+        .min()
+}
+
 /// The webhook URLs of the rules that take `repo:tag` (global ones are added by the caller).
 pub fn webhooks(rules: &[ReplicationRule], repo: &str, tag: Option<&str>) -> BTreeSet<String> {
     rules
@@ -95,6 +128,8 @@ mod tests {
             exclude_tags: v(ex_tags),
             to: vec!["eastus".into()],
             webhooks: vec![],
+            delete: false,
+            bandwidth: None,
         }
     }
 
@@ -137,7 +172,37 @@ mod tests {
         assert!(!rule_takes(&some, "app", Some("latest")));
         let mut other = rule(&["**"], &[], &["*"], &[]);
         other.to = vec!["westus".into()];
-        let d = destinations(&[some, other], "app", Some("v2"));
+        let d = destinations(&[some.clone(), other.clone()], "app", Some("v2"));
         assert_eq!(d.into_iter().collect::<Vec<_>>(), ["eastus", "westus"]);
+
+        // Deletes go only where a rule with delete = true takes the manifest.
+        let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(
+            delete_destinations(&[some.clone(), other.clone()], "app", &tags(&["v2"])).is_empty()
+        );
+        other.delete = true;
+        let rules = [some.clone(), other.clone()];
+        let d = delete_destinations(&rules, "app", &tags(&["latest", "v2"]));
+        assert_eq!(d.into_iter().collect::<Vec<_>>(), ["westus"]);
+        let mut some_del = some.clone();
+        some_del.delete = true;
+        let rules = [some_del.clone(), other.clone()];
+        assert_eq!(
+            delete_destinations(&rules, "app", &tags(&["latest"])).len(),
+            1
+        );
+        assert_eq!(delete_destinations(&rules, "app", &tags(&["v2"])).len(), 2);
+        // No tag known: only a rule taking untagged manifests (tags = ["*"]).
+        let d = delete_destinations(&rules, "app", &[]);
+        assert_eq!(d.into_iter().collect::<Vec<_>>(), ["westus"]);
+
+        // Bandwidth per destination: the smallest of the rules naming it.
+        some_del.bandwidth = Some(10);
+        other.bandwidth = Some(20);
+        other.to.push("eastus".into());
+        let rules = [some_del, other];
+        assert_eq!(bandwidth(&rules, "eastus"), Some(10));
+        assert_eq!(bandwidth(&rules, "westus"), Some(20));
+        assert_eq!(bandwidth(&rules, "mars"), None);
     }
 }

@@ -63,7 +63,14 @@ pub struct StatusTable {
     /// (repository, blob digest) -> regions known to hold it there.
     blobs: HashMap<(String, String), BTreeSet<String>>,
     lags: BTreeMap<String, VecDeque<f64>>,
+    /// (repository, digest) -> regions it was deleted from since its last push: reconcile
+    /// does not copy it back there (a delete with `delete = false` stays where it was made).
+    removed: HashMap<(String, String), BTreeSet<String>>,
 }
+
+/// Deletes remembered for reconcile; past this the memory starts over (a forgotten delete
+/// is at worst copied back by a reconcile, as before Berth saw it).
+const REMOVED_MAX: usize = 100_000;
 
 impl StatusTable {
     fn entry(&mut self, repo: &str, digest: &str) -> &mut Entry {
@@ -85,6 +92,10 @@ impl StatusTable {
         if let Some(t) = tag {
             self.tags
                 .insert((repo.to_string(), t.to_string()), digest.to_string());
+        }
+        if pushed_at_ms.is_some() {
+            // Pushed again: what was deleted is wanted again everywhere.
+            self.removed.remove(&(repo.to_string(), digest.to_string()));
         }
         let e = self.entry(repo, digest);
         if let Some(t) = tag {
@@ -217,6 +228,41 @@ impl StatusTable {
             .map_or(vec![], |s| s.iter().cloned().collect())
     }
 
+    /// The manifest was deleted in `region`: it is no longer there (reads are not sent there
+    /// for it), and reconcile does not copy it back. An entry left with no region is dropped,
+    /// with the tags naming it.
+    pub fn deleted(&mut self, repo: &str, digest: &str, region: &str) {
+        let key = (repo.to_string(), digest.to_string());
+        if self.removed.len() >= REMOVED_MAX && !self.removed.contains_key(&key) {
+            self.removed.clear();
+        }
+        self.removed
+            .entry(key.clone())
+            .or_default()
+            .insert(region.to_string());
+        let Some(e) = self.entries.get_mut(&key) else {
+            return;
+        };
+        e.regions.remove(region);
+        if e.regions.is_empty() {
+            self.entries.remove(&key);
+            self.tags.retain(|(r, _), d| !(r == repo && d == digest));
+        }
+    }
+
+    /// Was `repo@digest` deleted in `region` since it was last pushed?
+    pub fn was_deleted(&self, repo: &str, digest: &str, region: &str) -> bool {
+        self.removed
+            .get(&(repo.to_string(), digest.to_string()))
+            .is_some_and(|s| s.contains(region))
+    }
+
+    /// The tags Berth knows `repo@digest` by.
+    pub fn tags_of(&self, repo: &str, digest: &str) -> Vec<String> {
+        self.get(repo, digest)
+            .map_or(vec![], |e| e.tags.iter().cloned().collect())
+    }
+
     /// Per region: how many manifests are present, pending, failed, and lag percentiles.
     pub fn summary(&self) -> BTreeMap<String, RegionSummary> {
         let mut out: BTreeMap<String, RegionSummary> = BTreeMap::new();
@@ -300,6 +346,24 @@ mod tests {
         assert_eq!(s["eastus"].lag_p50_seconds, Some(2.5));
         t.attempt_failed("app", "sha256:a", "eastus", 8, "500", true);
         assert_eq!(t.failures().len(), 1);
+    }
+
+    #[test]
+    fn a_delete_leaves_the_region_and_is_remembered_until_pushed_again() {
+        let mut t = StatusTable::default();
+        let all = dests(&["westus", "eastus"]);
+        t.pushed("app", "sha256:a", Some("1"), "westus", Some(1), &all);
+        t.present("app", "sha256:a", "eastus", 2, &[]);
+        t.deleted("app", "sha256:a", "westus");
+        assert_eq!(t.manifest_holders("app", "1"), ["eastus"]);
+        assert!(t.was_deleted("app", "sha256:a", "westus"));
+        assert!(!t.was_deleted("app", "sha256:a", "eastus"));
+        assert_eq!(t.tags_of("app", "sha256:a"), ["1"]);
+        t.deleted("app", "sha256:a", "eastus");
+        assert!(t.get("app", "sha256:a").is_none(), "gone everywhere");
+        assert_eq!(t.resolve("app", "1"), None, "the tag went with it");
+        t.pushed("app", "sha256:a", Some("1"), "eastus", Some(3), &all);
+        assert!(!t.was_deleted("app", "sha256:a", "westus"), "pushed again");
     }
 
     #[test]
