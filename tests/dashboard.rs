@@ -595,8 +595,11 @@ fn the_page_says_it_is_stale_while_the_api_is_away_and_recovers() {
     bed.regs[1].stop();
     let mut berth = Berth::start(&bed.config);
     assert_eq!(berth.admin(), admin);
-    let page = browser.wait_for("the page live again, eastus down", |p| {
-        p["stale"] == false && row(p, "eastus")["state"] == "down"
+    // westus too: on a loaded machine its first probe (150 ms timeout) can fail once.
+    let page = browser.wait_for("the page live again, eastus down, westus healthy", |p| {
+        p["stale"] == false
+            && row(p, "eastus")["state"] == "down"
+            && row(p, "westus")["state"] == "healthy"
     });
     assert_eq!(page["stale_body"], false);
     assert!(
@@ -606,7 +609,6 @@ fn the_page_says_it_is_stale_while_the_api_is_away_and_recovers() {
             .starts_with("Live"),
         "{page:#}"
     );
-    assert_eq!(row(&page, "westus")["state"], "healthy");
     berth.stop();
 }
 
