@@ -251,13 +251,14 @@ impl Live {
             snap.keys.names[index],
             ClientKey::new(addr, rn.client_prefix(&addr)),
         );
+        let place = self.sticky.place(&key);
         let remembered = self
             .sticky
-            .get(&key, now)
+            .get_at(&place, now)
             .and_then(|r| snap.keys.region_id(r));
         let routed = snap.route_fast(index, addr, remembered);
         let region = routed.region.map(|r| snap.keys.regions[r]);
-        self.sticky.record(key, region, now);
+        self.sticky.record_at(&place, region, now);
         snap.counters.answer(index, routed.region, routed.fail_open);
         routed
     }

@@ -227,7 +227,7 @@ fn answer_routed(
         _ => (src, false),
     };
     let cookie = server_cookie(snap, q, src, clock);
-    let routed = live.route(snap, entry.index, client);
+    let routed = live.route_at(snap, entry.index, client, clock.now(live));
     let scope = match q.edns.as_ref().and_then(|e| e.ecs) {
         Some(e) if has_ecs => super::routed_scope(rn, &routed, client).min(e.source),
         _ => 0,

@@ -453,7 +453,7 @@ mod batch {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use crate::dns::{answer_into, Transport};
+    use crate::dns::{answer_batch, Clock};
     use crate::live::Live;
     use crate::metrics::hist::BatchTimer;
     use crate::supervise::Unit;
@@ -584,6 +584,37 @@ mod batch {
         }
     }
 
+    /// Answer the queries `recvmmsg` put in the first `received.len()` slots into their
+    /// `out_bufs`; `outs` gets the slots that have an answer to send.
+    fn answer_received(
+        live: &Live,
+        received: &[libc::mmsghdr],
+        addrs: &[libc::sockaddr_storage],
+        bufs: &[[u8; BUF]],
+        out_bufs: &mut [Vec<u8>],
+        outs: &mut Vec<usize>,
+    ) {
+        outs.clear();
+        // Once per batch, not per query: the snapshot (a reload lands at the next batch) and
+        // the clocks (the batch arrived at one instant).
+        let snap = live.snapshot.load();
+        let mut clock = Clock::new(None);
+        for (i, m) in received.iter().enumerate() {
+            if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                continue;
+            }
+            let Some(src) = to_socket_addr(&addrs[i]) else {
+                continue;
+            };
+            let (query, out) = (&bufs[i][..m.msg_len as usize], &mut out_bufs[i]);
+            let answered = answer_batch(live, &snap, &mut clock, query, src.ip(), out);
+            crate::logs::log_query(src.ip(), "udp", query, answered.then_some(out.as_slice()));
+            if answered {
+                outs.push(i);
+            }
+        }
+    }
+
     /// One receive batch in this many is timed for `berth_dns_answer_duration_seconds`: two
     /// clock reads cost about 1-4% of answering one query on a loaded machine, so timing
     /// every batch of one would cost that much; sampled, it is well under 1%.
@@ -648,22 +679,8 @@ mod batch {
                 continue;
             }
             let t0 = timer.start();
-            outs.clear();
-            for i in 0..n as usize {
-                if msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                    continue;
-                }
-                let Some(src) = to_socket_addr(&addrs[i]) else {
-                    continue;
-                };
-                let len = msgs[i].msg_len as usize;
-                let (query, out) = (&bufs[i][..len], &mut out_bufs[i]);
-                let answered = answer_into(live, query, src.ip(), Transport::Udp, None, out);
-                crate::logs::log_query(src.ip(), "udp", query, answered.then_some(out.as_slice()));
-                if answered {
-                    outs.push(i);
-                }
-            }
+            let received = &msgs[..n as usize];
+            answer_received(live, received, &addrs, &bufs, &mut out_bufs, &mut outs);
             for (k, i) in outs.iter().enumerate() {
                 let out = &out_bufs[*i];
                 out_iovs[k].iov_base = out.as_ptr() as *mut libc::c_void;
