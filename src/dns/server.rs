@@ -645,23 +645,29 @@ mod batch {
         let mut out_ctrls = [Ctrl([0; 64]); BATCH];
         // One batch in TIMED_EVERY feeds this thread's answer-time histogram (see its doc).
         let mut timer = BatchTimer::new(live.metrics.dns_udp_times(), TIMED_EVERY);
+        for i in 0..BATCH {
+            iovs[i].iov_base = bufs[i].as_mut_ptr().cast();
+            iovs[i].iov_len = BUF;
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = if pktinfo {
+                ctrls[i].0.as_mut_ptr().cast()
+            } else {
+                std::ptr::null_mut()
+            };
+        }
+        // Headers the last recvmmsg filled in: the kernel wrote their lengths and flags.
+        let mut used = BATCH;
         while !stop.load(Ordering::Relaxed) {
-            for i in 0..BATCH {
-                iovs[i].iov_base = bufs[i].as_mut_ptr().cast();
-                iovs[i].iov_len = BUF;
-                let h = &mut msgs[i].msg_hdr;
-                h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-                h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                h.msg_iov = &mut iovs[i];
-                h.msg_iovlen = 1;
-                h.msg_control = if pktinfo {
-                    ctrls[i].0.as_mut_ptr().cast()
-                } else {
-                    std::ptr::null_mut()
-                };
-                h.msg_controllen = ctrl_len as _;
-                h.msg_flags = 0;
-                msgs[i].msg_len = 0;
+            // Only those need their lengths back (the pointers above do not change): at low
+            // load a batch is one query, and resetting all 32 cost more than answering it.
+            for m in &mut msgs[..used] {
+                m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                m.msg_hdr.msg_controllen = ctrl_len as _;
+                m.msg_hdr.msg_flags = 0;
+                m.msg_len = 0;
             }
             // SAFETY: every msghdr points at live buffers of the stated lengths, owned above.
             let n = unsafe {
@@ -676,8 +682,10 @@ mod batch {
             unit.injected_panic_point();
             if n <= 0 {
                 // Receive timeout (time to look at `stop`), EINTR, an earlier send's ICMP: not fatal.
+                used = BATCH;
                 continue;
             }
+            used = n as usize;
             let t0 = timer.start();
             let received = &msgs[..n as usize];
             answer_received(live, received, &addrs, &bufs, &mut out_bufs, &mut outs);
