@@ -247,17 +247,16 @@ impl Live {
     pub fn route_at(&self, snap: &Snapshot, index: usize, addr: IpAddr, now: Millis) -> FastRouted {
         let rn = &snap.config.routed_names[index];
         // Keyed by names, not ids: entries written from an older snapshot mean the same.
-        let key = (
-            snap.keys.names[index],
-            ClientKey::new(addr, rn.client_prefix(&addr)),
-        );
+        let client = ClientKey::new(addr, rn.client_prefix(&addr));
+        let key = (snap.keys.names[index], client);
+        let place = self.sticky.place(&key);
         let remembered = self
             .sticky
-            .get(&key, now)
+            .get_at(&place, now)
             .and_then(|r| snap.keys.region_id(r));
-        let routed = snap.route_fast(index, addr, remembered);
+        let routed = snap.route_fast_keyed(index, addr, client, remembered);
         let region = routed.region.map(|r| snap.keys.regions[r]);
-        self.sticky.record(key, region, now);
+        self.sticky.record_at(&place, region, now);
         snap.counters.answer(index, routed.region, routed.fail_open);
         routed
     }

@@ -221,6 +221,19 @@ impl Snapshot {
     pub fn route_fast(&self, index: usize, addr: IpAddr, sticky: Option<RegionId>) -> FastRouted {
         let name = &self.config.routed_names[index];
         let key = ClientKey::new(addr, name.client_prefix(&addr));
+        self.route_fast_keyed(index, addr, key, sticky)
+    }
+
+    /// [`Snapshot::route_fast`] with the client key already made (the DNS path makes it once
+    /// for the sticky table and the decision).
+    pub fn route_fast_keyed(
+        &self,
+        index: usize,
+        addr: IpAddr,
+        key: ClientKey,
+        sticky: Option<RegionId>,
+    ) -> FastRouted {
+        let name = &self.config.routed_names[index];
         let spot = self.geo.as_ref().map_or(
             Spot {
                 location: None,

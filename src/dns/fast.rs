@@ -23,9 +23,10 @@ const CLASS_IN: u16 = 1;
 
 /// What the fast path understood of a query.
 struct Parsed<'a> {
-    /// Lowercased wire-format QNAME.
-    name: [u8; 255],
+    /// Length of the wire-format QNAME, which starts the question.
     name_len: usize,
+    /// Whether the QNAME has an uppercase letter (names match regardless of case).
+    upper: bool,
     qtype: u16,
     /// The question section as sent (case preserved), copied into the answer.
     question: &'a [u8],
@@ -56,13 +57,13 @@ fn parse(p: &[u8], cookies: bool) -> Option<Parsed<'_>> {
     if qd != 1 || an != 0 || ns != 0 || ar > 1 {
         return None;
     }
-    let mut name = [0u8; 255];
+    // The name is compared where it lies, regardless of case: no lowercase copy.
+    let mut upper = false;
     let mut i = 12;
     let mut n = 0;
     loop {
         let len = usize::from(*p.get(i)?);
         if len == 0 {
-            name[n] = 0;
             n += 1;
             i += 1;
             break;
@@ -72,10 +73,7 @@ fn parse(p: &[u8], cookies: bool) -> Option<Parsed<'_>> {
             return None;
         }
         let label = p.get(i + 1..i + 1 + len)?;
-        name[n] = len as u8;
-        for (d, s) in name[n + 1..n + 1 + len].iter_mut().zip(label) {
-            *d = s.to_ascii_lowercase();
-        }
+        upper |= label.iter().any(u8::is_ascii_uppercase);
         n += len + 1;
         i += len + 1;
     }
@@ -118,8 +116,8 @@ fn parse(p: &[u8], cookies: bool) -> Option<Parsed<'_>> {
         return None;
     }
     Some(Parsed {
-        name,
         name_len: n,
+        upper,
         qtype,
         question,
         edns,
@@ -138,7 +136,7 @@ pub(super) fn answer(
     out: &mut Vec<u8>,
 ) -> Option<bool> {
     let q = parse(packet, snap.dns.cookie.is_some())?;
-    let Some(entry) = snap.dns.find_wire(&q.name[..q.name_len]) else {
+    let Some(entry) = snap.dns.find_wire(&q.question[..q.name_len]) else {
         return answer_static(live, snap, &q, packet, src, clock, out);
     };
     if !entry.fast || !(q.qtype == TYPE_A || q.qtype == TYPE_AAAA) {
@@ -182,10 +180,13 @@ fn answer_static(
     clock: &mut Clock,
     out: &mut Vec<u8>,
 ) -> Option<bool> {
-    if q.question[..q.name_len] != q.name[..q.name_len] {
+    if q.upper {
         return None;
     }
-    let a = snap.dns.find_static(&q.name[..q.name_len])?.get(q.qtype)?;
+    let a = snap
+        .dns
+        .find_static(&q.question[..q.name_len])?
+        .get(q.qtype)?;
     let cookie = server_cookie(snap, q, src, clock);
     out.clear();
     out.extend_from_slice(&packet[..2]);
@@ -227,7 +228,7 @@ fn answer_routed(
         _ => (src, false),
     };
     let cookie = server_cookie(snap, q, src, clock);
-    let routed = live.route(snap, entry.index, client);
+    let routed = live.route_at(snap, entry.index, client, clock.now(live));
     let scope = match q.edns.as_ref().and_then(|e| e.ecs) {
         Some(e) if has_ecs => super::routed_scope(rn, &routed, client).min(e.source),
         _ => 0,
@@ -246,13 +247,17 @@ fn answer_routed(
     if let Some(id) = routed.region {
         let region = &snap.config.regions[id];
         let ttl = rn.ttl.to_be_bytes();
+        // One record: name pointer to the question, type, class, TTL, RDLENGTH, address
+        // (at most 16 octets); assembled on the stack and appended at once.
         let mut rr = |rtype: u16, data: &[u8]| {
-            out.extend_from_slice(&[0xc0, 0x0c]);
-            out.extend_from_slice(&rtype.to_be_bytes());
-            out.extend_from_slice(&CLASS_IN.to_be_bytes());
-            out.extend_from_slice(&ttl);
-            out.extend_from_slice(&(data.len() as u16).to_be_bytes());
-            out.extend_from_slice(data);
+            let mut b = [0u8; 12 + 16];
+            b[..2].copy_from_slice(&[0xc0, 0x0c]);
+            b[2..4].copy_from_slice(&rtype.to_be_bytes());
+            b[4..6].copy_from_slice(&CLASS_IN.to_be_bytes());
+            b[6..10].copy_from_slice(&ttl);
+            b[10..12].copy_from_slice(&(data.len() as u16).to_be_bytes());
+            b[12..12 + data.len()].copy_from_slice(data);
+            out.extend_from_slice(&b[..12 + data.len()]);
             answers += 1;
         };
         if q.qtype == TYPE_A {
@@ -286,27 +291,31 @@ fn answer_routed(
 }
 
 /// Our OPT: payload, DO echoed, then ECS and COOKIE in the order the general path adds them.
+/// Assembled on the stack and appended at once: one capacity check instead of one per field.
 fn write_opt(out: &mut Vec<u8>, e: &Opt<'_>, scope: u8, cookie: Option<&[u8; 24]>) {
-    out.push(0);
-    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-    out.extend_from_slice(&OUR_PAYLOAD.to_be_bytes());
-    out.extend_from_slice(&[0, 0, if e.dnssec_ok { 0x80 } else { 0 }, 0]);
-    let rdlen_at = out.len();
-    out.extend_from_slice(&[0, 0]);
+    // Root owner, type, payload, TTL (ext-rcode, version, DO), RDLENGTH; ECS with up to 16
+    // address octets (the parser allows no more); COOKIE.
+    let mut b = [0u8; 11 + 8 + 16 + 4 + 24];
+    b[1..3].copy_from_slice(&TYPE_OPT.to_be_bytes());
+    b[3..5].copy_from_slice(&OUR_PAYLOAD.to_be_bytes());
+    b[7] = if e.dnssec_ok { 0x80 } else { 0 };
+    let mut n = 11;
     if let Some(ecs) = e.ecs {
         let len = 4 + ecs.addr.len();
-        out.extend_from_slice(&OPT_ECS.to_be_bytes());
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-        out.extend_from_slice(&ecs.family.to_be_bytes());
-        out.push(ecs.source);
-        out.push(scope);
-        out.extend_from_slice(ecs.addr);
+        b[n..n + 2].copy_from_slice(&OPT_ECS.to_be_bytes());
+        b[n + 2..n + 4].copy_from_slice(&(len as u16).to_be_bytes());
+        b[n + 4..n + 6].copy_from_slice(&ecs.family.to_be_bytes());
+        b[n + 6] = ecs.source;
+        b[n + 7] = scope;
+        b[n + 8..n + 4 + len].copy_from_slice(ecs.addr);
+        n += 4 + len;
     }
     if let Some(c) = cookie {
-        out.extend_from_slice(&OPT_COOKIE.to_be_bytes());
-        out.extend_from_slice(&(c.len() as u16).to_be_bytes());
-        out.extend_from_slice(c);
+        b[n..n + 2].copy_from_slice(&OPT_COOKIE.to_be_bytes());
+        b[n + 2..n + 4].copy_from_slice(&(c.len() as u16).to_be_bytes());
+        b[n + 4..n + 4 + c.len()].copy_from_slice(c);
+        n += 4 + c.len();
     }
-    let rdlen = (out.len() - rdlen_at - 2) as u16;
-    out[rdlen_at..rdlen_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+    b[9..11].copy_from_slice(&((n - 11) as u16).to_be_bytes());
+    out.extend_from_slice(&b[..n]);
 }

@@ -453,7 +453,7 @@ mod batch {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use crate::dns::{answer_into, Transport};
+    use crate::dns::{answer_batch, Clock};
     use crate::live::Live;
     use crate::metrics::hist::BatchTimer;
     use crate::supervise::Unit;
@@ -584,6 +584,37 @@ mod batch {
         }
     }
 
+    /// Answer the queries `recvmmsg` put in the first `received.len()` slots into their
+    /// `out_bufs`; `outs` gets the slots that have an answer to send.
+    fn answer_received(
+        live: &Live,
+        received: &[libc::mmsghdr],
+        addrs: &[libc::sockaddr_storage],
+        bufs: &[[u8; BUF]],
+        out_bufs: &mut [Vec<u8>],
+        outs: &mut Vec<usize>,
+    ) {
+        outs.clear();
+        // Once per batch, not per query: the snapshot (a reload lands at the next batch) and
+        // the clocks (the batch arrived at one instant).
+        let snap = live.snapshot.load();
+        let mut clock = Clock::new(None);
+        for (i, m) in received.iter().enumerate() {
+            if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                continue;
+            }
+            let Some(src) = to_socket_addr(&addrs[i]) else {
+                continue;
+            };
+            let (query, out) = (&bufs[i][..m.msg_len as usize], &mut out_bufs[i]);
+            let answered = answer_batch(live, &snap, &mut clock, query, src.ip(), out);
+            crate::logs::log_query(src.ip(), "udp", query, answered.then_some(out.as_slice()));
+            if answered {
+                outs.push(i);
+            }
+        }
+    }
+
     /// One receive batch in this many is timed for `berth_dns_answer_duration_seconds`: two
     /// clock reads cost about 1-4% of answering one query on a loaded machine, so timing
     /// every batch of one would cost that much; sampled, it is well under 1%.
@@ -614,23 +645,29 @@ mod batch {
         let mut out_ctrls = [Ctrl([0; 64]); BATCH];
         // One batch in TIMED_EVERY feeds this thread's answer-time histogram (see its doc).
         let mut timer = BatchTimer::new(live.metrics.dns_udp_times(), TIMED_EVERY);
+        for i in 0..BATCH {
+            iovs[i].iov_base = bufs[i].as_mut_ptr().cast();
+            iovs[i].iov_len = BUF;
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_iov = &mut iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = if pktinfo {
+                ctrls[i].0.as_mut_ptr().cast()
+            } else {
+                std::ptr::null_mut()
+            };
+        }
+        // Headers the last recvmmsg filled in: the kernel wrote their lengths and flags.
+        let mut used = BATCH;
         while !stop.load(Ordering::Relaxed) {
-            for i in 0..BATCH {
-                iovs[i].iov_base = bufs[i].as_mut_ptr().cast();
-                iovs[i].iov_len = BUF;
-                let h = &mut msgs[i].msg_hdr;
-                h.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
-                h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                h.msg_iov = &mut iovs[i];
-                h.msg_iovlen = 1;
-                h.msg_control = if pktinfo {
-                    ctrls[i].0.as_mut_ptr().cast()
-                } else {
-                    std::ptr::null_mut()
-                };
-                h.msg_controllen = ctrl_len as _;
-                h.msg_flags = 0;
-                msgs[i].msg_len = 0;
+            // Only those need their lengths back (the pointers above do not change): at low
+            // load a batch is one query, and resetting all 32 cost more than answering it.
+            for m in &mut msgs[..used] {
+                m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                m.msg_hdr.msg_controllen = ctrl_len as _;
+                m.msg_hdr.msg_flags = 0;
+                m.msg_len = 0;
             }
             // SAFETY: every msghdr points at live buffers of the stated lengths, owned above.
             let n = unsafe {
@@ -645,25 +682,13 @@ mod batch {
             unit.injected_panic_point();
             if n <= 0 {
                 // Receive timeout (time to look at `stop`), EINTR, an earlier send's ICMP: not fatal.
+                used = BATCH;
                 continue;
             }
+            used = n as usize;
             let t0 = timer.start();
-            outs.clear();
-            for i in 0..n as usize {
-                if msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                    continue;
-                }
-                let Some(src) = to_socket_addr(&addrs[i]) else {
-                    continue;
-                };
-                let len = msgs[i].msg_len as usize;
-                let (query, out) = (&bufs[i][..len], &mut out_bufs[i]);
-                let answered = answer_into(live, query, src.ip(), Transport::Udp, None, out);
-                crate::logs::log_query(src.ip(), "udp", query, answered.then_some(out.as_slice()));
-                if answered {
-                    outs.push(i);
-                }
-            }
+            let received = &msgs[..n as usize];
+            answer_received(live, received, &addrs, &bufs, &mut out_bufs, &mut outs);
             for (k, i) in outs.iter().enumerate() {
                 let out = &out_bufs[*i];
                 out_iovs[k].iov_base = out.as_ptr() as *mut libc::c_void;

@@ -201,8 +201,12 @@ impl Tables {
         self.statics.get(wire)
     }
 
+    /// The routed name at wire-format name `wire`, in any case (the length octets are below
+    /// any letter, so a case-insensitive comparison of wire forms compares the names).
     pub(super) fn find_wire(&self, wire: &[u8]) -> Option<&RoutedEntry> {
-        self.routed.iter().find(|r| r.wire == wire)
+        self.routed
+            .iter()
+            .find(|r| r.wire.eq_ignore_ascii_case(wire))
     }
 
     pub(super) fn find(&self, qname: &Name) -> Option<&RoutedEntry> {

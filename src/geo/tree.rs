@@ -36,9 +36,19 @@ impl Reached {
     }
 }
 
+/// Nodes per cache line: a node is two `u32` children, 8 bytes.
+const LINE: usize = 8;
+
+/// One 64-byte cache line of nodes, aligned as one: a walk that stays within a line costs one
+/// memory access for up to [`LINE`] levels (see [`cluster`]).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([[u32; 2]; LINE]);
+
 pub(super) struct Tree {
-    /// Per node, its two children: a node index, or a terminal (high bit set).
-    nodes: Vec<[u32; 2]>,
+    /// Per node, its two children: a node index, or a terminal (high bit set). Node `i` is
+    /// `lines[i / LINE].0[i % LINE]`, in the order of [`cluster`], not the file's.
+    lines: Vec<Line>,
     /// Where IPv4 addresses start in an IPv6 tree (after 96 zero bits), and how deep that is;
     /// the root and 0 in an IPv4 tree. May itself be a terminal (a record above ::/96).
     pub(super) v4_start: u32,
@@ -80,7 +90,7 @@ impl Tree {
             nodes.push([child(left), child(right)]);
         }
         let mut tree = Tree {
-            nodes,
+            lines: cluster(&nodes),
             v4_start: 0,
             v4_depth: 0,
         };
@@ -98,6 +108,15 @@ impl Tree {
     /// maxminddb crate does; a walk that ends on a node returns that node when `len` is 96.
     #[inline]
     pub(super) fn walk(&self, start: u32, bits: u128, len: u8) -> Reached {
+        self.walk_bits(start, len, |depth| {
+            ((bits >> (127 - u32::from(depth))) & 1) as usize
+        })
+    }
+
+    /// [`Tree::walk`] with the address bit at each depth from `bit`: an IPv4 walk reads its
+    /// bits from a `u32`, cheaper than shifting a `u128` at every level.
+    #[inline(always)]
+    fn walk_bits(&self, start: u32, len: u8, bit: impl Fn(u8) -> usize) -> Reached {
         let mut node = start;
         let mut depth = 0u8;
         while node & TERMINAL == 0 {
@@ -107,9 +126,10 @@ impl Tree {
                     bits: depth,
                 };
             }
-            let bit = ((bits >> (127 - u32::from(depth))) & 1) as usize;
-            node = match self.nodes.get(node as usize) {
-                Some(children) => children[bit],
+            let bit = bit(depth);
+            let i = node as usize;
+            node = match self.lines.get(i / LINE) {
+                Some(line) => line.0[i % LINE][bit],
                 None => EMPTY,
             };
             depth += 1;
@@ -130,13 +150,89 @@ impl Tree {
                 bits: 0,
             };
         }
-        self.walk(self.v4_start, u128::from(v4) << 96, 32)
+        self.walk_bits(self.v4_start, 32, |depth| {
+            ((v4 >> (31 - u32::from(depth))) & 1) as usize
+        })
     }
 
     /// Bytes held by the tree, for the memory figures.
     pub(super) fn heap_bytes(&self) -> usize {
-        self.nodes.capacity() * std::mem::size_of::<[u32; 2]>()
+        self.lines.capacity() * std::mem::size_of::<Line>()
     }
+}
+
+/// Renumber the nodes (root first, as node 0) so that a node and the nodes below it, breadth
+/// first, share a cache line: a cold walk of a GeoLite2-City tree (3.5M networks, about 24
+/// levels for an IPv4 /24) then misses the cache about once per three levels or more instead
+/// of nearly once per level, which was most of the cost of a cold client's answer. A group
+/// starts where the last one ended and takes only the room left in that line, so lines are
+/// full (no padding: the tree costs what it did) and a group never straddles two lines.
+/// Nodes no walk reaches from the root are dropped. The tree may be a DAG (MaxMind aliases
+/// the IPv4 subtree): a node shared by two parents is placed once.
+fn cluster(nodes: &[[u32; 2]]) -> Vec<Line> {
+    const UNSET: u32 = u32::MAX;
+    let mut new_index = vec![UNSET; nodes.len()];
+    // Old indices in their new order; UNSET pads the last line.
+    let mut order: Vec<u32> = Vec::with_capacity(nodes.len() + LINE);
+    // Roots of groups still to place: depth first, so a subtree's groups stay close.
+    let mut roots: Vec<u32> = if nodes.is_empty() {
+        Vec::new()
+    } else {
+        vec![0]
+    };
+    let mut group: Vec<u32> = Vec::with_capacity(LINE);
+    while let Some(root) = roots.pop() {
+        if new_index[root as usize] != UNSET {
+            continue;
+        }
+        // The group: as many nodes below `root`, breadth first, as the current line has room
+        // for (a fresh line: LINE); its frontier are roots of later groups.
+        let room = LINE - order.len() % LINE;
+        group.clear();
+        group.push(root);
+        new_index[root as usize] = 0;
+        let mut next = 0;
+        while next < group.len() {
+            let n = group[next] as usize;
+            next += 1;
+            for child in nodes[n] {
+                if child & TERMINAL != 0 || new_index[child as usize] != UNSET {
+                    continue;
+                }
+                if group.len() < room {
+                    new_index[child as usize] = 0;
+                    group.push(child);
+                } else {
+                    roots.push(child);
+                }
+            }
+        }
+        for &n in &group {
+            new_index[n as usize] = order.len() as u32;
+            order.push(n);
+        }
+    }
+    order.resize(order.len().next_multiple_of(LINE), UNSET);
+    let renumber = |c: u32| {
+        if c & TERMINAL != 0 {
+            c
+        } else {
+            new_index[c as usize]
+        }
+    };
+    order
+        .chunks(LINE)
+        .map(|chunk| {
+            let mut line = Line([[EMPTY, EMPTY]; LINE]);
+            for (slot, &old) in line.0.iter_mut().zip(chunk) {
+                if old != UNSET {
+                    let [l, r] = nodes[old as usize];
+                    *slot = [renumber(l), renumber(r)];
+                }
+            }
+            line
+        })
+        .collect()
 }
 
 /// The two records of one node, for the three record sizes of the format (24, 28, 32 bits).
@@ -167,5 +263,67 @@ mod tests {
         );
         assert_eq!(read_node(&[0, 0, 0, 7, 1, 0, 0, 0], 32), Some((7, 1 << 24)));
         assert_eq!(read_node(&[0; 8], 30), None);
+    }
+
+    /// The walk of [`Tree::walk`] over nodes in the file's order.
+    fn walk_plain(nodes: &[[u32; 2]], bits: u128, len: u8) -> Reached {
+        let (mut node, mut depth) = (0u32, 0u8);
+        while node & TERMINAL == 0 {
+            if depth == len {
+                return Reached {
+                    terminal: EMPTY,
+                    bits: depth,
+                };
+            }
+            node = nodes[node as usize][((bits >> (127 - u32::from(depth))) & 1) as usize];
+            depth += 1;
+        }
+        Reached {
+            terminal: node,
+            bits: depth,
+        }
+    }
+
+    #[test]
+    fn clustering_keeps_every_walk_and_packs_lines() {
+        // A pseudo-random tree of 5,000 nodes, numbered as a writer might (creation order),
+        // with a shared subtree (node 1 is also a child further down, as MaxMind's aliases)
+        // and a node no walk reaches (the last).
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let n = 5_000u32;
+        let mut nodes = vec![[EMPTY, EMPTY]; n as usize];
+        let mut open = vec![(0u32, 0usize), (0, 1)];
+        let mut next = 1u32;
+        while let Some((parent, side)) = open.pop() {
+            if next >= n - 1 || rnd() % 5 == 0 {
+                nodes[parent as usize][side] = TERMINAL | (rnd() % 100) as u32;
+                continue;
+            }
+            nodes[parent as usize][side] = next;
+            open.splice(0..0, [(next, 0), (next, 1)]);
+            next += 1;
+        }
+        nodes[next as usize - 1][1] = 1;
+        let lines = cluster(&nodes);
+        let tree = Tree {
+            lines,
+            v4_start: 0,
+            v4_depth: 0,
+        };
+        assert!(
+            tree.lines.len() * LINE < n as usize + LINE,
+            "{} lines",
+            tree.lines.len()
+        );
+        for _ in 0..20_000 {
+            let bits = u128::from(rnd()) << 64 | u128::from(rnd());
+            assert_eq!(tree.walk(0, bits, 128), walk_plain(&nodes, bits, 128));
+        }
     }
 }

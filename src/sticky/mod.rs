@@ -30,6 +30,10 @@ pub use table::StickyStats;
 /// Identifies one remembered client: which routed name (stable key of its name) and who.
 pub type StickyKey = (u64, ClientKey);
 
+/// Where a key lives in a [`StickyTable`] (its hash, taken apart); only that table's.
+#[derive(Clone, Copy)]
+pub struct Place(table::Place);
+
 pub struct StickyTable {
     /// Values: the stable key of the region's name.
     table: table::Table,
@@ -45,16 +49,31 @@ impl StickyTable {
         }
     }
 
+    /// Where `key` lives: hash it once for a [`Self::get_at`] and [`Self::record_at`] pair.
+    pub fn place(&self, key: &StickyKey) -> Place {
+        Place(self.table.place(key))
+    }
+
     /// The remembered region (stable key of its name) for `key`, if the memory is still fresh.
     pub fn get(&self, key: &StickyKey, now: Millis) -> Option<u64> {
-        self.table.get(key, now)
+        self.get_at(&self.place(key), now)
+    }
+
+    /// [`Self::get`] at a place computed before.
+    pub fn get_at(&self, place: &Place, now: Millis) -> Option<u64> {
+        self.table.get(&place.0, now)
     }
 
     /// Record that `key` was answered with `region` (or with nothing: forget it) at `now`.
     pub fn record(&self, key: StickyKey, region: Option<u64>, now: Millis) {
+        self.record_at(&self.place(&key), region, now)
+    }
+
+    /// [`Self::record`] at a place computed before.
+    pub fn record_at(&self, place: &Place, region: Option<u64>, now: Millis) {
         match region {
-            Some(r) => self.table.record(&key, r, now),
-            None => self.table.remove(&key),
+            Some(r) => self.table.record(&place.0, r, now),
+            None => self.table.remove(&place.0),
         }
     }
 
@@ -201,15 +220,17 @@ mod tests {
     fn a_flood_of_one_off_subnets_does_not_move_clients_in_a_push() {
         let t = table(1024);
         let pushing: Vec<StickyKey> = (0..32u32).map(|n| client(0x00ff_0000 + n)).collect();
-        // In the middle of a push: each has resolved the name a few times already.
+        // In the middle of a push: each has resolved the name a few times already, seconds
+        // apart (queries less than a second apart count once).
         for (n, key) in pushing.iter().enumerate() {
             for now in 0..3 {
+                let now = now * 1_000;
                 assert_eq!(query(&t, *key, n as u64 % 3 + 1, now), n as u64 % 3 + 1);
             }
         }
         let mut one_off = 0u32;
         for round in 1..40u64 {
-            let now = round * 1_000;
+            let now = 2_000 + round * 1_000;
             for _ in 0..2_048 {
                 one_off += 1;
                 query(&t, client(one_off), 9, now);
@@ -224,6 +245,33 @@ mod tests {
         let s = t.stats();
         assert!(s.rejections > 50_000, "the flood was turned away: {s:?}");
         assert!(s.entries <= t.slots(), "bounded: {s:?}");
+    }
+
+    /// A burst of queries from one client (retries, A and AAAA together, a resolver without a
+    /// cache) counts as one sighting; queries a second or more apart count each.
+    #[test]
+    fn queries_less_than_a_second_apart_count_once() {
+        let t = table(8);
+        // Five queries a second apart (the least recent last use), five in 4 ms, six once.
+        for now in 0..5 {
+            t.record(client(1), Some(1), now * 1_000);
+        }
+        for now in 4_000..4_005 {
+            t.record(client(0), Some(1), now);
+        }
+        for n in 2..8 {
+            t.record(client(n), Some(1), 5_000);
+        }
+        // A newcomer seen twice is more frequent than the burst, not than the steady client.
+        t.record(client(100), Some(2), 6_000);
+        t.record(client(100), Some(2), 6_001);
+        assert_eq!(t.get(&client(100), 6_002), Some(2), "admitted");
+        assert_eq!(t.get(&client(0), 6_002), None, "the burst counted once");
+        assert_eq!(
+            t.get(&client(1), 6_002),
+            Some(1),
+            "five seconds counted five"
+        );
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub(super) const WAYS: usize = 8;
 const MAX_SHARDS: usize = 64;
 /// Times are kept in 48 bits of ms (8,900 years of uptime).
 const TIME_MAX: u64 = (1 << 48) - 1;
+/// A remembered client's queries count in the frequency sketch at most once per this many
+/// ms. Frequency is what tells a client that comes back from a one-off subnet; a resolver
+/// that asks 100 times a second is not 100 times more worth keeping than one that asks once a
+/// second, and counting every query cost a cache miss per answer (the sketch is apart from
+/// the slots). A client in a push still counts once per second it queries.
+const COUNT_EVERY: Millis = 1_000;
 
 /// One slot as four words, so a table of empty slots is zeroed memory (`vec![[0; 4]; n]`
 /// asks the allocator for zeroed pages, which stay unresident until used):
@@ -109,9 +115,9 @@ struct Shard {
 #[repr(align(64))]
 struct Padded(Mutex<Shard>);
 
-/// Where a key lives.
+/// Where a key lives: computed once per query, for the read and the write that follow.
 #[derive(Clone, Copy)]
-struct Place {
+pub(super) struct Place {
     shard: usize,
     /// First slot of the bucket within the shard.
     start: usize,
@@ -158,7 +164,7 @@ impl Table {
         }
     }
 
-    fn place(&self, key: &StickyKey) -> Place {
+    pub(super) fn place(&self, key: &StickyKey) -> Place {
         let h = mix(self.hasher.hash_one(key));
         let bucket = reduce(h, self.buckets);
         let n = self.shards.len();
@@ -177,23 +183,20 @@ impl Table {
         self.shards[p.shard].0.lock()
     }
 
-    pub(super) fn get(&self, key: &StickyKey, now: Millis) -> Option<u64> {
-        let p = self.place(key);
-        let s = self.shard(&p);
+    pub(super) fn get(&self, p: &Place, now: Millis) -> Option<u64> {
+        let s = self.shard(p);
         let slot = s.slots[p.start..p.start + WAYS]
             .iter()
             .find(|x| x[0] == p.fp && self.limits.live(x, now))?;
         s.regions.get(usize::from(region_of(slot))).copied()
     }
 
-    pub(super) fn record(&self, key: &StickyKey, region: u64, now: Millis) {
-        let p = self.place(key);
-        self.shard(&p).record(&p, region, now, self.limits);
+    pub(super) fn record(&self, p: &Place, region: u64, now: Millis) {
+        self.shard(p).record(p, region, now, self.limits);
     }
 
-    pub(super) fn remove(&self, key: &StickyKey) {
-        let p = self.place(key);
-        self.shard(&p).remove(&p);
+    pub(super) fn remove(&self, p: &Place) {
+        self.shard(p).remove(p);
     }
 
     pub(super) fn stats(&self) -> StickyStats {
@@ -241,7 +244,6 @@ impl Shard {
     }
 
     fn record(&mut self, p: &Place, region_key: u64, now: Millis, limits: Limits) {
-        self.freq.increment(p.item);
         let Some(region) = self.region_index(region_key) else {
             // Cannot happen with real configs (65,536 region names); forgetting is safe.
             self.remove(p);
@@ -249,11 +251,19 @@ impl Shard {
         };
         let bucket = &mut self.slots[p.start..p.start + WAYS];
         if let Some(s) = bucket.iter_mut().find(|s| s[0] == p.fp) {
-            let keep = region_of(s) == region && limits.live(s, now);
+            let live = limits.live(s, now);
+            // A resident counts at most once per COUNT_EVERY (see there), straight into the
+            // sketch: it is known, so the doorkeeper has nothing to absorb.
+            if !live || now.saturating_sub(seen(s)) >= COUNT_EVERY {
+                self.freq.increment_known(p.item);
+            }
+            let keep = region_of(s) == region && live;
             let start = if keep { since(s) } else { now };
             fill(s, p.fp, region, start, now);
             return;
         }
+        self.freq.increment(p.item);
+        let bucket = &mut self.slots[p.start..p.start + WAYS];
         if let Some(s) = bucket.iter_mut().find(|s| s[0] == 0) {
             fill(s, p.fp, region, now, now);
             self.stats.entries += 1;
