@@ -287,8 +287,7 @@ fn pushed(
     req: &RequestHeader,
     header: &ResponseHeader,
 ) {
-    let r = shared.live.replication.get();
-    if let (Some(r), Some(ev)) = (r, event(ctx, snap, req, header)) {
+    if let Some((r, ev)) = replication_event(shared, ctx, snap, req, header) {
         r.pushed(ev);
     }
 }
@@ -302,13 +301,27 @@ pub(super) fn deleted(
     req: &RequestHeader,
     header: &ResponseHeader,
 ) {
-    let r = shared.live.replication.get();
-    if let (Some(r), Some(ev)) = (r, event(ctx, snap, req, header)) {
+    if let Some((r, ev)) = replication_event(shared, ctx, snap, req, header) {
         r.deleted(ev);
     }
 }
 
 /// What the hooks send: None unless replication is on and the region answered with success.
+/// The replicator, if replication is on, and the event for this response, if it is one.
+fn replication_event<'a>(
+    shared: &'a Shared,
+    ctx: &Ctx,
+    snap: &Snapshot,
+    req: &RequestHeader,
+    header: &ResponseHeader,
+) -> Option<(
+    &'a std::sync::Arc<crate::replication::Replication>,
+    crate::replication::Pushed,
+)> {
+    let r = shared.live.replication.get()?;
+    Some((r, event(ctx, snap, req, header)?))
+}
+
 fn event(
     ctx: &Ctx,
     snap: &Snapshot,

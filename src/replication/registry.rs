@@ -240,19 +240,17 @@ impl Registry {
     /// Does the registry hold the blob in `repo`?
     pub async fn has_blob(&self, repo: &str, digest: &str) -> Result<bool, RegistryError> {
         let what = format!("HEAD blob {digest}");
-        let r = self
-            .send(
-                &what,
-                Method::HEAD,
-                &format!("/v2/{repo}/blobs/{digest}"),
-                &[],
-                None,
-            )
-            .await?;
+        self.found(&what, Method::HEAD, &format!("/v2/{repo}/blobs/{digest}"))
+            .await
+    }
+
+    /// `method path` without a body: true on success, false on 404, else the error.
+    async fn found(&self, what: &str, method: Method, path: &str) -> Result<bool, RegistryError> {
+        let r = self.send(what, method, path, &[], None).await?;
         match r.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(self.err_status(&what, r).await),
+            _ => Err(self.err_status(what, r).await),
         }
     }
 
@@ -343,20 +341,8 @@ impl Registry {
         reference: &str,
     ) -> Result<bool, RegistryError> {
         let what = format!("DELETE manifest {repo}:{reference}");
-        let r = self
-            .send(
-                &what,
-                Method::DELETE,
-                &format!("/v2/{repo}/manifests/{reference}"),
-                &[],
-                None,
-            )
-            .await?;
-        match r.status() {
-            s if s.is_success() => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(self.err_status(&what, r).await),
-        }
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        self.found(&what, Method::DELETE, &path).await
     }
 
     /// Start an upload; with `mount_from`, ask for a cross-repository mount first. Ok(None):
