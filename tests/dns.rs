@@ -519,7 +519,8 @@ fn fast_path_answers_exactly_like_the_general_path() {
 /// Static zone data on the fast path: answers, NODATA, CNAMEs, SOA and NS at the apex, with
 /// and without EDNS, ECS and cookies, byte for byte what the general path says; and what the
 /// fast path must leave to the general path (a CNAME into a routed name, a name spelled in
-/// mixed case, NXDOMAIN, an answer over the UDP limit) it does leave.
+/// mixed case, an empty non-terminal, a name outside the zones, an answer over the UDP
+/// limit) it does leave. NXDOMAIN is the same message (the SOA is not compressed).
 #[test]
 fn static_answers_on_the_fast_path_equal_the_general_path() {
     use berth::dns::{answer_at, answer_general, Transport};
@@ -554,8 +555,19 @@ fn static_answers_on_the_fast_path_equal_the_general_path() {
         // A CNAME into a routed name: routing decides, the general path answers.
         ("www.example.test.", A, false),
         ("Static.Example.Test.", A, false),
-        ("nonexistent.example.test.", A, false),
         ("static.example.test.", ANY, false),
+        // NXDOMAIN: a name the zone does not have, at any depth, under any type; below a
+        // routed name too (the zone holds names under registry.example.test).
+        ("nonexistent.example.test.", A, true),
+        ("nonexistent.example.test.", AAAA, true),
+        ("nonexistent.example.test.", MX, true),
+        ("a.b.nonexistent.example.test.", TXT, true),
+        ("x.registry.example.test.", A, true),
+        // An empty non-terminal is NODATA, not NXDOMAIN: the general path answers it.
+        ("data.registry.example.test.", A, false),
+        ("Nonexistent.Example.Test.", A, false),
+        // Outside every zone: REFUSED, by the general path.
+        ("nonexistent.invalid.", A, false),
     ];
     let mut fast_answers = 0;
     for (name, qtype, fast_expected) in cases {
@@ -598,17 +610,32 @@ fn static_answers_on_the_fast_path_equal_the_general_path() {
                 match berth::dns::answer_fast(&fast, &q, src, Some(NOW)) {
                     Some(a) => {
                         assert!(fast_expected && !big, "the fast path answered {what}");
-                        assert_eq!(a, b, "{what}");
+                        if b[3] & 0x0f == 3 {
+                            // NXDOMAIN: the same message; only hickory compresses the SOA.
+                            assert_eq!(a[3] & 0x0f, 3, "{what}");
+                            let (ma, mb) = (Message::from_vec(&a), Message::from_vec(&b));
+                            assert_eq!(format!("{ma:?}"), format!("{mb:?}"), "{what}");
+                        } else {
+                            assert_eq!(a, b, "{what}");
+                        }
                         fast_answers += 1;
                     }
                     None => assert!(!fast_expected || big, "the fast path left {what}"),
                 }
                 let c = answer_at(&fast, &q, src, Transport::Udp, Some(NOW)).expect("answer");
-                assert_eq!(c, b, "front door: {what}");
+                if b[3] & 0x0f == 3 {
+                    assert_eq!(
+                        format!("{:?}", Message::from_vec(&c)),
+                        format!("{:?}", Message::from_vec(&b)),
+                        "front door: {what}"
+                    );
+                } else {
+                    assert_eq!(c, b, "front door: {what}");
+                }
             }
         }
     }
-    assert!(fast_answers >= 12 * 10, "{fast_answers}");
+    assert!(fast_answers >= 17 * 10, "{fast_answers}");
 }
 
 /// Exact geography and the ECS scope: the whole ECS address is looked up (a /26 inside a

@@ -111,6 +111,11 @@ fn fast_path_answers_allocate_nothing() {
             Some("198.51.100.0".parse().expect("ip")),
         ),
         query("example.test", 6, None),
+        query(
+            "no-such-name.example.test",
+            1,
+            Some("198.51.100.0".parse().expect("ip")),
+        ),
     ];
     let mut out = Vec::with_capacity(512);
     for q in &queries {

@@ -3,7 +3,7 @@
 //! limiter). A leaf: it imports config, zone and its sibling pure modules, never the front end
 //! itself, so the snapshot can hold it without depending on `dns`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use hickory_proto::op::{Message, OpCode, Query, ResponseCode};
@@ -23,6 +23,21 @@ pub struct Tables {
     pub(super) rrl: Option<rrl::Limiter>,
     /// Static answers by lowercase wire-format owner name, for the fast path.
     statics: HashMap<Box<[u8]>, StaticName, foldhash::fast::RandomState>,
+    /// Every zone, with what the fast path needs to answer NXDOMAIN in it (the most specific
+    /// zone holding a name is found by its longest suffix, as `ZoneSet::find` chooses).
+    negative: Vec<NegativeZone>,
+}
+
+/// One zone as the fast path's NXDOMAIN sees it.
+pub(super) struct NegativeZone {
+    /// The origin's lowercase wire form.
+    origin: Box<[u8]>,
+    /// Every name that exists in the zone (owner names and the empty non-terminals above
+    /// them), lowercase wire form; `None` for a zone with delegations or wildcards, whose
+    /// NXDOMAIN the general path decides.
+    exists: Option<HashSet<Box<[u8]>, foldhash::fast::RandomState>>,
+    /// The zone's negative SOA, uncompressed, for the authority section.
+    pub(super) soa: Vec<u8>,
 }
 
 /// The query types the fast path answers from [`StaticName`]s; anything else (ANY, zone
@@ -188,12 +203,22 @@ impl Tables {
             None
         };
         let statics = static_names(zones, &routed)?;
+        let negative = negative_zones(zones)?;
         Ok(Tables {
             routed,
             cookie,
             rrl,
             statics,
+            negative,
         })
+    }
+
+    /// The zone `wire` (a lowercase wire-format name) is NXDOMAIN in, if that can be told from
+    /// the zone's names alone: the most specific zone holding it has no delegations and no
+    /// wildcards, and no name at or below `wire` exists there. `None` otherwise (the name
+    /// exists, is outside every zone, or needs the full lookup).
+    pub(super) fn find_nxdomain(&self, wire: &[u8]) -> Option<&NegativeZone> {
+        nxdomain_zone(&self.negative, wire)
     }
 
     /// The precomputed answers at a lowercase wire-format name, if it has any.
@@ -269,6 +294,59 @@ fn static_names(
     Ok(out)
 }
 
+/// [`Tables::find_nxdomain`] over `zones`.
+fn nxdomain_zone<'a>(zones: &'a [NegativeZone], wire: &[u8]) -> Option<&'a NegativeZone> {
+    // Label starts from the left: the first suffix that is an origin is the most specific.
+    let mut i = 0;
+    while i < wire.len() {
+        let suffix = &wire[i..];
+        if let Some(z) = zones.iter().find(|z| *z.origin == *suffix) {
+            let exists = z.exists.as_ref()?;
+            return (!exists.contains(wire)).then_some(z);
+        }
+        i += usize::from(wire[i]) + 1;
+    }
+    None
+}
+
+/// Each zone's origin, its names and the empty non-terminals above them, and its negative
+/// SOA.
+fn negative_zones(zones: &ZoneSet) -> Result<Vec<NegativeZone>, String> {
+    let lower = |n: &Name| -> Result<Box<[u8]>, String> {
+        Ok(n.to_lowercase()
+            .to_bytes()
+            .map_err(|e| e.to_string())?
+            .into_boxed_slice())
+    };
+    let mut out = Vec::new();
+    for zone in zones.zones() {
+        let origin_labels = usize::from(zone.origin().num_labels());
+        let exists = if zone.has_cuts_or_wildcards() {
+            None
+        } else {
+            let mut set = HashSet::default();
+            for name in zone.names() {
+                for n in origin_labels..=usize::from(name.num_labels()) {
+                    set.insert(lower(&name.trim_to(n))?);
+                }
+            }
+            Some(set)
+        };
+        let mut soa = Vec::new();
+        let mut enc = BinEncoder::new(&mut soa);
+        enc.set_name_encoding(NameEncoding::Uncompressed);
+        zone.negative_soa()
+            .emit(&mut enc)
+            .map_err(|e| format!("zone {}: cannot encode its SOA: {e}", zone.origin()))?;
+        out.push(NegativeZone {
+            origin: lower(zone.origin())?,
+            exists,
+            soa,
+        });
+    }
+    Ok(out)
+}
+
 /// The general path's message for a plain query of `name`/`qtype` (see `zone_answer` in the
 /// front end), or None where the answer is not static.
 fn static_response(
@@ -310,4 +388,62 @@ fn static_response(
     };
     resp.metadata.response_code = rcode;
     Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zone::Zone;
+
+    fn negative(texts: &[(&str, &str)]) -> Vec<NegativeZone> {
+        let zones = texts
+            .iter()
+            .map(|(origin, text)| {
+                let origin = Name::from_ascii(origin).unwrap();
+                Zone::parse_str(text, &origin, "test").unwrap()
+            })
+            .collect();
+        negative_zones(&ZoneSet::new(zones).unwrap()).unwrap()
+    }
+
+    fn nx(zones: &[NegativeZone], name: &str) -> Option<String> {
+        let wire = Name::from_ascii(name).unwrap().to_bytes().unwrap();
+        nxdomain_zone(zones, &wire).map(|z| String::from_utf8_lossy(&z.origin).into_owned())
+    }
+
+    const APEX: &str = "$TTL 60\n@ SOA ns1 host 1 2 3 4 5\n@ NS ns1\nns1 A 127.0.0.1\n";
+
+    /// NXDOMAIN from the names alone: not for a name or an empty non-terminal that exists,
+    /// nor outside the zones, nor in a zone with a delegation or a wildcard; the most
+    /// specific zone decides.
+    #[test]
+    fn nxdomain_is_told_from_the_names_only_where_that_is_enough() {
+        let plain = format!("{APEX}a.b A 192.0.2.1\n");
+        let child = APEX.to_string();
+        let z = negative(&[("example.test.", &plain), ("sub.example.test.", &child)]);
+        assert!(nx(&z, "x.example.test.").is_some());
+        assert!(nx(&z, "deep.x.example.test.").is_some());
+        assert_eq!(nx(&z, "a.b.example.test."), None, "a name");
+        assert_eq!(nx(&z, "b.example.test."), None, "an empty non-terminal");
+        assert_eq!(nx(&z, "example.test."), None, "the apex");
+        assert_eq!(nx(&z, "other.test."), None, "outside the zones");
+        let in_child = nx(&z, "x.sub.example.test.").expect("NXDOMAIN in the child");
+        assert!(in_child.contains("sub"), "{in_child}");
+        assert_eq!(
+            nx(&z, "ns1.sub.example.test."),
+            None,
+            "the child's own name"
+        );
+
+        let wild = format!("{APEX}* A 192.0.2.9\n");
+        assert_eq!(
+            nx(&negative(&[("example.test.", &wild)]), "x.example.test."),
+            None
+        );
+        let cut = format!("{APEX}deleg NS ns.elsewhere.test.\n");
+        assert_eq!(
+            nx(&negative(&[("example.test.", &cut)]), "x.example.test."),
+            None
+        );
+    }
 }

@@ -131,6 +131,12 @@ impl Zone {
         self.nodes.keys()
     }
 
+    /// Whether the zone delegates (NS records below the apex) or has wildcard names: then
+    /// whether a name is NXDOMAIN takes the full lookup, not just the set of names.
+    pub fn has_cuts_or_wildcards(&self) -> bool {
+        self.has_cuts || self.nodes.keys().any(|n| n.is_wildcard())
+    }
+
     /// Does any record exist at this exact name, or below it (an empty non-terminal)?
     /// Case-insensitive. Wildcards are not expanded: this is about the names in the file.
     pub fn name_exists(&self, name: &Name) -> bool {
