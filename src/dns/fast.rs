@@ -169,7 +169,8 @@ fn udp_limit(snap: &Snapshot, q: &Parsed<'_>) -> usize {
 }
 
 /// A name of a zone (not routed), from the answers precomputed with the general path's own
-/// code ([`super::tables`]). A question not spelled in lowercase, or an answer over the UDP
+/// code ([`super::tables`]), or NXDOMAIN with the zone's SOA (uncompressed, as for a routed
+/// name's NODATA: the same message as the general path's, a few octets longer). A question not spelled in lowercase, or an answer over the UDP
 /// limit, goes to the general path (which compresses names as spelled, and truncates).
 fn answer_static(
     live: &Live,
@@ -184,10 +185,11 @@ fn answer_static(
         return None;
     }
     let wire = &q.question[..q.name_len];
-    let Some(name) = snap.dns.find_static(wire) else {
-        return answer_nxdomain(live, snap, q, packet, src, clock, out);
+    let a = match snap.dns.find_static(wire) {
+        Some(name) => name.get(q.qtype)?,
+        // Not a name of the zones: NXDOMAIN where the zone's names alone tell.
+        None => &snap.dns.find_nxdomain(wire)?.answer,
     };
-    let a = name.get(q.qtype)?;
     let cookie = server_cookie(snap, q, src, clock);
     out.clear();
     out.extend_from_slice(&packet[..2]);
@@ -210,41 +212,6 @@ fn answer_static(
     live.metrics.query(false, a.header[3] & 0x0f);
     Some(cookie.is_some_and(|c| c.valid))
 }
-
-/// A name that does not exist in its zone: NXDOMAIN with the zone's SOA (uncompressed, as
-/// for a routed name's NODATA: the same message as the general path's, a few octets longer).
-fn answer_nxdomain(
-    live: &Live,
-    snap: &Snapshot,
-    q: &Parsed<'_>,
-    packet: &[u8],
-    src: IpAddr,
-    clock: &mut Clock,
-    out: &mut Vec<u8>,
-) -> Option<bool> {
-    let zone = snap.dns.find_nxdomain(&q.question[..q.name_len])?;
-    let cookie = server_cookie(snap, q, src, clock);
-    out.clear();
-    out.extend_from_slice(&packet[..2]);
-    // QR AA, RD copied; CD copied; RCODE NXDOMAIN; one question, one authority record.
-    out.push(0x84 | (packet[2] & 0x01));
-    out.push((packet[3] & 0x10) | RCODE_NXDOMAIN);
-    out.extend_from_slice(&[0, 1, 0, 0, 0, 1, 0, u8::from(q.edns.is_some())]);
-    out.extend_from_slice(q.question);
-    out.extend_from_slice(&zone.soa);
-    if let Some(e) = &q.edns {
-        // Whether a name exists never depends on the client's address: scope /0.
-        write_opt(out, e, 0, cookie.as_ref().map(|c| &c.option));
-    }
-    if out.len() > udp_limit(snap, q) {
-        out.clear();
-        return None;
-    }
-    live.metrics.query(false, RCODE_NXDOMAIN);
-    Some(cookie.is_some_and(|c| c.valid))
-}
-
-const RCODE_NXDOMAIN: u8 = 3;
 
 /// A routed name's A or AAAA, from the routing core.
 #[allow(clippy::too_many_arguments)]

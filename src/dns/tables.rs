@@ -36,8 +36,9 @@ pub(super) struct NegativeZone {
     /// them), lowercase wire form; `None` for a zone with delegations or wildcards, whose
     /// NXDOMAIN the general path decides.
     exists: Option<HashSet<Box<[u8]>, foldhash::fast::RandomState>>,
-    /// The zone's negative SOA, uncompressed, for the authority section.
-    pub(super) soa: Vec<u8>,
+    /// NXDOMAIN: header (QR AA, RCODE 3, one question, one authority record) and the zone's
+    /// negative SOA, uncompressed.
+    pub(super) answer: StaticAnswer,
 }
 
 /// The query types the fast path answers from [`StaticName`]s; anything else (ANY, zone
@@ -341,7 +342,23 @@ fn negative_zones(zones: &ZoneSet) -> Result<Vec<NegativeZone>, String> {
         out.push(NegativeZone {
             origin: lower(zone.origin())?,
             exists,
-            soa,
+            answer: StaticAnswer {
+                header: [
+                    0,
+                    0,
+                    0x84,
+                    ResponseCode::NXDomain.low(),
+                    0,
+                    1,
+                    0,
+                    0,
+                    0,
+                    1,
+                    0,
+                    0,
+                ],
+                body: soa,
+            },
         });
     }
     Ok(out)
