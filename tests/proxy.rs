@@ -4,7 +4,6 @@
 //! pulling it back. What lands where is checked by asking each replica directly.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -102,23 +101,7 @@ impl Skopeo {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-        let mut c = if root {
-            let mut c = Command::new("unshare");
-            c.args(["-m", "--propagation", "private", "sh", "-c"])
-                // A fresh machine has no /var/lib/containers until something creates it.
-                .arg("mkdir -p /var/lib/containers && mount --bind \"$0\" /var/lib/containers && exec skopeo \"$@\"")
-                .arg(self.cache.path());
-            c
-        } else {
-            let mut c = Command::new("skopeo");
-            c.env("XDG_DATA_HOME", self.cache.path());
-            c
-        };
-        c.args(["--insecure-policy", "--command-timeout", "120s"])
-            .args(args)
-            .stdin(Stdio::null());
-        c
+        support::skopeo_command(self.cache.path(), args)
     }
 
     /// Push `tag` of the test layout to `dest` (`host:port/repo:tag`) over plain HTTP.
@@ -147,18 +130,7 @@ impl Skopeo {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[track_caller]
-fn assert_ok(out: &Output, what: &str) {
-    assert!(out.status.success(), "{what} failed:\n{}", text(out));
-}
+use support::{assert_ok, output_text as text};
 
 // ---------------------------------------------------------------------------------------------
 // Replicas and Berth.

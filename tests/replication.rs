@@ -3,7 +3,6 @@
 //! offline (umoci, `../shared/testbed/make-images.sh`). Presence is checked by asking each
 //! replica directly, never through Berth.
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -151,21 +150,7 @@ impl Skopeo {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-        let mut c = if root {
-            let mut c = Command::new("unshare");
-            c.args(["-m", "--propagation", "private", "sh", "-c"])
-                .arg("mkdir -p /var/lib/containers && mount --bind \"$0\" /var/lib/containers && exec skopeo \"$@\"")
-                .arg(self.cache.path());
-            c
-        } else {
-            let mut c = Command::new("skopeo");
-            c.env("XDG_DATA_HOME", self.cache.path());
-            c
-        };
-        c.args(["--insecure-policy", "--command-timeout", "120s"])
-            .args(args)
-            .stdin(Stdio::null())
+        support::skopeo_command(self.cache.path(), args)
             .output()
             .expect("skopeo runs (apt-get install skopeo)")
     }
@@ -204,18 +189,7 @@ impl Skopeo {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-#[track_caller]
-fn assert_ok(out: &Output, what: &str) {
-    assert!(out.status.success(), "{what} failed:\n{}", text(out));
-}
+use support::{assert_ok, output_text as text};
 
 // ---------------------------------------------------------------------------------------------
 // Replicas, Berth, and asking replicas directly.

@@ -468,3 +468,45 @@ pub fn single_etcd(dir: &Path, name: &str, client_url: &str, peer: u16) -> std::
         .stderr(log);
     c
 }
+
+/// `skopeo` with `args`, its blob-info cache in `cache` (private to the test): as root, in a
+/// private mount namespace with `cache` bound over /var/lib/containers; else through
+/// `XDG_DATA_HOME`.
+#[allow(dead_code)]
+pub fn skopeo_command(cache: &Path, args: &[&str]) -> std::process::Command {
+    use std::os::unix::fs::MetadataExt as _;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let mut c = if root {
+        let mut c = std::process::Command::new("unshare");
+        c.args(["-m", "--propagation", "private", "sh", "-c"])
+            // A fresh machine has no /var/lib/containers until something creates it.
+            .arg("mkdir -p /var/lib/containers && mount --bind \"$0\" /var/lib/containers && exec skopeo \"$@\"")
+            .arg(cache);
+        c
+    } else {
+        let mut c = std::process::Command::new("skopeo");
+        c.env("XDG_DATA_HOME", cache);
+        c
+    };
+    c.args(["--insecure-policy", "--command-timeout", "120s"])
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// A command's stdout and stderr, for failure messages.
+#[allow(dead_code)]
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Fail with the command's output unless it succeeded.
+#[allow(dead_code)]
+#[track_caller]
+pub fn assert_ok(out: &std::process::Output, what: &str) {
+    assert!(out.status.success(), "{what} failed:\n{}", output_text(out));
+}
