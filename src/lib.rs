@@ -22,6 +22,7 @@
 //! - [`client`]: the CLI's client for a running server's admin API.
 //! - [`supervise`]: the panic hook and the supervisors that replace a panicked worker.
 //! - [`limits`]: process limits raised at start (open files).
+//! - [`memory`]: huge pages and prefetch for the DNS path's big tables (sticky, GeoIP tree).
 //! - [`shared`]: the shared state of a `[cluster]` as last read from etcd, and its pure rules
 //!   (key layout, health quorum, rendezvous ownership of jobs).
 //! - [`cluster`]: `[cluster]`: flags, health verdicts and membership shared through etcd.
@@ -42,6 +43,7 @@ pub mod health;
 pub mod limits;
 pub mod live;
 pub mod logs;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod replication;

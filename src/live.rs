@@ -250,13 +250,14 @@ impl Live {
         let client = ClientKey::new(addr, rn.client_prefix(&addr));
         let key = (snap.keys.names[index], client);
         let place = self.sticky.place(&key);
-        let remembered = self
-            .sticky
-            .get_at(&place, now)
-            .and_then(|r| snap.keys.region_id(r));
-        let routed = snap.route_fast_keyed(index, addr, client, remembered);
-        let region = routed.region.map(|r| snap.keys.regions[r]);
-        self.sticky.record_at(&place, region, now);
+        // The client's bucket loads while the GeoIP tree is walked.
+        self.sticky.prefetch(&place);
+        let spot = snap.locate(addr);
+        let routed = self.sticky.remember_at(&place, now, |remembered| {
+            let remembered = remembered.and_then(|r| snap.keys.region_id(r));
+            let routed = snap.route_fast_located(index, spot, client, remembered);
+            (routed, routed.region.map(|r| snap.keys.regions[r]))
+        });
         snap.counters.answer(index, routed.region, routed.fail_open);
         routed
     }

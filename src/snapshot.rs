@@ -221,26 +221,31 @@ impl Snapshot {
     pub fn route_fast(&self, index: usize, addr: IpAddr, sticky: Option<RegionId>) -> FastRouted {
         let name = &self.config.routed_names[index];
         let key = ClientKey::new(addr, name.client_prefix(&addr));
-        self.route_fast_keyed(index, addr, key, sticky)
+        self.route_fast_located(index, self.locate(addr), key, sticky)
     }
 
-    /// [`Snapshot::route_fast`] with the client key already made (the DNS path makes it once
-    /// for the sticky table and the decision).
-    pub fn route_fast_keyed(
-        &self,
-        index: usize,
-        addr: IpAddr,
-        key: ClientKey,
-        sticky: Option<RegionId>,
-    ) -> FastRouted {
-        let name = &self.config.routed_names[index];
-        let spot = self.geo.as_ref().map_or(
+    /// Where the GeoIP database puts `addr` (no location and prefix 0 without a database).
+    pub fn locate(&self, addr: IpAddr) -> Spot {
+        self.geo.as_ref().map_or(
             Spot {
                 location: None,
                 prefix: 0,
             },
             |g| g.locate(addr),
-        );
+        )
+    }
+
+    /// [`Snapshot::route_fast`] with the client key already made and the address located
+    /// (the DNS path makes the key once for the sticky table and the decision, and reads the
+    /// sticky table between the two).
+    pub fn route_fast_located(
+        &self,
+        index: usize,
+        spot: Spot,
+        key: ClientKey,
+        sticky: Option<RegionId>,
+    ) -> FastRouted {
+        let name = &self.config.routed_names[index];
         let ranked = self.rankings.name(index).and_then(|ranking| {
             decide_ranked(
                 &self.config,

@@ -143,8 +143,9 @@ fn the_core_reads_no_clock_and_no_randomness() {
 #[test]
 fn unsafe_only_in_the_socket_code() {
     assert_none(
-        "`unsafe` only in the OS-call edges: the UDP socket code (dns/server.rs) and limits.rs",
-        only_in("unsafe", &["dns/server.rs", "limits.rs"]),
+        "`unsafe` only in the OS-call edges: the UDP socket code (dns/server.rs), limits.rs, and \
+         memory.rs (madvise and the CPU's prefetch hint)",
+        only_in("unsafe", &["dns/server.rs", "limits.rs", "memory.rs"]),
     );
 }
 

@@ -220,19 +220,22 @@ fn cluster(nodes: &[[u32; 2]]) -> Vec<Line> {
             new_index[c as usize]
         }
     };
-    order
-        .chunks(LINE)
-        .map(|chunk| {
-            let mut line = Line([[EMPTY, EMPTY]; LINE]);
-            for (slot, &old) in line.0.iter_mut().zip(chunk) {
-                if old != UNSET {
-                    let [l, r] = nodes[old as usize];
-                    *slot = [renumber(l), renumber(r)];
-                }
+    // On huge pages where the kernel has them: a walk touches a few lines scattered over tens
+    // of megabytes, and on 4 KiB pages each one missed the address translation cache too.
+    let count = order.len() / LINE;
+    let mut lines = Vec::with_capacity(count + crate::memory::huge_page_slack::<Line>(count));
+    crate::memory::advise_huge_pages(&lines);
+    lines.extend(order.chunks(LINE).map(|chunk| {
+        let mut line = Line([[EMPTY, EMPTY]; LINE]);
+        for (slot, &old) in line.0.iter_mut().zip(chunk) {
+            if old != UNSET {
+                let [l, r] = nodes[old as usize];
+                *slot = [renumber(l), renumber(r)];
             }
-            line
-        })
-        .collect()
+        }
+        line
+    }));
+    lines
 }
 
 /// The two records of one node, for the three record sizes of the format (24, 28, 32 bits).

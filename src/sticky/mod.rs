@@ -49,32 +49,41 @@ impl StickyTable {
         }
     }
 
-    /// Where `key` lives: hash it once for a [`Self::get_at`] and [`Self::record_at`] pair.
+    /// Where `key` lives: hash it once for a [`Self::prefetch`] and [`Self::remember_at`].
     pub fn place(&self, key: &StickyKey) -> Place {
         Place(self.table.place(key))
     }
 
     /// The remembered region (stable key of its name) for `key`, if the memory is still fresh.
     pub fn get(&self, key: &StickyKey, now: Millis) -> Option<u64> {
-        self.get_at(&self.place(key), now)
+        self.table.get(&self.place(key).0, now)
     }
 
-    /// [`Self::get`] at a place computed before.
-    pub fn get_at(&self, place: &Place, now: Millis) -> Option<u64> {
-        self.table.get(&place.0, now)
+    /// Start loading the memory of the place into the CPU cache: call it early, and do other
+    /// work before [`Self::remember_at`] (see [`crate::memory::prefetch`]).
+    pub fn prefetch(&self, place: &Place) {
+        self.table.prefetch(&place.0)
     }
 
     /// Record that `key` was answered with `region` (or with nothing: forget it) at `now`.
     pub fn record(&self, key: StickyKey, region: Option<u64>, now: Millis) {
-        self.record_at(&self.place(&key), region, now)
-    }
-
-    /// [`Self::record`] at a place computed before.
-    pub fn record_at(&self, place: &Place, region: Option<u64>, now: Millis) {
+        let place = self.place(&key);
         match region {
             Some(r) => self.table.record(&place.0, r, now),
             None => self.table.remove(&place.0),
         }
+    }
+
+    /// [`Self::get`] then [`Self::record`] in one pass (one lock, one look at the bucket):
+    /// `decide` gets the remembered region and returns its result and the region answered
+    /// (None: forget the client). It runs under the lock of one of 64 shards: keep it short.
+    pub fn remember_at<R>(
+        &self,
+        place: &Place,
+        now: Millis,
+        decide: impl FnOnce(Option<u64>) -> (R, Option<u64>),
+    ) -> R {
+        self.table.update(&place.0, now, decide)
     }
 
     pub fn len(&self) -> usize {

@@ -21,6 +21,9 @@
 
 use std::hash::BuildHasher;
 
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
+
 use parking_lot::Mutex;
 
 use super::admission::{mix, reduce, Frequency};
@@ -28,6 +31,9 @@ use super::{Millis, StickyKey};
 
 /// Slots per bucket: 8 x 16 bytes, two cache lines, compared in one pass.
 pub(super) const WAYS: usize = 8;
+/// Buckets start at this alignment, so one is two cache lines (not three), the pair the
+/// CPU's adjacent-line prefetcher fetches together.
+const BUCKET_ALIGN: usize = WAYS * std::mem::size_of::<Slot>();
 /// Shards (locks) at most: enough for many DNS threads on few cores.
 const MAX_SHARDS: usize = 64;
 /// Times are kept in 48 bits of ms (8,900 years of uptime).
@@ -39,8 +45,7 @@ const TIME_MAX: u64 = (1 << 48) - 1;
 /// the slots). A client in a push still counts once per second it queries.
 const COUNT_EVERY: Millis = 1_000;
 
-/// One slot as four words, so a table of empty slots is zeroed memory (`vec![[0; 4]; n]`
-/// asks the allocator for zeroed pages, which stay unresident until used):
+/// One slot as four words:
 /// `[fingerprint, region index | last use >> 32 << 16, last use (low 32 bits), age]`.
 type Slot = [u32; 4];
 
@@ -102,8 +107,6 @@ pub struct StickyStats {
 }
 
 struct Shard {
-    /// This shard's buckets, `WAYS` slots each, one after the other.
-    slots: Vec<Slot>,
     freq: Frequency,
     /// Region keys (stable hashes of region names) the slots index: a handful, appended
     /// once per name ever answered.
@@ -115,12 +118,52 @@ struct Shard {
 #[repr(align(64))]
 struct Padded(Mutex<Shard>);
 
+/// One slot's words as stored (see [`Slots`]).
+type Cell = [AtomicU32; 4];
+
+fn load(c: &Cell) -> Slot {
+    c.each_ref().map(|w| w.load(Relaxed))
+}
+
+fn store(c: &Cell, s: Slot) {
+    for (w, v) in c.iter().zip(s) {
+        w.store(v, Relaxed);
+    }
+}
+
+/// Every bucket's slots in one array, bucket `b` at `b * WAYS`, so that the array can sit on
+/// huge pages ([`crate::memory`]). A bucket is read and written only under its shard's lock:
+/// the words are atomics (relaxed: plain loads and stores) only so that safe code can keep
+/// the array beside the locks rather than split into them.
+struct Slots {
+    cells: Vec<Cell>,
+    /// Cells before bucket 0: they align the buckets to [`BUCKET_ALIGN`].
+    first: usize,
+}
+
+impl Slots {
+    fn new(buckets: usize) -> Slots {
+        let len = buckets * WAYS + WAYS;
+        let mut cells = Vec::with_capacity(len + crate::memory::huge_page_slack::<Cell>(len));
+        crate::memory::advise_huge_pages(&cells);
+        cells.extend((0..len).map(|_| Cell::default()));
+        let base = cells.as_ptr() as usize;
+        let first = (base.next_multiple_of(BUCKET_ALIGN) - base) / size_of::<Cell>();
+        Slots { cells, first }
+    }
+
+    fn bucket(&self, p: &Place) -> &[Cell] {
+        &self.cells[self.first + p.bucket * WAYS..][..WAYS]
+    }
+}
+
 /// Where a key lives: computed once per query, for the read and the write that follow.
 #[derive(Clone, Copy)]
 pub(super) struct Place {
     shard: usize,
-    /// First slot of the bucket within the shard.
-    start: usize,
+    bucket: usize,
+    /// The bucket's number within its shard.
+    local: usize,
     fp: u32,
     /// The key as the frequency sketch knows it (from bucket and fingerprint only).
     item: u64,
@@ -132,6 +175,7 @@ fn item(local_bucket: usize, fp: u32) -> u64 {
 
 pub(super) struct Table {
     shards: Box<[Padded]>,
+    slots: Slots,
     buckets: usize,
     /// Seeded at random per process: clients choose their ECS subnets, and must not be able
     /// to aim them at one bucket or one fingerprint.
@@ -149,7 +193,6 @@ impl Table {
                 // Buckets i, i + n, i + 2n, ...: every shard gets its fair share.
                 let mine = (buckets - i).div_ceil(n);
                 Padded(Mutex::new(Shard {
-                    slots: vec![[0; 4]; mine * WAYS],
                     freq: Frequency::new(mine * WAYS),
                     regions: Vec::new(),
                     stats: StickyStats::default(),
@@ -158,6 +201,7 @@ impl Table {
             .collect();
         Table {
             shards,
+            slots: Slots::new(buckets),
             buckets,
             hasher: foldhash::fast::RandomState::default(),
             limits: Limits::new(idle, max_age),
@@ -173,7 +217,8 @@ impl Table {
         let fp = (h as u32).max(1);
         Place {
             shard: bucket % n,
-            start: local * WAYS,
+            bucket,
+            local,
             fp,
             item: item(local, fp),
         }
@@ -183,20 +228,69 @@ impl Table {
         self.shards[p.shard].0.lock()
     }
 
+    /// Start loading the bucket of `p` into the cache, without taking its lock: a hint
+    /// that lets a [`Table::get`] soon after find it there.
+    pub(super) fn prefetch(&self, p: &Place) {
+        let at = self.slots.bucket(p).as_ptr() as usize;
+        crate::memory::prefetch(at);
+        crate::memory::prefetch(at + BUCKET_ALIGN / 2);
+    }
+
     pub(super) fn get(&self, p: &Place, now: Millis) -> Option<u64> {
         let s = self.shard(p);
-        let slot = s.slots[p.start..p.start + WAYS]
+        let slot = self
+            .slots
+            .bucket(p)
             .iter()
-            .find(|x| x[0] == p.fp && self.limits.live(x, now))?;
-        s.regions.get(usize::from(region_of(slot))).copied()
+            .filter(|c| c[0].load(Relaxed) == p.fp)
+            .map(load)
+            .find(|x| self.limits.live(x, now))?;
+        s.regions.get(usize::from(region_of(&slot))).copied()
     }
 
     pub(super) fn record(&self, p: &Place, region: u64, now: Millis) {
-        self.shard(p).record(p, region, now, self.limits);
+        self.update(p, now, |_| ((), Some(region)));
+    }
+
+    /// Read and write `p`'s memory in one pass under one lock: `decide` gets the remembered
+    /// region (if fresh) and returns its result and the region to remember (None: forget).
+    pub(super) fn update<R>(
+        &self,
+        p: &Place,
+        now: Millis,
+        decide: impl FnOnce(Option<u64>) -> (R, Option<u64>),
+    ) -> R {
+        let mut shard = self.shard(p);
+        let cells = self.slots.bucket(p);
+        // At most one slot holds a fingerprint: an insert only happens when none does.
+        let mine = cells.iter().position(|c| c[0].load(Relaxed) == p.fp);
+        let slot = mine.map(|i| load(&cells[i]));
+        let remembered = slot
+            .filter(|s| self.limits.live(s, now))
+            .and_then(|s| shard.regions.get(usize::from(region_of(&s))).copied());
+        let (out, region) = decide(remembered);
+        match (mine, slot, region) {
+            (Some(i), Some(mut s), Some(r)) => {
+                shard.refresh(p, &mut s, r, now, self.limits);
+                store(&cells[i], s);
+            }
+            (Some(i), _, None) => {
+                store(&cells[i], [0; 4]);
+                shard.stats.entries -= 1;
+            }
+            (None, _, Some(r)) => {
+                let mut bucket: [Slot; WAYS] = std::array::from_fn(|i| load(&cells[i]));
+                if let Some(i) = shard.insert(p, &mut bucket, r, now, self.limits) {
+                    store(&cells[i], bucket[i]);
+                }
+            }
+            _ => {}
+        }
+        out
     }
 
     pub(super) fn remove(&self, p: &Place) {
-        self.shard(p).remove(p);
+        self.update(p, 0, |_| ((), None));
     }
 
     pub(super) fn stats(&self) -> StickyStats {
@@ -212,18 +306,16 @@ impl Table {
 
     /// Bytes the table holds, heap and inline (for the bytes-per-entry figure).
     pub(super) fn allocated_bytes(&self) -> usize {
-        let inline = std::mem::size_of::<Table>() + std::mem::size_of_val(&*self.shards);
+        let inline = size_of::<Table>() + size_of_val(&*self.shards);
         let heap: usize = self
             .shards
             .iter()
             .map(|s| {
                 let s = s.0.lock();
-                s.slots.capacity() * std::mem::size_of::<Slot>()
-                    + s.freq.heap_bytes()
-                    + s.regions.capacity() * 8
+                s.freq.heap_bytes() + s.regions.capacity() * 8
             })
             .sum();
-        inline + heap
+        inline + heap + self.slots.cells.capacity() * size_of::<Cell>()
     }
 
     /// Total slots: the bound on entries.
@@ -243,58 +335,64 @@ impl Shard {
         Some(i)
     }
 
-    fn record(&mut self, p: &Place, region_key: u64, now: Millis, limits: Limits) {
+    /// `p`'s own slot `s`, answered `region_key` again at `now`.
+    fn refresh(&mut self, p: &Place, s: &mut Slot, region_key: u64, now: Millis, limits: Limits) {
         let Some(region) = self.region_index(region_key) else {
             // Cannot happen with real configs (65,536 region names); forgetting is safe.
-            self.remove(p);
+            *s = [0; 4];
+            self.stats.entries -= 1;
             return;
         };
-        let bucket = &mut self.slots[p.start..p.start + WAYS];
-        if let Some(s) = bucket.iter_mut().find(|s| s[0] == p.fp) {
-            let live = limits.live(s, now);
-            // A resident counts at most once per COUNT_EVERY (see there), straight into the
-            // sketch: it is known, so the doorkeeper has nothing to absorb.
-            if !live || now.saturating_sub(seen(s)) >= COUNT_EVERY {
-                self.freq.increment_known(p.item);
-            }
-            let keep = region_of(s) == region && live;
-            let start = if keep { since(s) } else { now };
-            fill(s, p.fp, region, start, now);
-            return;
+        let live = limits.live(s, now);
+        // A resident counts at most once per COUNT_EVERY (see there), straight into the
+        // sketch: it is known, so the doorkeeper has nothing to absorb.
+        if !live || now.saturating_sub(seen(s)) >= COUNT_EVERY {
+            self.freq.increment_known(p.item);
         }
+        let keep = region_of(s) == region && live;
+        let start = if keep { since(s) } else { now };
+        fill(s, p.fp, region, start, now);
+    }
+
+    /// A newcomer `p` (no slot holds its fingerprint) answered `region_key`: into `bucket`
+    /// (the bucket's slots, copied out under the shard's lock) if it is admitted; the slot
+    /// changed, if any, for the caller to store.
+    fn insert(
+        &mut self,
+        p: &Place,
+        bucket: &mut [Slot; WAYS],
+        region_key: u64,
+        now: Millis,
+        limits: Limits,
+    ) -> Option<usize> {
+        let region = self.region_index(region_key)?;
         self.freq.increment(p.item);
-        let bucket = &mut self.slots[p.start..p.start + WAYS];
-        if let Some(s) = bucket.iter_mut().find(|s| s[0] == 0) {
-            fill(s, p.fp, region, now, now);
+        if let Some(i) = bucket.iter().position(|s| s[0] == 0) {
+            fill(&mut bucket[i], p.fp, region, now, now);
             self.stats.entries += 1;
-            return;
+            return Some(i);
         }
-        if let Some(s) = bucket.iter_mut().find(|s| !limits.live(s, now)) {
-            fill(s, p.fp, region, now, now);
-            return;
+        if let Some(i) = bucket.iter().position(|s| !limits.live(s, now)) {
+            fill(&mut bucket[i], p.fp, region, now, now);
+            return Some(i);
         }
         // Full of live entries: the least frequent (then least recent) may make way.
-        let start = p.start / WAYS;
         let freq = &self.freq;
         let victim = bucket
             .iter()
             .enumerate()
-            .map(|(i, s)| (freq.estimate(item(start, s[0])), seen(s), i))
+            .map(|(i, s)| (freq.estimate(item(p.local, s[0])), seen(s), i))
             .min();
         match victim {
             Some((f, _, i)) if freq.estimate(p.item) > f => {
                 fill(&mut bucket[i], p.fp, region, now, now);
                 self.stats.evictions += 1;
+                Some(i)
             }
-            _ => self.stats.rejections += 1,
-        }
-    }
-
-    fn remove(&mut self, p: &Place) {
-        let bucket = &mut self.slots[p.start..p.start + WAYS];
-        if let Some(s) = bucket.iter_mut().find(|s| s[0] == p.fp) {
-            *s = [0; 4];
-            self.stats.entries -= 1;
+            _ => {
+                self.stats.rejections += 1;
+                None
+            }
         }
     }
 }
