@@ -566,6 +566,84 @@ mod batch {
         0
     }
 
+    /// The largest DNS payload that leaves as one packet on a 1500-octet link, over IPv6
+    /// (1500 - 40 - 8) and so over IPv4.
+    pub const UNFRAGMENTED_PAYLOAD: u16 = 1452;
+
+    /// Whether answers leave with DF set and are never fragmented by this host (RFC 9715:
+    /// fragments are how forged DNS answers get in). Linux's `IP_PMTUDISC_PROBE` and
+    /// `IPV6_PMTUDISC_PROBE`: DF set, and a "fragmentation needed" ICMP message (easily
+    /// forged) no longer makes later answers fragment. The kernel default (`_WANT`) sets DF
+    /// too, but fragments after such a message. Followed on every snapshot: on only while
+    /// `dns.max_udp_payload` fits an unfragmented packet, so a larger configured limit
+    /// still fragments rather than losing the answer.
+    pub struct DontFragment {
+        fd: std::os::fd::RawFd,
+        v6: bool,
+        on: Option<bool>,
+    }
+
+    impl DontFragment {
+        pub fn new(sock: &UdpSocket) -> DontFragment {
+            DontFragment {
+                fd: sock.as_raw_fd(),
+                v6: sock.local_addr().is_ok_and(|a| a.is_ipv6()),
+                on: None,
+            }
+        }
+
+        /// Set the socket's mode for this `max_udp_payload`, if it changed.
+        pub fn follow(&mut self, max_udp_payload: u16) {
+            let want = max_udp_payload <= UNFRAGMENTED_PAYLOAD;
+            if self.on == Some(want) {
+                return;
+            }
+            self.on = Some(want);
+            if let Err(e) = self.set(want) {
+                tracing::warn!(error = %e, "cannot set the DF mode of a DNS UDP socket");
+            }
+        }
+
+        fn set(&self, on: bool) -> std::io::Result<()> {
+            let (level, name, value) = match (self.v6, on) {
+                (false, true) => (
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    libc::IP_PMTUDISC_PROBE,
+                ),
+                (false, false) => (
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU_DISCOVER,
+                    libc::IP_PMTUDISC_WANT,
+                ),
+                (true, true) => (
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MTU_DISCOVER,
+                    libc::IPV6_PMTUDISC_PROBE,
+                ),
+                (true, false) => (
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MTU_DISCOVER,
+                    libc::IPV6_PMTUDISC_WANT,
+                ),
+            };
+            // SAFETY: a valid socket, and an int option of the stated size.
+            let r = unsafe {
+                libc::setsockopt(
+                    self.fd,
+                    level,
+                    name,
+                    (&value as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        }
+    }
+
     /// Send every prepared answer, in as few `sendmmsg` calls as the kernel allows.
     fn send_all(fd: std::os::fd::RawFd, msgs: &mut [libc::mmsghdr]) {
         let mut sent = 0;
@@ -588,6 +666,7 @@ mod batch {
     /// `out_bufs`; `outs` gets the slots that have an answer to send.
     fn answer_received(
         live: &Live,
+        df: &mut DontFragment,
         received: &[libc::mmsghdr],
         addrs: &[libc::sockaddr_storage],
         bufs: &[[u8; BUF]],
@@ -598,6 +677,7 @@ mod batch {
         // Once per batch, not per query: the snapshot (a reload lands at the next batch) and
         // the clocks (the batch arrived at one instant).
         let snap = live.snapshot.load();
+        df.follow(snap.config.dns.max_udp_payload);
         let mut clock = Clock::new(None);
         for (i, m) in received.iter().enumerate() {
             if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
@@ -645,6 +725,8 @@ mod batch {
         let mut out_ctrls = [Ctrl([0; 64]); BATCH];
         // One batch in TIMED_EVERY feeds this thread's answer-time histogram (see its doc).
         let mut timer = BatchTimer::new(live.metrics.dns_udp_times(), TIMED_EVERY);
+        let mut df = DontFragment::new(sock);
+        df.follow(live.snapshot.load().config.dns.max_udp_payload);
         for i in 0..BATCH {
             iovs[i].iov_base = bufs[i].as_mut_ptr().cast();
             iovs[i].iov_len = BUF;
@@ -688,7 +770,15 @@ mod batch {
             used = n as usize;
             let t0 = timer.start();
             let received = &msgs[..n as usize];
-            answer_received(live, received, &addrs, &bufs, &mut out_bufs, &mut outs);
+            answer_received(
+                live,
+                &mut df,
+                received,
+                &addrs,
+                &bufs,
+                &mut out_bufs,
+                &mut outs,
+            );
             for (k, i) in outs.iter().enumerate() {
                 let out = &out_bufs[*i];
                 out_iovs[k].iov_base = out.as_ptr() as *mut libc::c_void;
@@ -754,6 +844,46 @@ mod tests {
         assert!(!whole_message_buffered(&[0, 3, 1, 2]));
         assert!(whole_message_buffered(&[0, 3, 1, 2, 3]));
         assert!(whole_message_buffered(&[0, 0]));
+    }
+
+    /// The mode follows `max_udp_payload` both ways, as a reload changes it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn answers_are_unfragmented_while_the_payload_limit_fits_a_packet() {
+        use std::os::fd::AsRawFd;
+        let mode = |sock: &UdpSocket, v6: bool| {
+            let (level, name) = if v6 {
+                (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER)
+            } else {
+                (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER)
+            };
+            let mut value: libc::c_int = -1;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a valid socket, and an int option with its length.
+            let r = unsafe {
+                libc::getsockopt(
+                    sock.as_raw_fd(),
+                    level,
+                    name,
+                    (&mut value as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(r, 0, "{}", io::Error::last_os_error());
+            value
+        };
+        for (addr, v6) in [("127.0.0.1:0", false), ("[::1]:0", true)] {
+            let Ok(sock) = UdpSocket::bind(addr) else {
+                continue; // no IPv6 on this host
+            };
+            let mut df = batch::DontFragment::new(&sock);
+            df.follow(1232);
+            assert_eq!(mode(&sock, v6), libc::IP_PMTUDISC_PROBE, "{addr} at 1232");
+            df.follow(4096);
+            assert_eq!(mode(&sock, v6), libc::IP_PMTUDISC_WANT, "{addr} at 4096");
+            df.follow(batch::UNFRAGMENTED_PAYLOAD);
+            assert_eq!(mode(&sock, v6), libc::IP_PMTUDISC_PROBE, "{addr} at 1452");
+        }
     }
 
     #[test]
