@@ -376,15 +376,24 @@ impl Shard {
             fill(&mut bucket[i], p.fp, region, now, now);
             return Some(i);
         }
-        // Full of live entries: the least frequent (then least recent) may make way.
+        // Full of live entries: the least frequent (then least recent) makes way if the
+        // newcomer is strictly more frequent. Only residents below the newcomer can lose, so
+        // only they are estimated in full (see `estimate_below`).
         let freq = &self.freq;
+        let newcomer = freq.estimate(p.item);
         let victim = bucket
             .iter()
             .enumerate()
-            .map(|(i, s)| (freq.estimate(item(p.local, s[0])), seen(s), i))
+            .filter_map(|(i, s)| {
+                Some((
+                    freq.estimate_below(item(p.local, s[0]), newcomer)?,
+                    seen(s),
+                    i,
+                ))
+            })
             .min();
         match victim {
-            Some((f, _, i)) if freq.estimate(p.item) > f => {
+            Some((_, _, i)) => {
                 fill(&mut bucket[i], p.fp, region, now, now);
                 self.stats.evictions += 1;
                 Some(i)
