@@ -695,6 +695,45 @@ mod batch {
         }
     }
 
+    /// The headers of the answers to send: one per entry of `outs` (a batch slot whose
+    /// answer is in `out_bufs`), to the address its query came from.
+    struct Replies<'a> {
+        iovs: &'a mut [libc::iovec; BATCH],
+        msgs: &'a mut [libc::mmsghdr; BATCH],
+        ctrls: &'a mut [Ctrl; BATCH],
+    }
+
+    impl Replies<'_> {
+        fn fill(
+            self,
+            outs: &[usize],
+            out_bufs: &[Vec<u8>],
+            addrs: &mut [libc::sockaddr_storage; BATCH],
+            received: &[libc::mmsghdr; BATCH],
+        ) {
+            for (k, i) in outs.iter().enumerate() {
+                let out = &out_bufs[*i];
+                self.iovs[k].iov_base = out.as_ptr() as *mut libc::c_void;
+                self.iovs[k].iov_len = out.len();
+                let h = &mut self.msgs[k].msg_hdr;
+                h.msg_name = (&mut addrs[*i] as *mut libc::sockaddr_storage).cast();
+                h.msg_namelen = received[*i].msg_hdr.msg_namelen;
+                h.msg_iov = &mut self.iovs[k];
+                h.msg_iovlen = 1;
+                // SAFETY: received[*i] was filled in by recvmmsg; its control buffer is alive.
+                let len = unsafe { reply_pktinfo(&received[*i].msg_hdr, &mut self.ctrls[k]) };
+                if len == 0 {
+                    h.msg_control = std::ptr::null_mut();
+                } else {
+                    h.msg_control = self.ctrls[k].0.as_mut_ptr().cast();
+                }
+                h.msg_controllen = len as _;
+                h.msg_flags = 0;
+                self.msgs[k].msg_len = 0;
+            }
+        }
+    }
+
     /// One receive batch in this many is timed for `berth_dns_answer_duration_seconds`: two
     /// clock reads cost about 1-4% of answering one query on a loaded machine, so timing
     /// every batch of one would cost that much; sampled, it is well under 1%.
@@ -779,26 +818,12 @@ mod batch {
                 &mut out_bufs,
                 &mut outs,
             );
-            for (k, i) in outs.iter().enumerate() {
-                let out = &out_bufs[*i];
-                out_iovs[k].iov_base = out.as_ptr() as *mut libc::c_void;
-                out_iovs[k].iov_len = out.len();
-                let h = &mut out_msgs[k].msg_hdr;
-                h.msg_name = (&mut addrs[*i] as *mut libc::sockaddr_storage).cast();
-                h.msg_namelen = msgs[*i].msg_hdr.msg_namelen;
-                h.msg_iov = &mut out_iovs[k];
-                h.msg_iovlen = 1;
-                // SAFETY: msgs[*i] was filled in by recvmmsg above; ctrls are alive.
-                let len = unsafe { reply_pktinfo(&msgs[*i].msg_hdr, &mut out_ctrls[k]) };
-                if len == 0 {
-                    h.msg_control = std::ptr::null_mut();
-                } else {
-                    h.msg_control = out_ctrls[k].0.as_mut_ptr().cast();
-                }
-                h.msg_controllen = len as _;
-                h.msg_flags = 0;
-                out_msgs[k].msg_len = 0;
-            }
+            let replies = Replies {
+                iovs: &mut out_iovs,
+                msgs: &mut out_msgs,
+                ctrls: &mut out_ctrls,
+            };
+            replies.fill(&outs, &out_bufs, &mut addrs, &msgs);
             send_all(fd, &mut out_msgs[..outs.len()]);
             timer.done(t0, outs.len());
         }
