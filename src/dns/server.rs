@@ -505,14 +505,23 @@ mod batch {
         } else {
             (libc::IPPROTO_IP, libc::IP_PKTINFO)
         };
-        let on: libc::c_int = 1;
-        // SAFETY: a valid socket, and an int option of the stated size.
+        set_int_option(sock.as_raw_fd(), level, name, 1)
+    }
+
+    /// `setsockopt` of an `int` option.
+    fn set_int_option(
+        fd: std::os::fd::RawFd,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: libc::c_int,
+    ) -> std::io::Result<()> {
+        // SAFETY: the caller's socket, and an int option of the stated size.
         let r = unsafe {
             libc::setsockopt(
-                sock.as_raw_fd(),
+                fd,
                 level,
                 name,
-                (&on as *const libc::c_int).cast(),
+                (&value as *const libc::c_int).cast(),
                 size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
@@ -605,42 +614,15 @@ mod batch {
         }
 
         fn set(&self, on: bool) -> std::io::Result<()> {
-            let (level, name, value) = match (self.v6, on) {
-                (false, true) => (
-                    libc::IPPROTO_IP,
-                    libc::IP_MTU_DISCOVER,
-                    libc::IP_PMTUDISC_PROBE,
-                ),
-                (false, false) => (
-                    libc::IPPROTO_IP,
-                    libc::IP_MTU_DISCOVER,
-                    libc::IP_PMTUDISC_WANT,
-                ),
-                (true, true) => (
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_MTU_DISCOVER,
-                    libc::IPV6_PMTUDISC_PROBE,
-                ),
-                (true, false) => (
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_MTU_DISCOVER,
-                    libc::IPV6_PMTUDISC_WANT,
-                ),
+            let (level, name, probe, want) = if self.v6 {
+                let v6 = (libc::IPV6_PMTUDISC_PROBE, libc::IPV6_PMTUDISC_WANT);
+                (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, v6.0, v6.1)
+            } else {
+                let v4 = (libc::IP_PMTUDISC_PROBE, libc::IP_PMTUDISC_WANT);
+                (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, v4.0, v4.1)
             };
-            // SAFETY: a valid socket, and an int option of the stated size.
-            let r = unsafe {
-                libc::setsockopt(
-                    self.fd,
-                    level,
-                    name,
-                    (&value as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            let value = if on { probe } else { want };
+            set_int_option(self.fd, level, name, value)
         }
     }
 
