@@ -504,6 +504,20 @@ fn post_admin(b: &Berth, path: &str) -> u16 {
         .as_u16()
 }
 
+/// docker-registry's `notifications` config for registry `i`: registry `notifier` (of
+/// `region`) notifies Berth's admin API on `admin_port`; the others nobody.
+fn notifications(i: usize, notifier: usize, region: &str, admin_port: u16) -> String {
+    if i != notifier {
+        return String::new();
+    }
+    format!(
+        "notifications:\n  endpoints:\n    - name: berth\n      \
+         url: http://127.0.0.1:{admin_port}/api/v1/replication/notifications?region={region}\n      \
+         headers:\n        Authorization: [\"Bearer {ADMIN_TOKEN}\"]\n      \
+         timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
+    )
+}
+
 /// Pushes made straight to a replica, bypassing Berth: westus's registry notifies Berth
 /// (docker-registry's own `notifications.endpoints`), so its push replicates at once;
 /// eastus's does not, and its push arrives with a reconcile (`POST /api/v1/replication/sync`;
@@ -512,17 +526,7 @@ fn post_admin(b: &Berth, path: &str) -> u16 {
 fn pushes_that_bypass_berth_arrive_by_notification_and_by_reconcile() {
     let rt = runtime();
     let admin_port = support::free_port();
-    let notify = move |i: usize| {
-        if i != 0 {
-            return String::new();
-        }
-        format!(
-            "notifications:\n  endpoints:\n    - name: berth\n      \
-             url: http://127.0.0.1:{admin_port}/api/v1/replication/notifications?region=westus\n      \
-             headers:\n        Authorization: [\"Bearer {ADMIN_TOKEN}\"]\n      \
-             timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
-        )
-    };
+    let notify = move |i: usize| notifications(i, 0, "westus", admin_port);
     let regs = start_registries(&rt, &notify);
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = format!("listen = \"127.0.0.1:{admin_port}\"");
@@ -1007,17 +1011,7 @@ fn start_deleting_registries(
 fn deletes_propagate_only_where_the_rule_says() {
     let rt = runtime();
     let admin_port = support::free_port();
-    let notify = move |i: usize| {
-        if i != 1 {
-            return String::new();
-        }
-        format!(
-            "notifications:\n  endpoints:\n    - name: berth\n      \
-             url: http://127.0.0.1:{admin_port}/api/v1/replication/notifications?region=eastus\n      \
-             headers:\n        Authorization: [\"Bearer {ADMIN_TOKEN}\"]\n      \
-             timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
-        )
-    };
+    let notify = move |i: usize| notifications(i, 1, "eastus", admin_port);
     let regs = start_deleting_registries(&rt, &notify);
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = format!("listen = \"127.0.0.1:{admin_port}\"");

@@ -99,17 +99,9 @@ fn on_delete(snap: &Snapshot, r: &Replication, ev: Pushed) {
     let jobs = dests
         .into_iter()
         .map(|dest| Job {
-            id: 0,
-            repo: ev.repo.clone(),
-            digest: ev.reference.clone(),
-            tags: Default::default(),
-            source: ev.region.clone(),
-            dest,
             pushed_at_ms: Some(ev.at_ms),
-            attempts: 0,
-            not_before_ms: 0,
-            last_error: None,
             delete: true,
+            ..Job::new(&ev.repo, &ev.reference, &ev.region, dest)
         })
         .collect();
     r.enqueue(jobs, &cfg.queue_file);
@@ -149,17 +141,9 @@ async fn on_event(snap: &Snapshot, r: &Replication, ev: Pushed) {
     let jobs = dests
         .into_iter()
         .map(|dest| Job {
-            id: 0,
-            repo: ev.repo.clone(),
-            digest: digest.clone(),
             tags: tag.map(String::from).into_iter().collect(),
-            source: ev.region.clone(),
-            dest,
             pushed_at_ms: Some(ev.at_ms),
-            attempts: 0,
-            not_before_ms: 0,
-            last_error: None,
-            delete: false,
+            ..Job::new(&ev.repo, &digest, &ev.region, dest)
         })
         .collect();
     r.enqueue(jobs, &cfg.queue_file);

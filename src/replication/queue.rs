@@ -48,6 +48,25 @@ pub struct Job {
     pub delete: bool,
 }
 
+impl Job {
+    /// A copy of `repo`@`digest` from `source` to `dest`, not tied to a push, due now.
+    pub fn new(repo: &str, digest: &str, source: &str, dest: String) -> Job {
+        Job {
+            id: 0,
+            repo: repo.to_string(),
+            digest: digest.to_string(),
+            tags: BTreeSet::new(),
+            source: source.to_string(),
+            dest,
+            pushed_at_ms: None,
+            attempts: 0,
+            not_before_ms: 0,
+            last_error: None,
+            delete: false,
+        }
+    }
+}
+
 /// Should this instance run `job`? In single-instance mode (`cluster` None) every job is
 /// ours. In cluster mode a job found by reconcile (every instance plans the same ones, from
 /// the same registries) runs only on its owner among the live members: rendezvous hashing of

@@ -225,17 +225,9 @@ fn to_jobs(r: &Replication, planned: Vec<Planned>) -> Vec<Job> {
             let dests = [p.dest.clone()].into_iter().collect();
             s.pushed(&p.repo, &p.digest, Some(&p.tag), &p.source, None, &dests);
             Job {
-                id: 0,
-                repo: p.repo,
-                digest: p.digest,
                 tags: [p.tag].into_iter().collect(),
-                source: p.source,
-                dest: p.dest,
-                pushed_at_ms: None,
-                attempts: 0,
                 not_before_ms: unix_ms(),
-                last_error: None,
-                delete: false,
+                ..Job::new(&p.repo, &p.digest, &p.source, p.dest)
             }
         })
         .collect()
