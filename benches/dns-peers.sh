@@ -7,7 +7,13 @@
 # env:
 #   ROUNDS=2               rounds per mode; the server order alternates per round and set
 #                          (berth first in odd rounds); the table shows the median over rounds
-#   MODES="unpinned pinned"  pinned = server under `taskset -c 0`, dnsperf under `taskset -c 1`
+#   MODES="unpinned pinned"  pinned = server under `taskset -c 0`, dnsperf under `taskset -c 1`;
+#                          concurrent = pinned the same way, but both servers are measured AT
+#                          THE SAME TIME (each with its own dnsperf, both on cpu 1), so both see
+#                          the same machine state. One-after-the-other rounds swing 0.8-1.4 on a
+#                          shared machine; concurrent rounds are what benches/dns-ab.sh does for
+#                          two Berth builds (a build against itself: within about 2.5%). The two
+#                          servers share cpu 0's caches, which costs the larger working set more.
 #   SETS="ecs ecs-aaaa plain static"   query sets (see the harness README); ecs is the main figure
 #   SERVERS="berth gdnsd"  which servers to run (one alone is useful to test the script)
 #   BERTH_BIN=path         use this berth binary instead of `cargo build --release`
@@ -59,7 +65,7 @@ log() { echo "dns-peers: $*" >&2; }
 [[ "$DURATION" =~ ^[0-9]+$ ]] && [ "$DURATION" -gt 0 ] || die "SECONDS must be a positive integer, got '$DURATION'"
 [[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -gt 0 ] || die "ROUNDS must be a positive integer, got '$ROUNDS'"
 for mode in $MODES; do
-  case "$mode" in unpinned|pinned) ;; *) die "MODES: unknown mode '$mode' (unpinned, pinned)";; esac
+  case "$mode" in unpinned|pinned|concurrent) ;; *) die "MODES: unknown mode '$mode' (unpinned, pinned, concurrent)";; esac
 done
 for server in $SERVERS; do
   case "$server" in berth|gdnsd) ;; *) die "SERVERS: unknown server '$server' (berth, gdnsd)";; esac
@@ -80,7 +86,7 @@ need dnsperf "install the Debian package dnsperf (2.10 or later, for -B)"
 need dig     "install the Debian package bind9-dnsutils"
 need python3 "needed by the harness (make-queries.py, check.py)"
 need awk     "needed to read /proc"
-case " $MODES " in *" pinned "*) need taskset "install util-linux, or set MODES=unpinned";; esac
+case " $MODES " in *" pinned "*|*" concurrent "*) need taskset "install util-linux, or set MODES=unpinned";; esac
 gdnsd_version=$(gdnsd 2>&1 | sed -n 's/^.*gdnsd version \([0-9.]*\).*$/\1/p' | head -1 || true)
 case "$gdnsd_version" in 3.*) ;; *) die "gdnsd 3.x needed (plugin_geoip config syntax), found '${gdnsd_version:-unknown}'";; esac
 dnsperf_version=$(dnsperf -h 2>&1 | sed -n 's/^Version:\{0,1\} *//p' | head -1 || true)
@@ -268,7 +274,7 @@ run_one() {  # run_one MODE ROUND SERVER SET
   case "$server" in berth) port=$BERTH_PORT pid=$BERTH_PID;; gdnsd) port=$GDNSD_PORT pid=$GDNSD_PID;; esac
   kill -0 "$pid" 2>/dev/null || die "$server (pid $pid) is not running"
   out=$RESULTS_DIR/$mode-r$round-$server-$set.txt
-  if [ "$mode" = pinned ]; then
+  if [ "$mode" != unpinned ]; then
     SERVER_PID=$pid CLIENT_CPU=1 "$HARNESS/bench.sh" "$port" "$DURATION" "$set" > "$out" 2>&1 \
       || { cat "$out" >&2; die "bench.sh $port $DURATION $set failed ($server, $mode)"; }
   else
@@ -282,10 +288,20 @@ run_one() {  # run_one MODE ROUND SERVER SET
 }
 
 for mode in $MODES; do
-  if [ "$mode" = pinned ]; then start_servers taskset -c 0; else start_servers; fi
+  if [ "$mode" = unpinned ]; then start_servers; else start_servers taskset -c 0; fi
   for round in $(seq "$ROUNDS"); do
     i=0
     for set in $SETS; do
+      if [ "$mode" = concurrent ] && has berth && has gdnsd; then
+        run_one "$mode" "$round" berth "$set" & first=$!
+        run_one "$mode" "$round" gdnsd "$set" & second=$!
+        ok=1
+        wait "$first" || ok=0
+        wait "$second" || ok=0
+        [ "$ok" = 1 ] || die "a concurrent run of set $set failed (round $round)"
+        i=$((i + 1))
+        continue
+      fi
       # alternate which server goes first, per set and per round
       if [ $(( (round + i) % 2 )) -eq 1 ]; then order="berth gdnsd"; else order="gdnsd berth"; fi
       for server in $order; do has "$server" && run_one "$mode" "$round" "$server" "$set"; done
@@ -328,7 +344,7 @@ def ratio(a, b):
 
 for mode in modes:
     nr = len({r["round"] for r in rows if r["mode"] == mode})
-    print(f"## {mode} ({'server on cpu 0, dnsperf on cpu 1' if mode == 'pinned' else 'no pinning'}), "
+    print(f"## {mode} ({ {'pinned': 'server on cpu 0, dnsperf on cpu 1', 'concurrent': 'both servers on cpu 0 at the same time, each dnsperf on cpu 1'}.get(mode, 'no pinning') }), "
           f"median of {nr} round(s), ratios Berth/gdnsd\n")
     print("| set | Berth q/server-CPU-s | gdnsd q/server-CPU-s | **ratio** | Berth qps | gdnsd qps | qps ratio "
           "| avg ms B / g | p50 ms B / g | p99 ms B / g | p99.9 ms B / g | lost B / g | other CPU-s B / g |")
