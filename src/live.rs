@@ -719,6 +719,9 @@ impl Live {
             last_reload_ok: c.last_reload.as_ref().is_none_or(|r| r.ok),
             counters: &snap.counters,
             sticky: self.sticky.stats(),
+            tables: std::iter::once(("sticky", self.sticky.backing()))
+                .chain(snap.geo.as_ref().map(|g| ("geoip", g.backing())))
+                .collect(),
         };
         let mut text = self.metrics.render(&g);
         if let Some(shared) = &c.shared {

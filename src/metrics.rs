@@ -464,6 +464,8 @@ pub struct Gauges<'a> {
     pub counters: &'a Counters,
     /// The sticky table's evictions and admission rejections (rendered by `crate::sticky`).
     pub sticky: crate::sticky::StickyStats,
+    /// The DNS path's big tables by name (`sticky`, `geoip`) and how they sit in memory.
+    pub tables: Vec<(&'static str, crate::memory::Backing)>,
 }
 
 pub struct RegionGauge<'a> {
@@ -527,6 +529,30 @@ fn render_by_method(o: &mut String, rows: &[(&str, &ProxyCounters, bool)]) {
     );
 }
 
+/// The big tables' sizes and their share on huge pages (a table whose share is unknown has
+/// no huge-page row).
+fn render_tables(o: &mut String, tables: &[(&'static str, crate::memory::Backing)]) {
+    let label = |name: &str| format!("{{table=\"{name}\"}}");
+    family(
+        o,
+        "berth_table_bytes",
+        "gauge",
+        "Bytes of the DNS path's big tables: the sticky table's slots and the GeoIP search tree.",
+        tables.iter().map(|(name, b)| (label(name), b.bytes)),
+    );
+    family(
+        o,
+        "berth_table_huge_page_bytes",
+        "gauge",
+        "Bytes of those tables on transparent huge pages, measured when each was built. Far \
+         below berth_table_bytes means the kernel gave few huge pages (THP off or memory \
+         fragmented) and every answer pays more address-translation misses.",
+        tables
+            .iter()
+            .filter_map(|(name, b)| b.huge.map(|h| (label(name), h))),
+    );
+}
+
 /// One metric family: its HELP and TYPE lines, then `name{labels} value` per row.
 fn family<V: std::fmt::Display>(
     o: &mut String,
@@ -563,6 +589,7 @@ impl Metrics {
         process::render_build_info(&mut o);
         process::render_process(&mut o);
         crate::sticky::render_metrics(&mut o, &g.sticky);
+        render_tables(&mut o, &g.tables);
         o
     }
 

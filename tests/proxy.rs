@@ -473,6 +473,21 @@ fn push_and_pull_through_berth_land_in_one_region() {
     ] {
         assert!(metrics.contains(family), "no {family} in\n{metrics}");
     }
+    // The big tables' sizes, and the part on huge pages (Linux reads it): never more.
+    let value = |row: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(row)?.trim().parse().ok())
+    };
+    for table in ["sticky", "geoip"] {
+        let bytes = value(&format!("berth_table_bytes{{table=\"{table}\"}} "))
+            .unwrap_or_else(|| panic!("no berth_table_bytes for {table} in\n{metrics}"));
+        let huge = value(&format!(
+            "berth_table_huge_page_bytes{{table=\"{table}\"}} "
+        ))
+        .unwrap_or_else(|| panic!("no berth_table_huge_page_bytes for {table}"));
+        assert!(bytes > 0 && huge <= bytes, "{table}: {huge} of {bytes}");
+    }
     for file in [
         "deploy/grafana/berth.json",
         "deploy/prometheus/berth-alerts.yml",

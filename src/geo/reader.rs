@@ -168,6 +168,12 @@ impl GeoDb {
         self.locations.get(id as usize)
     }
 
+    /// The search tree's memory and how much of it the kernel put on huge pages (see
+    /// [`crate::memory::Backing`]).
+    pub fn backing(&self) -> crate::memory::Backing {
+        self.tree.backing
+    }
+
     /// Every distinct location, indexed by [`LocationId`]: what tables precomputed per
     /// location iterate over.
     pub fn locations(&self) -> &[Location] {

@@ -59,6 +59,8 @@ pub(super) struct Tree {
     /// levels: about six cache lines, the lower ones missing once the tree is big. Empty when
     /// `v4_start` is itself a terminal.
     v4_jump: Vec<u64>,
+    /// `lines`' memory and how much of it is on huge pages, measured once built.
+    pub(super) backing: crate::memory::Backing,
 }
 
 /// Leading IPv4 bits resolved by [`Tree::v4_jump`]'s one read.
@@ -98,8 +100,10 @@ impl Tree {
             let (left, right) = read_node(b, record_size)?;
             nodes.push([child(left), child(right)]);
         }
+        let lines = cluster(&nodes);
         let mut tree = Tree {
-            lines: cluster(&nodes),
+            backing: crate::memory::backing(&lines),
+            lines,
             v4_start: 0,
             v4_depth: 0,
             v4_jump: Vec::new(),
@@ -370,6 +374,7 @@ mod tests {
             v4_start: 0,
             v4_depth: 0,
             v4_jump: Vec::new(),
+            backing: crate::memory::Backing::default(),
         };
         assert!(
             tree.lines.len() * LINE < n as usize + LINE,

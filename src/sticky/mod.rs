@@ -104,6 +104,12 @@ impl StickyTable {
         self.table.slots()
     }
 
+    /// The slots' memory and how much of it the kernel put on huge pages (see
+    /// [`crate::memory::Backing`]).
+    pub fn backing(&self) -> crate::memory::Backing {
+        self.table.backing()
+    }
+
     /// Bytes the table holds (slots, sketch, shard headers), for the bytes-per-entry figure.
     pub fn allocated_bytes(&self) -> usize {
         self.table.allocated_bytes()

@@ -139,6 +139,7 @@ struct Slots {
     cells: Vec<Cell>,
     /// Cells before bucket 0: they align the buckets to [`BUCKET_ALIGN`].
     first: usize,
+    backing: crate::memory::Backing,
 }
 
 impl Slots {
@@ -149,7 +150,13 @@ impl Slots {
         cells.extend((0..len).map(|_| Cell::default()));
         let base = cells.as_ptr() as usize;
         let first = (base.next_multiple_of(BUCKET_ALIGN) - base) / size_of::<Cell>();
-        Slots { cells, first }
+        // Written above, so the kernel has decided how to back them.
+        let backing = crate::memory::backing(&cells);
+        Slots {
+            cells,
+            first,
+            backing,
+        }
     }
 
     fn bucket(&self, p: &Place) -> &[Cell] {
@@ -291,6 +298,11 @@ impl Table {
 
     pub(super) fn remove(&self, p: &Place) {
         self.update(p, 0, |_| ((), None));
+    }
+
+    /// The slots' memory: its size and how much sits on huge pages (measured at start).
+    pub(super) fn backing(&self) -> crate::memory::Backing {
+        self.slots.backing
     }
 
     pub(super) fn stats(&self) -> StickyStats {
