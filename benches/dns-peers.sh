@@ -26,6 +26,8 @@
 #                          the set `cold`: COLD_SUBNETS (default 1,200,000) distinct client
 #                          subnets, 90% IPv4 /24 and 10% IPv6 /56, shuffled, one query each
 #                          (benches/dns-cold-queries.py; choose SECONDS so dnsperf does not wrap).
+#                          With `cold` in SETS, the servers are restarted before each round,
+#                          as dnsperf starts from the top of the file each time.
 #                          The check.py cross-check (made for the harness's own file) is skipped.
 #
 # After each mode, both servers' resident memory (VmRSS) at the end of its runs is reported.
@@ -288,8 +290,15 @@ run_one() {  # run_one MODE ROUND SERVER SET
 }
 
 for mode in $MODES; do
-  if [ "$mode" = unpinned ]; then start_servers; else start_servers taskset -c 0; fi
+  start_mode() { if [ "$mode" = unpinned ]; then start_servers; else start_servers taskset -c 0; fi; }
+  start_mode
   for round in $(seq "$ROUNDS"); do
+    # dnsperf reads its file from the top on every run: from round 2 on, the cold set's
+    # subnets would be ones the servers already met. Fresh servers keep every round cold.
+    if [ "$round" -gt 1 ] && [[ " $SETS " == *" cold "* ]]; then
+      stop_servers
+      start_mode
+    fi
     i=0
     for set in $SETS; do
       if [ "$mode" = concurrent ] && has berth && has gdnsd; then
