@@ -46,7 +46,7 @@ impl Validator<'_> {
             if c > MAX_CAPACITY {
                 return Err(self.err(
                     "sticky.capacity",
-                    format!("{c} must be at most {MAX_CAPACITY} (reserved at start, about 22 bytes per client)"),
+                    format!("{c} must be at most {MAX_CAPACITY} (reserved at start, about 24 bytes per client)"),
                 ));
             }
             s.capacity = c;

@@ -1,6 +1,6 @@
-//! TinyLFU's frequency estimate for one shard of the sticky table: a doorkeeper (a Bloom
+//! TinyLFU's frequency estimate for one bucket of the sticky table: a doorkeeper (a Bloom
 //! filter that absorbs first sightings) in front of a count-min sketch of 4-bit counters,
-//! both aged together every `sample` increments (counters halved, doorkeeper cleared).
+//! both aged together every [`PERIOD`] sightings (counters halved, doorkeeper cleared).
 //!
 //! Why: a flood of one-off client subnets (ECS is chosen by the client) only ever sets
 //! doorkeeper bits, so it barely moves the sketch, and a one-off key's estimate stays at 1
@@ -13,24 +13,26 @@
 
 /// Four rows: the usual depth of a count-min sketch for cache admission (Caffeine's choice).
 const ROWS: usize = 4;
+/// Counters per row: 32 4-bit counters per bucket, 4 per slot as before.
+const PER_ROW: usize = 8;
 /// Counters saturate here (4 bits).
 const MAX_COUNT: u64 = 15;
 /// Nibbles of a word, each halved by one shift and this mask.
 const HALVE_MASK: u64 = 0x7777_7777_7777_7777;
+/// Sightings between two ageings of a bucket: 8 per slot of its 8 (10 per slot would be
+/// TinyLFU's textbook window; 8 keeps the doorkeeper at 4 bits per sighting).
+pub(super) const PERIOD: u64 = 64;
 
-pub(super) struct Frequency {
-    /// 4-bit counters, 16 to a word, in blocks of 8 words (one cache line): an item's
-    /// `ROWS` counters all sit in one block, one per pair of words, so a lookup or an
-    /// increment costs one cache miss, not four (Caffeine's layout).
-    counters: Vec<u64>,
-    blocks: usize,
-    /// The doorkeeper's bits, blocked too: a key seen once in this period sets two bits of
-    /// one word.
-    door: Vec<u64>,
-    /// Increments since the last ageing, and how many age the counts (10x the shard's slots
-    /// would be TinyLFU's textbook window; 8x keeps the doorkeeper at 4 bits per sample).
-    samples: usize,
-    period: usize,
+/// One bucket's frequency memory: the count-min sketch (4 rows of 8 counters, 4 bits each),
+/// the doorkeeper's 256 bits and the sightings since the last ageing. It is stored beside
+/// the bucket's slots (one cache line) and copied in and out under the shard's lock: a
+/// newcomer's admission reads the line its bucket already brought, not two lines elsewhere
+/// (a cache and address-translation miss each, on a flood of one-off clients).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Counts {
+    pub(super) counters: [u64; 2],
+    pub(super) door: [u64; 4],
+    pub(super) samples: u64,
 }
 
 /// `x` scaled into `0..n` (Lemire's multiply-shift: no division, no power-of-two sizes).
@@ -46,31 +48,12 @@ pub(super) fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-impl Frequency {
-    /// Sized for a shard of `slots` entries: 4 counters (2 bytes) and 32 doorkeeper bits
-    /// (4 bytes) per slot.
-    pub(super) fn new(slots: usize) -> Frequency {
-        let blocks = (ROWS * slots).div_ceil(128).max(1);
-        Frequency {
-            counters: vec![0; blocks * 8],
-            blocks,
-            door: vec![0; (slots / 2).max(16)],
-            samples: 0,
-            period: (slots * 8).max(64),
-        }
-    }
-
-    /// Heap bytes held (for the bytes-per-entry figure).
-    pub(super) fn heap_bytes(&self) -> usize {
-        (self.counters.capacity() + self.door.capacity()) * 8
-    }
-
-    /// The nibble index of `item`'s counter in `row`: its block from the item's high bits,
-    /// word and nibble within the block from 5 more bits per row of a second hash.
-    fn counter_index(&self, item: u64, row: usize) -> usize {
-        let h2 = mix(item) >> (row * 8);
-        let word = reduce(item, self.blocks) * 8 + row * 2 + (h2 & 1) as usize;
-        word * 16 + ((h2 >> 1) & 0xf) as usize
+impl Counts {
+    /// The nibble index (0..32) of `item`'s counter in `row`, from 3 bits per row of a
+    /// second hash.
+    fn counter_index(item: u64, row: usize) -> usize {
+        let h2 = mix(item);
+        row * PER_ROW + ((h2 >> (row * 3)) & 7) as usize
     }
 
     fn counter(&self, i: usize) -> u64 {
@@ -78,14 +61,14 @@ impl Frequency {
     }
 
     /// The doorkeeper word of `item` and its two bits there.
-    fn door_bits(&self, item: u64) -> (usize, u64) {
+    fn door_bits(item: u64) -> (usize, u64) {
         let h2 = mix(item);
         let bits = (1 << ((h2 >> 40) & 63)) | (1 << ((h2 >> 46) & 63));
-        (reduce(item.rotate_left(32), self.door.len()), bits)
+        (((h2 >> 20) & 3) as usize, bits)
     }
 
     fn door_has(&self, item: u64) -> bool {
-        let (w, bits) = self.door_bits(item);
+        let (w, bits) = Self::door_bits(item);
         self.door[w] & bits == bits
     }
 
@@ -97,14 +80,13 @@ impl Frequency {
 
     fn sketch(&self, item: u64) -> u64 {
         (0..ROWS)
-            .map(|r| self.counter(self.counter_index(item, r)))
+            .map(|r| self.counter(Self::counter_index(item, r)))
             .min()
             .unwrap_or(0)
     }
 
-    /// [`Self::estimate`], if it is below `bound`. The doorkeeper is read first and the
-    /// sketch only if that does not already decide: against a flood's one-off newcomer
-    /// (bound 1), a resident seen since the last ageing costs one cache line, not two.
+    /// [`Self::estimate`], if it is below `bound`; the doorkeeper is read first and the
+    /// sketch only if that does not already decide.
     pub(super) fn estimate_below(&self, item: u64, bound: u64) -> Option<u64> {
         let door = u64::from(self.door_has(item));
         if door >= bound {
@@ -117,35 +99,34 @@ impl Frequency {
     /// One sighting of `item`: the doorkeeper takes the first, the sketch the later ones.
     pub(super) fn increment(&mut self, item: u64) {
         if self.door_has(item) {
-            for r in 0..ROWS {
-                let i = self.counter_index(item, r);
-                if self.counter(i) < MAX_COUNT {
-                    self.counters[i / 16] += 1 << ((i % 16) * 4);
-                }
-            }
+            self.count(item);
         } else {
-            let (w, bits) = self.door_bits(item);
+            let (w, bits) = Self::door_bits(item);
             self.door[w] |= bits;
         }
-        self.samples += 1;
-        if self.samples >= self.period {
-            self.age();
-        }
+        self.sighted();
     }
 
     /// One sighting of an `item` known to have been seen before (a resident of the table):
     /// straight into the sketch. The estimate is the same as through [`Self::increment`],
-    /// where the doorkeeper takes one sighting and adds one to the estimate; this skips a
-    /// cache miss on the doorkeeper's word.
+    /// where the doorkeeper takes one sighting and adds one to the estimate.
     pub(super) fn increment_known(&mut self, item: u64) {
+        self.count(item);
+        self.sighted();
+    }
+
+    fn count(&mut self, item: u64) {
         for r in 0..ROWS {
-            let i = self.counter_index(item, r);
+            let i = Self::counter_index(item, r);
             if self.counter(i) < MAX_COUNT {
                 self.counters[i / 16] += 1 << ((i % 16) * 4);
             }
         }
+    }
+
+    fn sighted(&mut self) {
         self.samples += 1;
-        if self.samples >= self.period {
+        if self.samples >= PERIOD {
             self.age();
         }
     }
@@ -156,7 +137,7 @@ impl Frequency {
         for w in &mut self.counters {
             *w = (*w >> 1) & HALVE_MASK;
         }
-        self.door.fill(0);
+        self.door = [0; 4];
         self.samples = 0;
     }
 }
@@ -167,19 +148,21 @@ mod tests {
 
     #[test]
     fn counts_repeats_above_one_offs_and_ages() {
-        let mut f = Frequency::new(1024);
-        for i in 0..2_000u64 {
+        let mut f = Counts::default();
+        for i in 0..20u64 {
             f.increment(mix(i));
         }
         for _ in 0..6 {
             f.increment(mix(1_000_000));
         }
         assert_eq!(f.estimate(mix(1_000_000)), 6);
-        let ones = (0..2_000u64).filter(|i| f.estimate(mix(*i)) <= 1).count();
-        assert!(ones > 1_900, "one-offs estimate 1: {ones}");
-        assert_eq!(f.estimate(mix(5_000_000)), 0, "never seen");
+        let ones = (0..20u64).filter(|i| f.estimate(mix(*i)) <= 1).count();
+        assert!(ones >= 18, "one-offs estimate 1: {ones}");
+        // Never seen: 0, but for doorkeeper false positives (40 of 256 bits are set).
+        let zeros = (100..200u64).filter(|i| f.estimate(mix(*i)) == 0).count();
+        assert!(zeros >= 90, "never seen: {zeros} of 100 at 0");
         // A period of other traffic ages the counts.
-        for i in 10_000..10_000 + 8 * 1024u64 {
+        for i in 10_000..10_000 + PERIOD {
             f.increment(mix(i));
         }
         assert!(
@@ -190,14 +173,14 @@ mod tests {
 
     #[test]
     fn estimate_below_is_the_estimate_under_the_bound() {
-        let mut f = Frequency::new(64);
-        for i in 0..300u64 {
+        let mut f = Counts::default();
+        for i in 0..12u64 {
             for _ in 0..i % 5 {
                 f.increment(mix(i));
             }
         }
         let mut seen = [0usize; 2];
-        for i in 0..400u64 {
+        for i in 0..40u64 {
             for bound in 0..8 {
                 let e = f.estimate(mix(i));
                 let below = f.estimate_below(mix(i), bound);
@@ -205,12 +188,12 @@ mod tests {
                 seen[usize::from(below.is_some())] += 1;
             }
         }
-        assert!(seen[0] > 100 && seen[1] > 100, "both outcomes: {seen:?}");
+        assert!(seen[0] > 50 && seen[1] > 50, "both outcomes: {seen:?}");
     }
 
     #[test]
     fn counters_saturate_without_overflowing_into_neighbours() {
-        let mut f = Frequency::new(16);
+        let mut f = Counts::default();
         for _ in 0..40 {
             f.increment(7);
         }

@@ -5,8 +5,8 @@
 //! expire after `idle` without queries and at `max_age` in any case (so a region that comes
 //! back regains its clients within the hour).
 //!
-//! The table is bounded and compact ([`table`]): about 16 bytes per slot plus 6 bytes of
-//! admission sketch, instead of a map entry holding the key and two timestamps (120 bytes).
+//! The table is bounded and compact ([`table`]): 16 bytes per slot plus 8 bytes of admission
+//! sketch beside it, instead of a map entry holding the key and two timestamps (120 bytes).
 //! At capacity, expired entries go first; past that, TinyLFU admission ([`admission`]) keeps
 //! clients that query repeatedly over a flood of one-off client subnets.
 //!

@@ -1,9 +1,11 @@
-//! The compact sticky table: sharded, set-associative, 16 bytes per slot.
+//! The compact sticky table: sharded, set-associative, 16 bytes per slot and 64 bytes of
+//! frequency memory per bucket of 8 (24 bytes per slot in all).
 //!
 //! A key is hashed once (seeded per process). The hash picks a bucket of [`WAYS`] slots and
 //! a 32-bit fingerprint; only the fingerprint is stored, never the key. Bucket `b` lives in
-//! shard `b % shards`, each shard behind its own lock with its own frequency sketch
-//! ([`Frequency`]), so DNS threads meet only when they hit the same shard. A slot holds:
+//! shard `b % shards`, each shard behind its own lock, so DNS threads meet only when they hit
+//! the same shard. Each bucket carries its own frequency memory ([`Counts`]) in the cache
+//! line after its slots: admission reads no memory the bucket did not bring. A slot holds:
 //! the fingerprint (0: empty), the region as an index into the shard's list of region keys,
 //! the last use in ms (48 bits), and the age at that use in ms (32 bits, see `max_age`).
 //!
@@ -21,19 +23,16 @@
 
 use std::hash::BuildHasher;
 
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use parking_lot::Mutex;
 
-use super::admission::{mix, reduce, Frequency};
+use super::admission::{mix, reduce, Counts};
 use super::{Millis, StickyKey};
 
 /// Slots per bucket: 8 x 16 bytes, two cache lines, compared in one pass.
 pub(super) const WAYS: usize = 8;
-/// Buckets start at this alignment, so one is two cache lines (not three), the pair the
-/// CPU's adjacent-line prefetcher fetches together.
-const BUCKET_ALIGN: usize = WAYS * std::mem::size_of::<Slot>();
 /// Shards (locks) at most: enough for many DNS threads on few cores.
 const MAX_SHARDS: usize = 64;
 /// Times are kept in 48 bits of ms (8,900 years of uptime).
@@ -41,8 +40,8 @@ const TIME_MAX: u64 = (1 << 48) - 1;
 /// A remembered client's queries count in the frequency sketch at most once per this many
 /// ms. Frequency is what tells a client that comes back from a one-off subnet; a resolver
 /// that asks 100 times a second is not 100 times more worth keeping than one that asks once a
-/// second, and counting every query cost a cache miss per answer (the sketch is apart from
-/// the slots). A client in a push still counts once per second it queries.
+/// second, and counting every query would also dirty the bucket's third line per answer. A
+/// client in a push still counts once per second it queries.
 const COUNT_EVERY: Millis = 1_000;
 
 /// One slot as four words:
@@ -107,7 +106,6 @@ pub struct StickyStats {
 }
 
 struct Shard {
-    freq: Frequency,
     /// Region keys (stable hashes of region names) the slots index: a handful, appended
     /// once per name ever answered.
     regions: Vec<u64>,
@@ -118,7 +116,7 @@ struct Shard {
 #[repr(align(64))]
 struct Padded(Mutex<Shard>);
 
-/// One slot's words as stored (see [`Slots`]).
+/// One slot's words as stored (see [`Bucket`]).
 type Cell = [AtomicU32; 4];
 
 fn load(c: &Cell) -> Slot {
@@ -131,36 +129,54 @@ fn store(c: &Cell, s: Slot) {
     }
 }
 
-/// Every bucket's slots in one array, bucket `b` at `b * WAYS`, so that the array can sit on
-/// huge pages ([`crate::memory`]). A bucket is read and written only under its shard's lock:
-/// the words are atomics (relaxed: plain loads and stores) only so that safe code can keep
-/// the array beside the locks rather than split into them.
+/// One bucket: its slots (two cache lines) and its frequency memory (a third line, see
+/// [`Counts`]). Every bucket sits in one array so that the array can be on huge pages
+/// ([`crate::memory`]). A bucket is read and written only under its shard's lock: the words
+/// are atomics (relaxed: plain loads and stores) only so that safe code can keep the array
+/// beside the locks rather than split into them.
+#[repr(C, align(64))]
+#[derive(Default)]
+struct Bucket {
+    cells: [Cell; WAYS],
+    /// [`Counts`]: two words of counters, four of doorkeeper bits, the sightings, one spare.
+    freq: [AtomicU64; 8],
+}
+
+impl Bucket {
+    fn counts(&self) -> Counts {
+        let w = |i: usize| self.freq[i].load(Relaxed);
+        Counts {
+            counters: [w(0), w(1)],
+            door: [w(2), w(3), w(4), w(5)],
+            samples: w(6),
+        }
+    }
+
+    fn set_counts(&self, c: &Counts) {
+        let words = c.counters.iter().chain(&c.door).chain([&c.samples]);
+        for (w, v) in self.freq.iter().zip(words) {
+            w.store(*v, Relaxed);
+        }
+    }
+}
+
 struct Slots {
-    cells: Vec<Cell>,
-    /// Cells before bucket 0: they align the buckets to [`BUCKET_ALIGN`].
-    first: usize,
+    buckets: Vec<Bucket>,
     backing: crate::memory::Backing,
 }
 
 impl Slots {
-    fn new(buckets: usize) -> Slots {
-        let len = buckets * WAYS + WAYS;
-        let mut cells = Vec::with_capacity(len + crate::memory::huge_page_slack::<Cell>(len));
-        crate::memory::advise_huge_pages(&cells);
-        cells.extend((0..len).map(|_| Cell::default()));
-        let base = cells.as_ptr() as usize;
-        let first = (base.next_multiple_of(BUCKET_ALIGN) - base) / size_of::<Cell>();
+    fn new(n: usize) -> Slots {
+        let mut buckets = Vec::with_capacity(n + crate::memory::huge_page_slack::<Bucket>(n));
+        crate::memory::advise_huge_pages(&buckets);
+        buckets.extend((0..n).map(|_| Bucket::default()));
         // Written above, so the kernel has decided how to back them.
-        let backing = crate::memory::backing(&cells);
-        Slots {
-            cells,
-            first,
-            backing,
-        }
+        let backing = crate::memory::backing(&buckets);
+        Slots { buckets, backing }
     }
 
-    fn bucket(&self, p: &Place) -> &[Cell] {
-        &self.cells[self.first + p.bucket * WAYS..][..WAYS]
+    fn bucket(&self, p: &Place) -> &Bucket {
+        &self.buckets[p.bucket]
     }
 }
 
@@ -195,12 +211,10 @@ impl Table {
     pub(super) fn new(capacity: usize, idle: Millis, max_age: Millis) -> Table {
         let buckets = capacity.max(1).div_ceil(WAYS);
         let n = buckets.min(MAX_SHARDS);
+        // Bucket b belongs to shard b % n: every shard gets its fair share.
         let shards = (0..n)
-            .map(|i| {
-                // Buckets i, i + n, i + 2n, ...: every shard gets its fair share.
-                let mine = (buckets - i).div_ceil(n);
+            .map(|_| {
                 Padded(Mutex::new(Shard {
-                    freq: Frequency::new(mine * WAYS),
                     regions: Vec::new(),
                     stats: StickyStats::default(),
                 }))
@@ -238,9 +252,10 @@ impl Table {
     /// Start loading the bucket of `p` into the cache, without taking its lock: a hint
     /// that lets a [`Table::get`] soon after find it there.
     pub(super) fn prefetch(&self, p: &Place) {
-        let at = self.slots.bucket(p).as_ptr() as usize;
-        crate::memory::prefetch(at);
-        crate::memory::prefetch(at + BUCKET_ALIGN / 2);
+        let at = self.slots.bucket(p) as *const Bucket as usize;
+        for line in (0..size_of::<Bucket>()).step_by(64) {
+            crate::memory::prefetch(at + line);
+        }
     }
 
     pub(super) fn get(&self, p: &Place, now: Millis) -> Option<u64> {
@@ -248,6 +263,7 @@ impl Table {
         let slot = self
             .slots
             .bucket(p)
+            .cells
             .iter()
             .filter(|c| c[0].load(Relaxed) == p.fp)
             .map(load)
@@ -268,7 +284,8 @@ impl Table {
         decide: impl FnOnce(Option<u64>) -> (R, Option<u64>),
     ) -> R {
         let mut shard = self.shard(p);
-        let cells = self.slots.bucket(p);
+        let b = self.slots.bucket(p);
+        let cells = &b.cells;
         // At most one slot holds a fingerprint: an insert only happens when none does.
         let mine = cells.iter().position(|c| c[0].load(Relaxed) == p.fp);
         let slot = mine.map(|i| load(&cells[i]));
@@ -278,7 +295,12 @@ impl Table {
         let (out, region) = decide(remembered);
         match (mine, slot, region) {
             (Some(i), Some(mut s), Some(r)) => {
-                shard.refresh(p, &mut s, r, now, self.limits);
+                if shard.refresh(&mut s, r, now, self.limits) {
+                    // Counted: a resident's sighting, at most once per COUNT_EVERY.
+                    let mut counts = b.counts();
+                    counts.increment_known(p.item);
+                    b.set_counts(&counts);
+                }
                 store(&cells[i], s);
             }
             (Some(i), _, None) => {
@@ -287,7 +309,10 @@ impl Table {
             }
             (None, _, Some(r)) => {
                 let mut bucket: [Slot; WAYS] = std::array::from_fn(|i| load(&cells[i]));
-                if let Some(i) = shard.insert(p, &mut bucket, r, now, self.limits) {
+                let mut counts = b.counts();
+                let changed = shard.insert(p, &mut bucket, &mut counts, r, now, self.limits);
+                b.set_counts(&counts);
+                if let Some(i) = changed {
                     store(&cells[i], bucket[i]);
                 }
             }
@@ -322,12 +347,9 @@ impl Table {
         let heap: usize = self
             .shards
             .iter()
-            .map(|s| {
-                let s = s.0.lock();
-                s.freq.heap_bytes() + s.regions.capacity() * 8
-            })
+            .map(|s| s.0.lock().regions.capacity() * 8)
             .sum();
-        inline + heap + self.slots.cells.capacity() * size_of::<Cell>()
+        inline + heap + self.slots.buckets.capacity() * size_of::<Bucket>()
     }
 
     /// Total slots: the bound on entries.
@@ -347,23 +369,24 @@ impl Shard {
         Some(i)
     }
 
-    /// `p`'s own slot `s`, answered `region_key` again at `now`.
-    fn refresh(&mut self, p: &Place, s: &mut Slot, region_key: u64, now: Millis, limits: Limits) {
+    /// A resident's own slot `s`, answered `region_key` again at `now`. True when this
+    /// sighting counts in the bucket's frequency memory: at most once per [`COUNT_EVERY`]
+    /// (see there), straight into the sketch (it is known: the doorkeeper has nothing to
+    /// absorb).
+    fn refresh(&mut self, s: &mut Slot, region_key: u64, now: Millis, limits: Limits) -> bool {
         let Some(region) = self.region_index(region_key) else {
             // Cannot happen with real configs (65,536 region names); forgetting is safe.
             *s = [0; 4];
             self.stats.entries -= 1;
-            return;
+            return false;
         };
         let live = limits.live(s, now);
-        // A resident counts at most once per COUNT_EVERY (see there), straight into the
-        // sketch: it is known, so the doorkeeper has nothing to absorb.
-        if !live || now.saturating_sub(seen(s)) >= COUNT_EVERY {
-            self.freq.increment_known(p.item);
-        }
+        let counts = !live || now.saturating_sub(seen(s)) >= COUNT_EVERY;
         let keep = region_of(s) == region && live;
         let start = if keep { since(s) } else { now };
-        fill(s, p.fp, region, start, now);
+        let fp = s[0];
+        fill(s, fp, region, start, now);
+        counts
     }
 
     /// A newcomer `p` (no slot holds its fingerprint) answered `region_key`: into `bucket`
@@ -373,12 +396,13 @@ impl Shard {
         &mut self,
         p: &Place,
         bucket: &mut [Slot; WAYS],
+        freq: &mut Counts,
         region_key: u64,
         now: Millis,
         limits: Limits,
     ) -> Option<usize> {
         let region = self.region_index(region_key)?;
-        self.freq.increment(p.item);
+        freq.increment(p.item);
         if let Some(i) = bucket.iter().position(|s| s[0] == 0) {
             fill(&mut bucket[i], p.fp, region, now, now);
             self.stats.entries += 1;
@@ -391,7 +415,6 @@ impl Shard {
         // Full of live entries: the least frequent (then least recent) makes way if the
         // newcomer is strictly more frequent. Only residents below the newcomer can lose, so
         // only they are estimated in full (see `estimate_below`).
-        let freq = &self.freq;
         let newcomer = freq.estimate(p.item);
         let victim = bucket
             .iter()
