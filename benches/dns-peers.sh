@@ -376,7 +376,8 @@ for mode in modes:
             bb, gg = get("berth"), get("gdnsd")
             if bb and gg:
                 per.append(f"{bb / gg:.2f}")
-        print(f"- {s}: q/server-CPU-s ratio per round: {', '.join(per) or '-'}")
+        paired = f" (median {statistics.median(float(x) for x in per):.2f})" if per else ""
+        print(f"- {s}: q/server-CPU-s ratio per round: {', '.join(per) or '-'}{paired}")
     loads = [num(r["load"]) for r in rows if r["mode"] == mode and num(r.get("load", "x")) is not None]
     if loads:
         print(f"- 1-min load average before each run: {min(loads):.2f}-{max(loads):.2f}")
