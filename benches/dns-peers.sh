@@ -351,10 +351,22 @@ def f(v, fmt="{:,.0f}"):
 def ratio(a, b):
     return "-" if a is None or not b else f"{a / b:.2f}"
 
+def per_round(mode, s):
+    """Berth/gdnsd answers per server CPU-second of each round: the two servers of a round
+    ran back to back (pinned, unpinned) or at once (concurrent), so these are the pairs."""
+    out = []
+    for rnd in sorted({r["round"] for r in rows if r["mode"] == mode}, key=int):
+        get = lambda srv: next((num(r["q_per_srv_cpu"]) for r in rows
+                                if (r["mode"], r["round"], r["server"], r["set"]) == (mode, rnd, srv, s)), None)
+        bb, gg = get("berth"), get("gdnsd")
+        if bb and gg:
+            out.append(bb / gg)
+    return out
+
 for mode in modes:
     nr = len({r["round"] for r in rows if r["mode"] == mode})
     print(f"## {mode} ({ {'pinned': 'server on cpu 0, dnsperf on cpu 1', 'concurrent': 'both servers on cpu 0 at the same time, each dnsperf on cpu 1'}.get(mode, 'no pinning') }), "
-          f"median of {nr} round(s), ratios Berth/gdnsd\n")
+          f"median of {nr} round(s), ratios Berth/gdnsd (**ratio**: the median of the per-round ratios)\n")
     print("| set | Berth q/server-CPU-s | gdnsd q/server-CPU-s | **ratio** | Berth qps | gdnsd qps | qps ratio "
           "| avg ms B / g | p50 ms B / g | p99 ms B / g | p99.9 ms B / g | lost B / g | other CPU-s B / g |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---|---|---|---|---|")
@@ -362,22 +374,17 @@ for mode in modes:
         b = {k: med(mode, "berth", s, k) for k in ("q_per_srv_cpu", "qps", "avg_ms", "p50_ms", "p99_ms", "p999_ms", "lost", "other_cpu")}
         g = {k: med(mode, "gdnsd", s, k) for k in b}
         pair = lambda k, fmt: f"{f(b[k], fmt)} / {f(g[k], fmt)}"
-        print(f"| {s} | {f(b['q_per_srv_cpu'])} | {f(g['q_per_srv_cpu'])} | **{ratio(b['q_per_srv_cpu'], g['q_per_srv_cpu'])}** "
+        paired = per_round(mode, s)
+        main = f"{statistics.median(paired):.2f}" if paired else "-"
+        print(f"| {s} | {f(b['q_per_srv_cpu'])} | {f(g['q_per_srv_cpu'])} | **{main}** "
               f"| {f(b['qps'])} | {f(g['qps'])} | {ratio(b['qps'], g['qps'])} "
               f"| {pair('avg_ms', '{:.3f}')} | {pair('p50_ms', '{:.3f}')} | {pair('p99_ms', '{:.3f}')} "
               f"| {pair('p999_ms', '{:.3f}')} | {pair('lost', '{:.0f}')} | {pair('other_cpu', '{:.2f}')} |")
     print()
     # per-round ratios of the main figure, to show the spread
     for s in sets:
-        per = []
-        for rnd in sorted({r["round"] for r in rows if r["mode"] == mode}, key=int):
-            get = lambda srv: next((num(r["q_per_srv_cpu"]) for r in rows
-                                    if (r["mode"], r["round"], r["server"], r["set"]) == (mode, rnd, srv, s)), None)
-            bb, gg = get("berth"), get("gdnsd")
-            if bb and gg:
-                per.append(f"{bb / gg:.2f}")
-        paired = f" (median {statistics.median(float(x) for x in per):.2f})" if per else ""
-        print(f"- {s}: q/server-CPU-s ratio per round: {', '.join(per) or '-'}{paired}")
+        per = [f"{x:.2f}" for x in per_round(mode, s)]
+        print(f"- {s}: q/server-CPU-s ratio per round: {', '.join(per) or '-'}")
     loads = [num(r["load"]) for r in rows if r["mode"] == mode and num(r.get("load", "x")) is not None]
     if loads:
         print(f"- 1-min load average before each run: {min(loads):.2f}-{max(loads):.2f}")
