@@ -356,7 +356,7 @@ fn sticky_capacity_is_bounded() {
         ),
         (
             "capacity = 100000001",
-            "/etc/berth/berth.toml: sticky.capacity: 100000001 must be at most 100000000 (reserved at start, about 22 bytes per client)",
+            "/etc/berth/berth.toml: sticky.capacity: 100000001 must be at most 100000000 (reserved at start, about 24 bytes per client)",
         ),
     ];
     for (keys, want) in cases {
