@@ -537,7 +537,7 @@ fn render_tables(o: &mut String, tables: &[(&'static str, crate::memory::Backing
         o,
         "berth_table_bytes",
         "gauge",
-        "Bytes of the DNS path's big tables: the sticky table's slots and the GeoIP search tree.",
+        "Bytes of the DNS path's big tables: the sticky table's buckets and the GeoIP search tree.",
         tables.iter().map(|(name, b)| (label(name), b.bytes)),
     );
     family(

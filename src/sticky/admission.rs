@@ -7,8 +7,8 @@
 //! while a client that keeps querying counts 2 and up. The table evicts the least frequent
 //! entry of a full bucket and admits a newcomer only if it is strictly more frequent.
 //!
-//! Items are 64-bit hashes the caller derives from what the table stores (bucket and
-//! fingerprint), so a resident entry's frequency can be read without its key. Pure: no clock,
+//! Items are what the table stores of a key (its fingerprint in the bucket), mixed here, so a
+//! resident entry's frequency can be read without its key. Pure: no clock,
 //! no randomness (the caller's hash is seeded per process).
 
 /// Four rows: the usual depth of a count-min sketch for cache admission (Caffeine's choice).

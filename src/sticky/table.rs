@@ -185,15 +185,16 @@ impl Slots {
 pub(super) struct Place {
     shard: usize,
     bucket: usize,
-    /// The bucket's number within its shard.
-    local: usize,
     fp: u32,
-    /// The key as the frequency sketch knows it (from bucket and fingerprint only).
-    item: u64,
 }
 
-fn item(local_bucket: usize, fp: u32) -> u64 {
-    mix(((local_bucket as u64) << 32) | u64::from(fp))
+impl Place {
+    /// The key as its bucket's frequency memory knows it: the fingerprint, the one thing a
+    /// resident's slot keeps of it (the memory is the bucket's own, so the bucket need not
+    /// be part of it).
+    fn item(&self) -> u64 {
+        u64::from(self.fp)
+    }
 }
 
 pub(super) struct Table {
@@ -233,15 +234,12 @@ impl Table {
         let h = mix(self.hasher.hash_one(key));
         let bucket = reduce(h, self.buckets);
         let n = self.shards.len();
-        let local = bucket / n;
         // The low half: independent of the high bits that chose the bucket. 0 means empty.
         let fp = (h as u32).max(1);
         Place {
             shard: bucket % n,
             bucket,
-            local,
             fp,
-            item: item(local, fp),
         }
     }
 
@@ -252,6 +250,8 @@ impl Table {
     /// Start loading the bucket of `p` into the cache, without taking its lock: a hint
     /// that lets a [`Table::get`] soon after find it there.
     pub(super) fn prefetch(&self, p: &Place) {
+        // All three lines: a newcomer's admission reads the third (its counts). For a known
+        // client it is one prefetch more, which cost nothing measurable on warm sets.
         let at = self.slots.bucket(p) as *const Bucket as usize;
         for line in (0..size_of::<Bucket>()).step_by(64) {
             crate::memory::prefetch(at + line);
@@ -298,7 +298,7 @@ impl Table {
                 if shard.refresh(&mut s, r, now, self.limits) {
                     // Counted: a resident's sighting, at most once per COUNT_EVERY.
                     let mut counts = b.counts();
-                    counts.increment_known(p.item);
+                    counts.increment_known(p.item());
                     b.set_counts(&counts);
                 }
                 store(&cells[i], s);
@@ -402,7 +402,7 @@ impl Shard {
         limits: Limits,
     ) -> Option<usize> {
         let region = self.region_index(region_key)?;
-        freq.increment(p.item);
+        freq.increment(p.item());
         if let Some(i) = bucket.iter().position(|s| s[0] == 0) {
             fill(&mut bucket[i], p.fp, region, now, now);
             self.stats.entries += 1;
@@ -415,16 +415,12 @@ impl Shard {
         // Full of live entries: the least frequent (then least recent) makes way if the
         // newcomer is strictly more frequent. Only residents below the newcomer can lose, so
         // only they are estimated in full (see `estimate_below`).
-        let newcomer = freq.estimate(p.item);
+        let newcomer = freq.estimate(p.item());
         let victim = bucket
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
-                Some((
-                    freq.estimate_below(item(p.local, s[0]), newcomer)?,
-                    seen(s),
-                    i,
-                ))
+                Some((freq.estimate_below(u64::from(s[0]), newcomer)?, seen(s), i))
             })
             .min();
         match victim {
