@@ -1086,12 +1086,37 @@ fn deletes_propagate_only_where_the_rule_says() {
     wait_for("the queue to drain", || {
         admin_json(&berth, "/api/v1/replication").1["queued_jobs"] == 0
     });
-    let holders = regs
-        .iter()
-        .filter(|r| manifest(r, "keep/app") == 200)
-        .count();
+    let keep_app_holders = || {
+        regs.iter()
+            .filter(|r| manifest(r, "keep/app") == 200)
+            .count()
+    };
     assert_eq!(
-        holders, 3,
+        keep_app_holders(),
+        3,
         "keep/app deleted only in the region that took the DELETE"
+    );
+
+    // The delete outlives a restart: the next reconcile sees keep/app missing from one
+    // region and must not copy it back there. The witness, pushed straight to westus (which
+    // does not notify), reaches every region only through that reconcile.
+    let mut berth = berth;
+    berth.stop();
+    drop(berth);
+    let berth = Berth::start(&cfg);
+    let straight = format!("127.0.0.1:{}/keep/witness:1.0", regs[0].port);
+    assert_ok(&sk.push("tool-1.0", &straight), "push straight to westus");
+    assert_eq!(post_admin(&berth, "/api/v1/replication/sync"), 202);
+    wait_for("keep/witness in every region, by reconcile", || {
+        regs.iter()
+            .all(|r| complete(r, "keep/witness", "1.0", &tool))
+    });
+    wait_for("the queue to drain", || {
+        admin_json(&berth, "/api/v1/replication").1["queued_jobs"] == 0
+    });
+    assert_eq!(
+        keep_app_holders(),
+        3,
+        "a reconcile after a restart copied the deleted keep/app back"
     );
 }

@@ -93,6 +93,7 @@ fn on_delete(snap: &Snapshot, r: &Replication, ev: Pushed) {
     if ev.reference.contains(':') {
         if let Some(d) = &digest {
             r.status().deleted(&ev.repo, d, &ev.region);
+            r.save_deletes(&cfg.queue_file);
         }
     }
     tracing::info!(repo = %ev.repo, reference = %ev.reference, region = %ev.region, to = ?dests, "replication: manifest deleted");
@@ -138,6 +139,7 @@ async fn on_event(snap: &Snapshot, r: &Replication, ev: Pushed) {
     };
     r.status()
         .pushed(&ev.repo, &digest, tag, &ev.region, Some(ev.at_ms), &dests);
+    r.save_deletes(&cfg.queue_file);
     let jobs = dests
         .into_iter()
         .map(|dest| Job {
@@ -304,6 +306,8 @@ fn save(cfg: &ReplicationConfig, r: &Replication) {
     if let Err(e) = r.queue().save(&cfg.queue_file) {
         tracing::error!(error = %format!("{e:#}"), "replication: the queue could not be persisted");
     }
+    // A propagated delete that ran is remembered too.
+    r.save_deletes(&cfg.queue_file);
 }
 
 /// POST the regional event to every webhook the rules name, with retries, off this task.

@@ -20,6 +20,7 @@
 pub mod backoff;
 pub mod bandwidth;
 pub mod copy;
+pub mod deletes;
 mod driver;
 pub mod metrics;
 pub mod queue;
@@ -99,6 +100,9 @@ pub struct Replication {
     cluster: ClusterSource,
     /// Set by [`Replication::inject_job_panic`]: the next job panics (tests of supervision).
     panic_next_job: std::sync::atomic::AtomicBool,
+    /// Held while the remembered deletes are written, so a later list is never overwritten
+    /// by an earlier one.
+    deletes_write: Mutex<()>,
 }
 
 pub fn unix_ms() -> u64 {
@@ -120,6 +124,13 @@ impl Replication {
         if !queue.is_empty() {
             tracing::info!(jobs = queue.len(), file = %cfg.queue_file.display(), "replication: resuming the persisted queue");
         }
+        let deletes_file = deletes::path_for(&cfg.queue_file);
+        let removed = deletes::load(&deletes_file)?;
+        if !removed.is_empty() {
+            tracing::info!(manifests = removed.len(), file = %deletes_file.display(), "replication: remembering deletes that reconcile must not undo");
+        }
+        let mut status = StatusTable::default();
+        status.restore_removed(removed);
         let mut credentials = vec![];
         for c in &cfg.credentials {
             let what = "replication credential password";
@@ -133,7 +144,7 @@ impl Replication {
         let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BACKLOG);
         let r = Arc::new(Replication {
             queue: Mutex::new(queue),
-            status: Mutex::new(StatusTable::default()),
+            status: Mutex::new(status),
             events: tx,
             wake: tokio::sync::Notify::new(),
             sync_now: tokio::sync::Notify::new(),
@@ -145,6 +156,7 @@ impl Replication {
             workers,
             cluster,
             panic_next_job: std::sync::atomic::AtomicBool::new(false),
+            deletes_write: Mutex::new(()),
         });
         {
             // Resumed jobs show as pending in the status table.
@@ -303,6 +315,18 @@ impl Replication {
         let depth = self.queue().depth();
         self.metrics
             .render(o, &depth, self.engine.bytes_copied.load(Ordering::Relaxed));
+    }
+
+    /// Write the remembered deletes beside the queue file, if they changed.
+    fn save_deletes(&self, queue_file: &std::path::Path) {
+        let _writing = self.deletes_write.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = self.status().removed_if_changed() else {
+            return;
+        };
+        if let Err(e) = deletes::save(&deletes::path_for(queue_file), list) {
+            self.status().removed_not_saved();
+            tracing::error!(error = %crate::report(&e), "replication: the remembered deletes could not be persisted; after a restart a reconcile may copy deleted manifests back");
+        }
     }
 
     /// Add jobs (persisting the queue) and wake the driver.

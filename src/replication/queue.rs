@@ -309,7 +309,8 @@ impl Queue {
     }
 }
 
-fn write_atomically(path: &Path, f: &QueueFile) -> std::io::Result<()> {
+/// Write `f` as JSON to `path` atomically (temp file, fsync, rename, fsync of the directory).
+pub(super) fn write_atomically(path: &Path, f: &impl Serialize) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -4,11 +4,13 @@
 //!
 //! Bounded by what was replicated since start (plus what reconcile saw): one entry per
 //! manifest, one set per blob digest. It is rebuilt by the first reconcile after a restart;
-//! only the queue is persisted.
+//! only the queue and the remembered deletes ([`super::deletes`]) are persisted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::Serialize;
+
+use super::deletes::Removed;
 
 /// Lag samples kept per region for the percentiles.
 const LAG_SAMPLES: usize = 1024;
@@ -66,6 +68,8 @@ pub struct StatusTable {
     /// (repository, digest) -> regions it was deleted from since its last push: reconcile
     /// does not copy it back there (a delete with `delete = false` stays where it was made).
     removed: HashMap<(String, String), BTreeSet<String>>,
+    /// `removed` changed since [`StatusTable::removed_if_changed`] last took it.
+    removed_changed: bool,
 }
 
 /// Deletes remembered for reconcile; past this the memory starts over (a forgotten delete
@@ -95,7 +99,8 @@ impl StatusTable {
         }
         if pushed_at_ms.is_some() {
             // Pushed again: what was deleted is wanted again everywhere.
-            self.removed.remove(&(repo.to_string(), digest.to_string()));
+            let key = (repo.to_string(), digest.to_string());
+            self.removed_changed |= self.removed.remove(&key).is_some();
         }
         let e = self.entry(repo, digest);
         if let Some(t) = tag {
@@ -236,7 +241,8 @@ impl StatusTable {
         if self.removed.len() >= REMOVED_MAX && !self.removed.contains_key(&key) {
             self.removed.clear();
         }
-        self.removed
+        self.removed_changed |= self
+            .removed
             .entry(key.clone())
             .or_default()
             .insert(region.to_string());
@@ -247,6 +253,40 @@ impl StatusTable {
         if e.regions.is_empty() {
             self.entries.remove(&key);
             self.tags.retain(|(r, _), d| !(r == repo && d == digest));
+        }
+    }
+
+    /// The remembered deletes, if they changed since the last call (to be persisted).
+    pub fn removed_if_changed(&mut self) -> Option<Vec<Removed>> {
+        if !std::mem::take(&mut self.removed_changed) {
+            return None;
+        }
+        let mut list: Vec<Removed> = self
+            .removed
+            .iter()
+            .map(|((repo, digest), regions)| Removed {
+                repository: repo.clone(),
+                digest: digest.clone(),
+                regions: regions.clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.repository, &a.digest).cmp(&(&b.repository, &b.digest)));
+        Some(list)
+    }
+
+    /// The list [`Self::removed_if_changed`] handed out could not be saved: hand it out
+    /// again next time.
+    pub fn removed_not_saved(&mut self) {
+        self.removed_changed = true;
+    }
+
+    /// Remember the deletes persisted before a restart.
+    pub fn restore_removed(&mut self, list: Vec<Removed>) {
+        for r in list {
+            self.removed
+                .entry((r.repository, r.digest))
+                .or_default()
+                .extend(r.regions);
         }
     }
 
@@ -364,6 +404,31 @@ mod tests {
         assert_eq!(t.resolve("app", "1"), None, "the tag went with it");
         t.pushed("app", "sha256:a", Some("1"), "eastus", Some(3), &all);
         assert!(!t.was_deleted("app", "sha256:a", "westus"), "pushed again");
+    }
+
+    #[test]
+    fn remembered_deletes_are_handed_out_when_they_change_and_restored() {
+        let mut t = StatusTable::default();
+        let all = dests(&["westus", "eastus"]);
+        assert_eq!(t.removed_if_changed(), None);
+        t.pushed("app", "sha256:a", Some("1"), "westus", Some(1), &all);
+        assert_eq!(t.removed_if_changed(), None, "a push of nothing deleted");
+        t.deleted("app", "sha256:a", "westus");
+        let list = t.removed_if_changed().expect("a delete changes them");
+        assert_eq!(t.removed_if_changed(), None, "taken");
+        t.deleted("app", "sha256:a", "westus");
+        assert_eq!(t.removed_if_changed(), None, "the same delete again");
+
+        let mut back = StatusTable::default();
+        back.restore_removed(list);
+        assert!(back.was_deleted("app", "sha256:a", "westus"));
+        assert!(!back.was_deleted("app", "sha256:a", "eastus"));
+        back.pushed("app", "sha256:a", Some("1"), "eastus", Some(3), &all);
+        assert_eq!(
+            back.removed_if_changed(),
+            Some(vec![]),
+            "pushed again: forgotten"
+        );
     }
 
     #[test]
