@@ -521,3 +521,112 @@ fn pipelined_tcp_queries_are_all_answered_in_order() {
         assert_answers(&a, id);
     }
 }
+
+/// The DF mode (`IP_MTU_DISCOVER`) of every UDP socket of this process bound to `port`: the
+/// in-process server's DNS sockets.
+fn udp_df_modes(port: u16) -> Vec<libc::c_int> {
+    use std::os::fd::RawFd;
+    let mut modes = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
+        let Some(fd) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        let int_option = |level, name| {
+            let mut value: libc::c_int = -1;
+            let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: an int option with its length; a closed or non-socket fd only fails.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    level,
+                    name,
+                    (&mut value as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            (r == 0).then_some(value)
+        };
+        if int_option(libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_DGRAM) {
+            continue;
+        }
+        // SAFETY: all-zero bytes are a valid sockaddr_storage.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: sockaddr_storage fits any address; the kernel writes at most `len` bytes.
+        let r = unsafe {
+            libc::getsockname(
+                fd,
+                (&mut ss as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 || libc::c_int::from(ss.ss_family) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET address is a sockaddr_in.
+        let sin = unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+        if u16::from_be(sin.sin_port) == port {
+            modes.extend(int_option(libc::IPPROTO_IP, libc::IP_MTU_DISCOVER));
+        }
+    }
+    modes
+}
+
+/// RFC 9715: answers leave with DF set and never fragmented while `max_udp_payload` fits one
+/// packet. An operator who raises it past 1452 by a reload gets fragmenting sockets (else
+/// large answers are lost), and DF back when it is lowered again, without a restart: every
+/// UDP worker follows the snapshot its next batch answers from.
+#[test]
+fn a_reload_of_max_udp_payload_switches_df_on_every_udp_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let with = |payload: Option<u16>| {
+        let dns = match payload {
+            Some(p) => format!("[dns]\nudp_threads = 3\nmax_udp_payload = {p}\n"),
+            None => "[dns]\nudp_threads = 3\n".to_string(),
+        };
+        demo_config(dir.path(), &[("[dns]\n", dns.as_str())], "")
+    };
+    let path = with(None);
+    let berth = Berth::start(&path);
+    let to = berth.running().dns_addrs[0];
+    // Queries from many source ports reach every SO_REUSEPORT socket (the kernel spreads
+    // them by the source address and port): each worker answers a batch, and follows.
+    let answer_from_many_ports = || {
+        for id in 0..64 {
+            assert!(udp_answered(to, id), "query {id} answered");
+        }
+    };
+    let expect = |mode: libc::c_int, what: &str| {
+        answer_from_many_ports();
+        eventually(what, || {
+            let modes = udp_df_modes(to.port());
+            assert_eq!(modes.len(), 3, "three UDP sockets on port {}", to.port());
+            modes.iter().all(|&m| m == mode) || {
+                answer_from_many_ports();
+                false
+            }
+        });
+    };
+    expect(
+        libc::IP_PMTUDISC_PROBE,
+        "DF, never fragmented, at the default 1232",
+    );
+
+    let live = &berth.running().live;
+    with(Some(4096));
+    live.reload().expect("reload to 4096");
+    expect(
+        libc::IP_PMTUDISC_WANT,
+        "the kernel's default (may fragment) at 4096",
+    );
+
+    with(Some(1452));
+    live.reload().expect("reload to 1452");
+    expect(
+        libc::IP_PMTUDISC_PROBE,
+        "DF again at 1452, one packet on a 1500-octet link",
+    );
+}
