@@ -488,18 +488,12 @@ fn push_and_pull_through_berth_land_in_one_region() {
         .unwrap_or_else(|| panic!("no berth_table_huge_page_bytes for {table}"));
         assert!(bytes > 0 && huge <= bytes, "{table}: {huge} of {bytes}");
     }
-    for file in [
-        "deploy/grafana/berth.json",
-        "deploy/prometheus/berth-alerts.yml",
-    ] {
-        let text = std::fs::read_to_string(support::repo().join(file)).expect(file);
-        for name in metric_names(&text) {
-            assert!(
-                metrics.lines().any(|l| l.starts_with(&name)),
-                "{file} reads {name}, which Berth does not export"
-            );
-        }
-    }
+    // `[replication]` is off here: tests/replication.rs checks its families.
+    support::assert_dashboards_read_exported(
+        &metrics,
+        |n| !n.starts_with("berth_replication_"),
+        false,
+    );
 }
 
 /// `promtool check metrics` (Debian's `prometheus` package; `scripts/setup --test`) on an
@@ -526,30 +520,6 @@ fn promtool_check_metrics(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// The metric names (berth_*, process_*) a dashboard or rule file mentions, with the
-/// histogram suffixes a query adds kept (they are what `/metrics` shows).
-fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
-    for prefix in ["berth_", "process_"] {
-        let mut rest = text;
-        while let Some(at) = rest.find(prefix) {
-            let before = rest[..at].chars().last();
-            let tail = &rest[at..];
-            let end = tail
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(tail.len());
-            // Only whole names (not "xberth_..." or part of a file name).
-            if !before
-                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '/' || c == '.')
-            {
-                out.insert(tail[..end].to_string());
-            }
-            rest = &tail[end..];
-        }
-    }
-    out
 }
 
 /// Two Berth instances with one config and secret, and a push whose requests alternate

@@ -428,6 +428,12 @@ fn a_push_through_berth_reaches_every_region() {
         metrics.contains("berth_worker_panics_total{worker=\"replication\"} 1\n"),
         "the injected panic counted:\n{metrics}"
     );
+    // A family no region has a sample of yet (jobs given up) shows as its TYPE line.
+    support::assert_dashboards_read_exported(
+        &metrics,
+        |n| n.starts_with("berth_replication_"),
+        true,
+    );
 }
 
 /// A destination that is down: the push still succeeds, the job is retried, and the region

@@ -510,3 +510,51 @@ pub fn output_text(out: &std::process::Output) -> String {
 pub fn assert_ok(out: &std::process::Output, what: &str) {
     assert!(out.status.success(), "{what} failed:\n{}", output_text(out));
 }
+
+/// The metric names (berth_*, process_*) a dashboard or rule file mentions, with the
+/// histogram suffixes a query adds kept (they are what `/metrics` shows).
+pub fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for prefix in ["berth_", "process_"] {
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            let before = rest[..at].chars().last();
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            // Only whole names (not "xberth_..." or part of a file name).
+            if !before
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '/' || c == '.')
+            {
+                out.insert(tail[..end].to_string());
+            }
+            rest = &tail[end..];
+        }
+    }
+    out
+}
+
+/// Every metric name that the Grafana dashboard and the alert rules read (those `only` keeps)
+/// is in `metrics`, a `/metrics` text: as a sample, or (with `empty_family_ok`) as the TYPE
+/// line of a family that has no sample yet.
+pub fn assert_dashboards_read_exported(
+    metrics: &str,
+    only: impl Fn(&str) -> bool,
+    empty_family_ok: bool,
+) {
+    for file in [
+        "deploy/grafana/berth.json",
+        "deploy/prometheus/berth-alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(repo().join(file)).expect(file);
+        for name in metric_names(&text).into_iter().filter(|n| only(n)) {
+            let family = name.strip_suffix("_bucket").unwrap_or(&name);
+            assert!(
+                metrics.lines().any(|l| l.starts_with(&name))
+                    || (empty_family_ok && metrics.contains(&format!("# TYPE {family} "))),
+                "{file} reads {name}, which Berth does not export:\n{metrics}"
+            );
+        }
+    }
+}
