@@ -1,6 +1,6 @@
-//! What must never take Berth down: reloads that change the set of regions while queries flow
-//! (SIGHUP to the real binary, and the admin API), an empty config, and a flood of distinct
-//! client subnets against a small sticky table.
+//! What must never take Berth down: reloads that change the set of regions or the GeoIP
+//! database while queries flow (SIGHUP to the real binary, and the admin API), an empty config,
+//! a truncated database, and a flood of distinct client subnets against a small sticky table.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -224,6 +224,17 @@ fn flow(
         .collect()
 }
 
+/// After `stop`: every answer the flows got was a demo region's, queries did flow, and Berth
+/// still runs with no panic in its log.
+fn end_flows(flows: Vec<std::thread::JoinHandle<u64>>, answered: &AtomicU64, serve: &mut Serve) {
+    let wrong: u64 = flows.into_iter().map(|h| h.join().expect("flow")).sum();
+    assert_eq!(wrong, 0, "answers without a demo region's address");
+    assert!(answered.load(Ordering::Relaxed) > 0, "queries flowed");
+    assert!(serve.alive(), "berth still runs:\n{}", serve.log());
+    let log = serve.log();
+    assert!(!log.contains("panicked"), "no panic in the log:\n{log}");
+}
+
 /// The issue: removing a region and sending SIGHUP panicked the main thread and stopped
 /// everything; through the API the old config kept serving with a renumbered sticky table.
 #[test]
@@ -317,12 +328,115 @@ fn reloads_that_add_remove_and_reorder_regions_while_queries_flow() {
     assert_eq!(status, 422, "the API says why: {v}");
 
     stop.store(true, Ordering::Relaxed);
-    let wrong: u64 = flows.into_iter().map(|h| h.join().expect("flow")).sum();
-    assert_eq!(wrong, 0, "answers without a demo region's address");
-    assert!(answered.load(Ordering::Relaxed) > 0, "queries flowed");
-    assert!(serve.alive(), "berth still runs:\n{}", serve.log());
-    let log = serve.log();
-    assert!(!log.contains("panicked"), "no panic in the log:\n{log}");
+    end_flows(flows, &answered, &mut serve);
+}
+
+/// Operators replace the GeoIP database in place (a monthly GeoLite2 download, renamed over
+/// the old file) and reload while queries flow: the new database places clients from then on.
+/// A truncated download is rejected whole and the database already loaded keeps serving;
+/// removing `[geoip]` routes without locations; putting it back places clients again.
+#[test]
+fn reloads_that_swap_the_geoip_database_while_queries_flow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    let (dns_port, admin_port) = (free_port(), free_port());
+    let config = dir.path().join("berth.toml");
+    let db = dir.path().join("city.mmdb");
+    let demo_db = repo().join("geoip/demo.mmdb");
+    let all = ["westus", "eastus", "westeurope", "southeastasia"];
+    let with_db = config_text(dns_port, admin_port, &all)
+        .replace(&demo_db.display().to_string(), &db.display().to_string());
+    let without_db = with_db.replace(&format!("[geoip]\ndatabase = \"{}\"\n", db.display()), "");
+    assert_ne!(with_db, without_db, "the test config has a [geoip] section");
+    std::fs::copy(&demo_db, &db).expect("database");
+    std::fs::write(&config, &with_db).expect("config");
+    let mut serve = Serve::start(&config);
+    let server: SocketAddr = ([127, 0, 0, 1], dns_port).into();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    wait_for("berth answers", || ask(server, TOKYO).is_some());
+    wait_for("admin answers", || generation(&admin).is_some());
+    // Nothing listens at the upstreams: once every region is probed down the name fails
+    // open, which routes by distance alone, with no sticky memory to keep a client's region.
+    wait_for("the name to fail open", || {
+        admin_get(&admin, "/api/v1/regions")
+            .is_some_and(|v| v["routed_names"][0]["fail_open"] == true)
+    });
+    let tokyo = || address(&ask(server, TOKYO).expect("Tokyo answered")).expect("an A record");
+    assert_eq!(tokyo(), "192.0.2.40", "Tokyo's nearest: southeastasia");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let flows = flow(server, stop.clone(), answered.clone());
+    let reload = |serve: &mut Serve, what: &str| {
+        let before = generation(&admin).expect("generation");
+        serve.hup();
+        wait_for(&format!("{what}: generation after {before}"), || {
+            assert!(serve.alive(), "berth died on {what}:\n{}", serve.log());
+            generation(&admin).is_some_and(|g| g > before)
+        });
+    };
+
+    // The update: Tokyo's documentation /24 now lies in Amsterdam.
+    let csv = std::fs::read_to_string(repo().join("geoip/demo.csv")).expect("demo.csv");
+    let tokyo_line = "198.51.100.0/24,AS,JP,Tokyo,35.68,139.69";
+    assert!(csv.contains(tokyo_line), "demo.csv places {TOKYO} in Tokyo");
+    let moved = dir.path().join("moved.csv");
+    std::fs::write(
+        &moved,
+        csv.replace(tokyo_line, "198.51.100.0/24,EU,NL,Amsterdam,52.37,4.90"),
+    )
+    .expect("csv");
+    let download = dir.path().join("city.mmdb.part");
+    let built = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["geoip", "build"])
+        .args([&moved, &download])
+        .output()
+        .expect("berth geoip build");
+    assert!(built.status.success(), "{built:?}");
+    std::fs::rename(&download, &db).expect("rename over the old database");
+    reload(&mut serve, "the updated database");
+    assert_eq!(
+        tokyo(),
+        "192.0.2.30",
+        "placed by the new database: westeurope"
+    );
+
+    // A download cut short, written over the file in place: rejected, nothing published.
+    let bytes = std::fs::read(&db).expect("database");
+    std::fs::write(&db, &bytes[..bytes.len() / 2]).expect("truncated database");
+    let before = generation(&admin).expect("generation");
+    serve.hup();
+    wait_for("the truncated database's rejection", || {
+        admin_get(&admin, "/api/v1/regions").is_some_and(|v| v["last_reload"]["ok"] == false)
+    });
+    let error = admin_get(&admin, "/api/v1/regions").expect("regions")["last_reload"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("city.mmdb"),
+        "the error names the file: {error}"
+    );
+    assert_eq!(generation(&admin), Some(before), "nothing published");
+    assert_eq!(tokyo(), "192.0.2.30", "the loaded database keeps serving");
+
+    // No database: no client has a location, every answer is still a region's.
+    std::fs::write(&config, &without_db).expect("config");
+    reload(&mut serve, "removing [geoip]");
+    let unplaced = tokyo();
+    assert!(
+        REGIONS.iter().any(|r| r.3 == unplaced),
+        "without a database Tokyo got {unplaced}"
+    );
+
+    // The database back: placed again.
+    std::fs::copy(&demo_db, &db).expect("database");
+    std::fs::write(&config, &with_db).expect("config");
+    reload(&mut serve, "restoring [geoip]");
+    assert_eq!(tokyo(), "192.0.2.40", "Tokyo's nearest again");
+
+    stop.store(true, Ordering::Relaxed);
+    end_flows(flows, &answered, &mut serve);
 }
 
 /// Threads of this process named dns-udp-N (Berth's UDP workers).
