@@ -417,11 +417,14 @@ fn precheck(request: &Message) -> Option<ResponseCode> {
         // RFC 6891 6.1.3: BADVERS, with the OPT record saying which version we speak.
         return Some(ResponseCode::BADVERS);
     }
-    if request.queries.len() != 1 || !request.answers.is_empty() || !request.authorities.is_empty()
-    {
+    let [query] = request.queries.as_slice() else {
+        return Some(ResponseCode::FormErr);
+    };
+    // RFC 1995: an IXFR query carries the client's SOA in its authority section.
+    let ixfr = query.query_type() == RecordType::IXFR;
+    if !request.answers.is_empty() || (!request.authorities.is_empty() && !ixfr) {
         return Some(ResponseCode::FormErr);
     }
-    let query = &request.queries[0];
     if query.query_class() != DNSClass::IN {
         return Some(ResponseCode::Refused);
     }

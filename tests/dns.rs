@@ -169,6 +169,35 @@ fn kdig_agrees() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "192.0.2.20");
 }
 
+/// Zone transfers are not offered (every server of the zone runs Berth): AXFR, and IXFR
+/// with the client's SOA in its authority section as RFC 1995 sends it, over TCP and UDP, are
+/// REFUSED, which secondaries understand; not FORMERR, which blames a well-formed query.
+#[test]
+fn zone_transfers_are_refused() {
+    let s = Server::start();
+    for args in [
+        &["+tcp", "example.test", "AXFR"][..],
+        &["+tcp", "example.test", "IXFR=1"][..],
+        &["+notcp", "example.test", "IXFR=1"][..],
+    ] {
+        let out = Command::new("kdig")
+            .arg(format!("@{}", s.addr.ip()))
+            .args(["-p", &s.addr.port().to_string()])
+            .args(args)
+            .output()
+            .expect("kdig runs (apt-get install knot-dnsutils)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("REFUSED"),
+            "kdig {args:?} should be REFUSED:\n{text}"
+        );
+    }
+}
+
 #[test]
 fn hickory_resolver_gets_the_source_address_answer() {
     use hickory_resolver::config::{NameServerConfig, ResolverConfig};
