@@ -360,7 +360,7 @@ fn respond_with(
         (resp, cookie_ok)
     };
 
-    if let Some(rcode) = precheck(request) {
+    if let Some(rcode) = precheck(request, cookie.is_some()) {
         return finish(resp, rcode, edns_out);
     }
     let ecs = opts.ecs;
@@ -404,9 +404,10 @@ fn respond_with(
     finish(resp, rcode, edns_out)
 }
 
-/// The rcode a query is rejected with before any lookup: not a query, an opcode or EDNS
-/// version we do not speak, not exactly one question, another class, a zone transfer.
-fn precheck(request: &Message) -> Option<ResponseCode> {
+/// The rcode a query is answered with before any lookup: not a query, an opcode or EDNS
+/// version we do not speak, not exactly one question, another class, a zone transfer; or
+/// NOERROR for a request of a server cookie alone (`cookie`: it has a COOKIE we answer).
+fn precheck(request: &Message, cookie: bool) -> Option<ResponseCode> {
     if request.metadata.message_type != MessageType::Query {
         return Some(ResponseCode::FormErr);
     }
@@ -417,8 +418,15 @@ fn precheck(request: &Message) -> Option<ResponseCode> {
         // RFC 6891 6.1.3: BADVERS, with the OPT record saying which version we speak.
         return Some(ResponseCode::BADVERS);
     }
+    let no_records = request.answers.is_empty() && request.authorities.is_empty();
     let [query] = request.queries.as_slice() else {
-        return Some(ResponseCode::FormErr);
+        // RFC 7873 5.4: no question, a COOKIE option: the client asks for a server cookie.
+        let asks_cookie = request.queries.is_empty() && cookie && no_records;
+        return Some(if asks_cookie {
+            ResponseCode::NoError
+        } else {
+            ResponseCode::FormErr
+        });
     };
     // RFC 1995: an IXFR query carries the client's SOA in its authority section.
     let ixfr = query.query_type() == RecordType::IXFR;

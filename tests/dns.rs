@@ -999,6 +999,23 @@ fn cookies_are_answered_checked_and_renewed() {
         assert!(stamp.abs_diff(unix_now()) < 60, "stamped now\n{}", d.raw);
         assert_eq!(c[8..], server_cookie(&secret, &client, ip, stamp));
     }
+    // RFC 7873 5.4: a query without a question, only a COOKIE option, asks for a server
+    // cookie: NOERROR with one. Without the option it is still a FORMERR.
+    for transport in ["+notcp", "+tcp"] {
+        let d = dig(&s, &[transport, "+cookie", "+header-only"]);
+        assert_eq!(d.status, "NOERROR", "{}", d.raw);
+        let c = unhex(&dig_cookie(&d));
+        let stamp = u32::from_be_bytes(c[12..16].try_into().unwrap());
+        let client: [u8; 8] = c[..8].try_into().unwrap();
+        assert_eq!(
+            c[8..],
+            server_cookie(&secret, &client, ip, stamp),
+            "{}",
+            d.raw
+        );
+        let d = dig(&s, &[transport, "+nocookie", "+header-only"]);
+        assert_eq!(d.status, "FORMERR", "{}", d.raw);
+    }
     // A COOKIE option no cookie fits (5 octets; 12: a server cookie under 8): FORMERR.
     for len in [5usize, 12, 41] {
         let mut opt = vec![0, 10];
