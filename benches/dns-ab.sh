@@ -15,6 +15,8 @@
 #                   servers are restarted before each cold round, as dnsperf starts from
 #                   the top of the file each time
 #   PEERS_DIR=path  the harness (default: ../shared/bench/peers beside the repository)
+#   EXTRA_B=toml    appended to B's config (printf %b: \n for newlines), to measure a
+#                   setting with the same binary on both sides, e.g. a [cluster] section
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -77,6 +79,9 @@ for side in A B; do
       -e "s#127.0.0.1:5303#127.0.0.1:$port#" \
       "$REPO/benches/peers.toml" > "$WORK/$side.toml"
 done
+if [ -n "${EXTRA_B:-}" ]; then
+  printf '\n%b\n' "$EXTRA_B" >> "$WORK/B.toml"
+fi
 
 start() {  # start BIN CONFIG LOG PORT: prints the pid once it answers
   taskset -c 0 "$1" serve --config "$2" > "$3" 2>&1 &
@@ -98,7 +103,7 @@ stop() {  # stop PID
 PID_A=$(start "$A" "$WORK/A.toml" "$WORK/A.log" $PORT_A)
 PID_B=$(start "$B" "$WORK/B.toml" "$WORK/B.log" $PORT_B)
 
-echo "# dns-ab: A=$A B=$B set=$SET geoip=$GEOIP ${DURATION}s x $ROUNDS rounds, $(date -u +%FT%TZ), load $(cut -d' ' -f1 /proc/loadavg)"
+echo "# dns-ab: A=$A B=$B${EXTRA_B:+ (B config + $EXTRA_B)} set=$SET geoip=$GEOIP ${DURATION}s x $ROUNDS rounds, $(date -u +%FT%TZ), load $(cut -d' ' -f1 /proc/loadavg)"
 ratios=()
 for round in $(seq "$ROUNDS"); do
   # dnsperf reads its file from the top each run: fresh servers keep every cold round cold.
