@@ -3,8 +3,9 @@
 //! With `delete = false` a manifest deleted in one region stays deleted there, and reconcile
 //! must not copy it back from the others. The status table remembers which (repository,
 //! digest) was deleted from which region until it is pushed again ([`super::status`]); this
-//! file is that memory on disk: `<queue file stem>.deletes.json`, rewritten atomically after
-//! each change, read once at start.
+//! file is that memory on disk: `<queue file stem>.deletes.json`, read once at start and
+//! rewritten atomically when it changed, at most once a second and at shutdown (a crash loses
+//! at most the last second of deletes, which a reconcile may then copy back).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -16,7 +16,7 @@ use crate::config::ReplicationConfig;
 use crate::snapshot::Snapshot;
 use crate::supervise::{supervise_task, Kind, Unit};
 
-/// The three loops, each supervised: a panic is logged, counted
+/// The four loops (events, dispatch, reconcile, writing the deletes), each supervised: a panic is logged, counted
 /// (`berth_worker_panics_total{worker="replication"}`) and the loop started again; the queue,
 /// the status table and the event channel outlive it.
 pub(super) fn spawn(
@@ -37,15 +37,42 @@ pub(super) fn spawn(
     let dispatch = supervise_task(workers.clone(), unit("replication-dispatch"), move || {
         dispatch_loop(l.clone(), rr.clone(), st.clone())
     });
+    let (l, rr, st) = (live.clone(), r.clone(), stop.clone());
+    let reconcile = supervise_task(workers.clone(), unit("replication-reconcile"), move || {
+        reconcile::run_loop(l.clone(), rr.clone(), st.clone())
+    });
     let (l, rr) = (live.clone(), r.clone());
-    let reconcile = supervise_task(workers, unit("replication-reconcile"), move || {
-        reconcile::run_loop(l.clone(), rr.clone(), stop.clone())
+    let deletes = supervise_task(workers, unit("replication-deletes"), move || {
+        deletes_loop(l.clone(), rr.clone(), stop.clone())
     });
     vec![
         tokio::spawn(event),
         tokio::spawn(dispatch),
         tokio::spawn(reconcile),
+        tokio::spawn(deletes),
     ]
+}
+
+/// How often changed deletes are written ([`super::deletes`]).
+const DELETES_EVERY: Duration = Duration::from_secs(1);
+
+/// Write the remembered deletes when they changed, at most once per [`DELETES_EVERY`] and
+/// once more at shutdown: a burst of deletes (a retention job) is one write, not one rewrite
+/// of the whole file per delete.
+async fn deletes_loop(live: SnapshotSource, r: Arc<Replication>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(DELETES_EVERY) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if let Some(path) = live().and_then(|s| config(&s).map(|c| c.queue_file.clone())) {
+            let r = r.clone();
+            let _ = tokio::task::spawn_blocking(move || r.save_deletes(&path)).await;
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 fn config(snap: &Snapshot) -> Option<&ReplicationConfig> {
@@ -93,7 +120,6 @@ fn on_delete(snap: &Snapshot, r: &Replication, ev: Pushed) {
     if ev.reference.contains(':') {
         if let Some(d) = &digest {
             r.status().deleted(&ev.repo, d, &ev.region);
-            r.save_deletes(&cfg.queue_file);
         }
     }
     tracing::info!(repo = %ev.repo, reference = %ev.reference, region = %ev.region, to = ?dests, "replication: manifest deleted");
@@ -139,7 +165,6 @@ async fn on_event(snap: &Snapshot, r: &Replication, ev: Pushed) {
     };
     r.status()
         .pushed(&ev.repo, &digest, tag, &ev.region, Some(ev.at_ms), &dests);
-    r.save_deletes(&cfg.queue_file);
     let jobs = dests
         .into_iter()
         .map(|dest| Job {
@@ -306,8 +331,6 @@ fn save(cfg: &ReplicationConfig, r: &Replication) {
     if let Err(e) = r.queue().save(&cfg.queue_file) {
         tracing::error!(error = %format!("{e:#}"), "replication: the queue could not be persisted");
     }
-    // A propagated delete that ran is remembered too.
-    r.save_deletes(&cfg.queue_file);
 }
 
 /// POST the regional event to every webhook the rules name, with retries, off this task.

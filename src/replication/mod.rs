@@ -318,7 +318,7 @@ impl Replication {
     }
 
     /// Write the remembered deletes beside the queue file, if they changed.
-    fn save_deletes(&self, queue_file: &std::path::Path) {
+    pub(super) fn save_deletes(&self, queue_file: &std::path::Path) {
         let _writing = self.deletes_write.lock().unwrap_or_else(|p| p.into_inner());
         let Some(list) = self.status().removed_if_changed() else {
             return;
