@@ -16,9 +16,9 @@ use crate::config::ReplicationConfig;
 use crate::snapshot::Snapshot;
 use crate::supervise::{supervise_task, Kind, Unit};
 
-/// The four loops (events, dispatch, reconcile, writing the deletes), each supervised: a panic is logged, counted
-/// (`berth_worker_panics_total{worker="replication"}`) and the loop started again; the queue,
-/// the status table and the event channel outlive it.
+/// The four loops (events, dispatch, reconcile, writing the deletes), each supervised: a
+/// panic is logged, counted (`berth_worker_panics_total{worker="replication"}`) and the loop
+/// started again; the queue, the status table and the event channel outlive it.
 pub(super) fn spawn(
     live: &SnapshotSource,
     r: &Arc<Replication>,
