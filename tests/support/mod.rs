@@ -87,6 +87,15 @@ impl Registry {
     /// 401 with auth, 400 from a TLS listener.
     pub async fn start_expecting(&mut self, statuses: &[u16]) {
         let bin = std::env::var("REGISTRY_BIN").unwrap_or_else(|_| "docker-registry".into());
+        // The port was free when the config was written; if another process took it since,
+        // the probe below would reach that process and this registry would not be the one
+        // answering (a test that stops it would see its "upstream" stay up): say so now.
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", self.port)) {
+            panic!(
+                "registry port {} was taken by another process after free_port() chose it: {e}",
+                self.port
+            );
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -108,14 +117,15 @@ impl Registry {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             let out = probe(&region).await;
-            // Any expected answer: 400 is how a TLS listener answers plain HTTP.
-            if out.status.is_some_and(|s| statuses.contains(&s)) {
-                return;
-            }
+            // A registry that exited (a port it could not bind) is not the one that answered.
             let exited = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().expect("try_wait"));
+            // Any expected answer: 400 is how a TLS listener answers plain HTTP.
+            if out.status.is_some_and(|s| statuses.contains(&s)) && exited.is_none() {
+                return;
+            }
             if exited.is_some() || Instant::now() > deadline {
                 panic!(
                     "registry on port {} did not come up ({:?}; last probe: {:?}); log:\n{}",
