@@ -224,6 +224,26 @@ fn flow(
         .collect()
 }
 
+/// A temporary directory holding the admin token, two free ports (DNS, admin) and where
+/// the config goes in it.
+fn scratch() -> (tempfile::TempDir, u16, u16, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
+    let config = dir.path().join("berth.toml");
+    (dir, free_port(), free_port(), config)
+}
+
+/// `berth serve` on `config`, once its DNS and admin listeners answer; with the DNS address
+/// and the admin base URL.
+fn serve_and_wait(config: &Path, dns_port: u16, admin_port: u16) -> (Serve, SocketAddr, String) {
+    let serve = Serve::start(config);
+    let server: SocketAddr = ([127, 0, 0, 1], dns_port).into();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    wait_for("berth answers", || ask(server, TOKYO).is_some());
+    wait_for("admin answers", || generation(&admin).is_some());
+    (serve, server, admin)
+}
+
 /// After `stop`: every answer the flows got was a demo region's, queries did flow, and Berth
 /// still runs with no panic in its log.
 fn end_flows(flows: Vec<std::thread::JoinHandle<u64>>, answered: &AtomicU64, serve: &mut Serve) {
@@ -239,17 +259,10 @@ fn end_flows(flows: Vec<std::thread::JoinHandle<u64>>, answered: &AtomicU64, ser
 /// everything; through the API the old config kept serving with a renumbered sticky table.
 #[test]
 fn reloads_that_add_remove_and_reorder_regions_while_queries_flow() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
-    let (dns_port, admin_port) = (free_port(), free_port());
-    let config = dir.path().join("berth.toml");
+    let (_dir, dns_port, admin_port, config) = scratch();
     let all = ["westus", "eastus", "westeurope", "southeastasia"];
     std::fs::write(&config, config_text(dns_port, admin_port, &all)).expect("config");
-    let mut serve = Serve::start(&config);
-    let server: SocketAddr = ([127, 0, 0, 1], dns_port).into();
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    wait_for("berth answers", || ask(server, TOKYO).is_some());
-    wait_for("admin answers", || generation(&admin).is_some());
+    let (mut serve, server, admin) = serve_and_wait(&config, dns_port, admin_port);
 
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
@@ -337,10 +350,7 @@ fn reloads_that_add_remove_and_reorder_regions_while_queries_flow() {
 /// removing `[geoip]` routes without locations; putting it back places clients again.
 #[test]
 fn reloads_that_swap_the_geoip_database_while_queries_flow() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("token"), TOKEN).expect("token");
-    let (dns_port, admin_port) = (free_port(), free_port());
-    let config = dir.path().join("berth.toml");
+    let (dir, dns_port, admin_port, config) = scratch();
     let db = dir.path().join("city.mmdb");
     let demo_db = repo().join("geoip/demo.mmdb");
     let all = ["westus", "eastus", "westeurope", "southeastasia"];
@@ -350,11 +360,7 @@ fn reloads_that_swap_the_geoip_database_while_queries_flow() {
     assert_ne!(with_db, without_db, "the test config has a [geoip] section");
     std::fs::copy(&demo_db, &db).expect("database");
     std::fs::write(&config, &with_db).expect("config");
-    let mut serve = Serve::start(&config);
-    let server: SocketAddr = ([127, 0, 0, 1], dns_port).into();
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    wait_for("berth answers", || ask(server, TOKYO).is_some());
-    wait_for("admin answers", || generation(&admin).is_some());
+    let (mut serve, server, admin) = serve_and_wait(&config, dns_port, admin_port);
     // Nothing listens at the upstreams: once every region is probed down the name fails
     // open, which routes by distance alone, with no sticky memory to keep a client's region.
     wait_for("the name to fail open", || {
