@@ -67,7 +67,12 @@ async fn deletes_loop(live: SnapshotSource, r: Arc<Replication>, mut stop: watch
         };
         if let Some(path) = live().and_then(|s| config(&s).map(|c| c.queue_file.clone())) {
             let r = r.clone();
-            let _ = tokio::task::spawn_blocking(move || r.save_deletes(&path)).await;
+            if let Err(e) = tokio::task::spawn_blocking(move || r.save_deletes(&path)).await {
+                // A panic in the write is this loop's: its supervisor counts it and restarts it.
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
         }
         if stopping {
             return;
