@@ -21,13 +21,42 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A free loopback port: bind port 0, read it, release it.
+/// A free loopback port (TCP and UDP) for a process a test starts later. Outside the kernel's
+/// ephemeral range (`ip_local_port_range`): a port `bind(0)` gave was, in CI, taken by an
+/// outgoing connection of a parallel test before the registry meant for it started. Never
+/// handed out twice by this process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::hash::BuildHasher;
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|n| n.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // Below the ephemeral range if there is room there, else above it.
+    let (from, to) = if range.0 >= 12_000 {
+        (10_000, range.0)
+    } else {
+        (range.1 + 1, 65_536)
+    };
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    for i in 0..10_000u64 {
+        let port = (u64::from(from) + (seed.wrapping_add(i * 7919)) % u64::from(to - from)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {from}..{to}");
 }
 
 /// One `docker-registry serve` process (Debian's, distribution 2.8) with its own config,
