@@ -16,6 +16,36 @@ use tokio::net::TcpListener;
 mod support;
 use support::{eventually, region, Registry};
 
+/// The harness itself: a port another process took before the registry's first start moves
+/// the registry to another port; on a restart the port is the registry's address, so a taken
+/// one fails the test instead of letting a stranger answer in its place.
+#[tokio::test]
+async fn a_registry_whose_port_was_taken_moves_only_before_its_first_start() {
+    let mut registry = Registry::new();
+    let chosen = registry.port;
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", chosen)).expect("take the port");
+    registry.start().await;
+    assert_ne!(registry.port, chosen);
+    let out = probe(&region("westus", &registry.upstream(), ProbeKind::Http)).await;
+    assert_eq!(out.status, Some(200), "{:?}", out.error);
+    drop(squatter);
+
+    registry.stop();
+    let _squatter =
+        std::net::TcpListener::bind(("127.0.0.1", registry.port)).expect("take the new port");
+    let restart = tokio::spawn(async move { registry.start().await }).await;
+    let panic = restart.expect_err("a restart on a taken port must fail");
+    let msg = panic.into_panic();
+    let msg = msg
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .unwrap_or_default();
+    assert!(
+        msg.contains("was taken after free_port() chose it"),
+        "{msg}"
+    );
+}
+
 #[tokio::test]
 async fn probes_of_a_live_then_a_stopped_registry() {
     let mut registry = Registry::new();

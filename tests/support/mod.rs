@@ -64,7 +64,11 @@ pub fn free_port() -> u16 {
 pub struct Registry {
     dir: tempfile::TempDir,
     pub port: u16,
+    /// The top-level YAML the test added, `{dir}` already replaced.
+    extra: String,
     child: Option<Child>,
+    /// Until the first start succeeds the port may still change (see [`Registry::start`]).
+    started: bool,
 }
 
 impl Registry {
@@ -77,21 +81,29 @@ impl Registry {
     /// registry's own directory), e.g. an `auth:` section.
     pub fn with_yaml(extra: &str) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
+        let extra = extra.replace("{dir}", &dir.path().display().to_string());
+        let reg = Registry {
+            dir,
+            port: free_port(),
+            extra,
+            child: None,
+            started: false,
+        };
+        reg.write_config();
+        reg
+    }
+
+    fn write_config(&self) {
         let config = format!(
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n{}",
-            dir.path().join("storage").display(),
-            extra.replace("{dir}", &dir.path().display().to_string())
+             http:\n  addr: 127.0.0.1:{}\n{}",
+            self.dir.path().join("storage").display(),
+            self.port,
+            self.extra
         );
-        std::fs::write(dir.path().join("config.yml"), config).expect("write config");
-        Registry {
-            dir,
-            port,
-            child: None,
-        }
+        std::fs::write(self.dir.path().join("config.yml"), config).expect("write config");
     }
 
     /// The registry's own directory (config, storage, log).
@@ -114,16 +126,41 @@ impl Registry {
 
     /// Start the process and wait until `/v2/` (over plain HTTP) answers one of `statuses`:
     /// 401 with auth, 400 from a TLS listener.
+    ///
+    /// Another process may take the port between [`free_port`] and this start (CI saw it
+    /// twice). Before the first start succeeds no test has used the port yet, so the
+    /// registry moves to another one; after that (a restart) the port is the registry's
+    /// identity and a taken port fails the test, naming what holds it.
     pub async fn start_expecting(&mut self, statuses: &[u16]) {
+        for _ in 0..5 {
+            match self.try_start(statuses).await {
+                Ok(()) => {
+                    self.started = true;
+                    return;
+                }
+                Err(why) if !self.started => {
+                    eprintln!("registry: {why}; moving to another port");
+                    self.port = free_port();
+                    self.write_config();
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
+        panic!("registry: five free ports in a row were taken before it could bind one");
+    }
+
+    /// One attempt: `Err` when the port is not this registry's to use.
+    async fn try_start(&mut self, statuses: &[u16]) -> Result<(), String> {
         let bin = std::env::var("REGISTRY_BIN").unwrap_or_else(|_| "docker-registry".into());
-        // The port was free when the config was written; if another process took it since,
-        // the probe below would reach that process and this registry would not be the one
-        // answering (a test that stops it would see its "upstream" stay up): say so now.
+        // If another process holds the port, the probe below would reach that process and
+        // this registry would not be the one answering (a test that stops it would see its
+        // "upstream" stay up).
         if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", self.port)) {
-            panic!(
-                "registry port {} was taken by another process after free_port() chose it: {e}",
-                self.port
-            );
+            return Err(format!(
+                "port {} was taken after free_port() chose it: {e}; holders: {}",
+                self.port,
+                port_holders(self.port)
+            ));
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -153,15 +190,23 @@ impl Registry {
                 .and_then(|c| c.try_wait().expect("try_wait"));
             // Any expected answer: 400 is how a TLS listener answers plain HTTP.
             if out.status.is_some_and(|s| statuses.contains(&s)) && exited.is_none() {
-                return;
+                return Ok(());
+            }
+            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+            if exited.is_some() && log.contains("address already in use") {
+                self.child = None;
+                // The next attempt appends to the same log: keep only its own lines.
+                let _ = std::fs::remove_file(self.log());
+                return Err(format!(
+                    "port {} was taken before the registry bound it; holders: {}",
+                    self.port,
+                    port_holders(self.port)
+                ));
             }
             if exited.is_some() || Instant::now() > deadline {
                 panic!(
-                    "registry on port {} did not come up ({:?}; last probe: {:?}); log:\n{}",
-                    self.port,
-                    exited,
-                    out.error,
-                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                    "registry on port {} did not come up ({:?}; last probe: {:?}); log:\n{log}",
+                    self.port, exited, out.error,
                 );
             }
             sleep(POLL).await;
@@ -173,6 +218,18 @@ impl Registry {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// What `ss` says holds a TCP port (sockets and processes), for a failure message.
+fn port_holders(port: u16) -> String {
+    match Command::new("ss")
+        .args(["-Htanp", &format!("sport = :{port}")])
+        .output()
+    {
+        Ok(o) if !o.stdout.is_empty() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(_) => "none listed by ss".to_string(),
+        Err(e) => format!("(ss: {e})"),
     }
 }
 
