@@ -854,6 +854,49 @@ fn an_opt_whose_rdlength_disagrees_with_its_options_is_formerr() {
     }
 }
 
+/// Bytes after the last record the header counts: the message is not what it says it is.
+/// FORMERR (as BIND and Knot answer), with the OPT when the query had one; hickory's parser
+/// alone ignored them and answered.
+#[test]
+fn bytes_after_the_last_record_are_formerr() {
+    let s = Server::start();
+    let live = s.berth.running().live.clone();
+    let src: IpAddr = "127.0.0.1".parse().unwrap();
+    let opt = ecs_option(1, 24, &[198, 51, 100]);
+    for name in [
+        "registry.example.test",
+        "static.example.test",
+        "nope.example.test",
+    ] {
+        let with_opt = query_with_opt(name, 1, opt.len() as u16, &opt, &[]);
+        // The same question without the OPT: ARCOUNT 0, the record cut off.
+        let mut bare = with_opt[..with_opt.len() - 11 - opt.len()].to_vec();
+        bare[11] = 0;
+        for (what, q) in [("with OPT", with_opt), ("without OPT", bare)] {
+            let edns = what == "with OPT";
+            // The control: the message as its header counts it is answered.
+            let got = udp_exchange(&s, &q).expect("an answer");
+            let want = if name.starts_with("nope") { 3 } else { 0 };
+            assert_eq!(rcode(&got), want, "{name} {what}");
+            for trailer in [&[0u8][..], &[0, 0, 1, 0, 1], &[0xc0, 0x0c]] {
+                let mut t = q.clone();
+                t.extend_from_slice(trailer);
+                let udp = udp_exchange(&s, &t).expect("an answer");
+                let tcp = berth::dns::answer(&live, &t, src, berth::dns::Transport::Tcp)
+                    .expect("a TCP answer");
+                for (transport, got) in [("UDP", &udp), ("TCP", &tcp)] {
+                    let m =
+                        hickory_proto::op::Message::from_vec(got).expect("an answer that parses");
+                    assert_eq!(rcode(got), 1, "{transport} {name} {what} + {trailer:?}");
+                    assert_eq!(m.metadata.id, 0xabcd);
+                    assert!(m.answers.is_empty(), "{transport} {name}: {m:?}");
+                    assert_eq!(m.edns.is_some(), edns, "{transport} {name} {what}");
+                }
+            }
+        }
+    }
+}
+
 /// Defect 6c: NODATA at a routed name (TXT) does not depend on the client: scope /0 (RFC 7871
 /// 7.2.1), while the routed A answer keeps the routed name's /24.
 #[test]

@@ -10,7 +10,7 @@ pub const TYPE_OPT: u16 = 41;
 pub const OPT_ECS: u16 = 8;
 pub const OPT_COOKIE: u16 = 10;
 
-/// What is wrong with a query's EDNS; every case is answered FORMERR.
+/// What is wrong with a query's EDNS or its framing; every case is answered FORMERR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Malformed {
     /// The OPT RR itself: options overrunning or not filling its RDATA, a second OPT, an OPT
@@ -21,6 +21,9 @@ pub enum Malformed {
     Ecs,
     /// RFC 7873 5.2.2: a COOKIE option of a length no cookie has; or a second one.
     Cookie,
+    /// Bytes after the last record the header counts: the message is not what its counts say
+    /// (BIND and Knot answer FORMERR too; hickory's parser ignores them).
+    Trailing,
 }
 
 /// A Client Subnet option as the query sent it.
@@ -170,8 +173,8 @@ fn skip_name(msg: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// Walk a message's sections to find its question's end and its OPT RR. `Err` for a message
-/// whose records overrun it or whose OPT breaks RFC 6891 6.1.1 (one, in the additional
-/// section, owned by the root).
+/// whose records overrun it or stop short of its end, or whose OPT breaks RFC 6891 6.1.1 (one,
+/// in the additional section, owned by the root).
 pub fn layout(msg: &[u8]) -> Result<Layout, Malformed> {
     let count = |i| be16(msg, i).map(usize::from).ok_or(Malformed::Opt);
     let (qd, an, ns, ar) = (count(4)?, count(6)?, count(8)?, count(10)?);
@@ -199,6 +202,9 @@ pub fn layout(msg: &[u8]) -> Result<Layout, Malformed> {
             }
             opt = Some(start..i);
         }
+    }
+    if i != msg.len() {
+        return Err(Malformed::Trailing);
     }
     Ok(Layout { question_end, opt })
 }
@@ -291,5 +297,14 @@ mod tests {
         let mut an = vec![0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1];
         an.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 192, 0, 2, 1]);
         assert_eq!(layout(&an).map(|l| l.opt), Ok(None));
+        // A byte after the OPT, or after a question without one.
+        let mut trailing = m.clone();
+        trailing.push(0);
+        assert_eq!(layout(&trailing), Err(Malformed::Trailing));
+        let mut bare = m[..19].to_vec();
+        bare[11] = 0;
+        assert!(layout(&bare).is_ok());
+        bare.extend_from_slice(&[0, 0]);
+        assert_eq!(layout(&bare), Err(Malformed::Trailing));
     }
 }
