@@ -240,6 +240,27 @@ fn config(dir: &Path, regs: &[Registry], replace: &[(&str, &str)], extra: &str) 
     demo_config_replicated(dir, &all, extra)
 }
 
+/// The running Berth's replicator (the tests' configs turn it on).
+fn replication(berth: &Berth) -> &berth::replication::Replication {
+    berth
+        .running()
+        .live
+        .replication
+        .get()
+        .expect("replication on")
+}
+
+/// What `GET /metrics` says.
+fn metrics_text(berth: &Berth) -> String {
+    agent()
+        .get(format!("{}/metrics", berth.admin()))
+        .call()
+        .expect("metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("text")
+}
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -349,13 +370,7 @@ fn a_push_through_berth_reaches_every_region() {
     let sk = Skopeo::new();
     let app = image("app-1.0");
     // The first job panics: counted as a worker panic, and retried like a failed attempt.
-    berth
-        .running()
-        .live
-        .replication
-        .get()
-        .expect("replication on")
-        .inject_job_panic();
+    replication(&berth).inject_job_panic();
     assert_ok(
         &sk.push("app-1.0", &format!("{proxy}/team/app:1.0")),
         "push",
@@ -404,13 +419,7 @@ fn a_push_through_berth_reaches_every_region() {
     assert!(cli.status.success(), "{out}");
     assert_eq!(out.matches("present").count(), 4, "{out}");
 
-    let metrics = agent()
-        .get(format!("{}/metrics", berth.admin()))
-        .call()
-        .expect("metrics")
-        .body_mut()
-        .read_to_string()
-        .expect("text");
+    let metrics = metrics_text(&berth);
     let done = REGIONS
         .iter()
         .filter(|r| {
@@ -1077,11 +1086,30 @@ fn deletes_propagate_only_where_the_rule_says() {
         regs.iter().all(|r| manifest(r, "team/tool") == 404)
     });
 
+    // The write of the next delete panics, once the ones before it are on disk: the loop's
+    // supervisor restarts it, and the restarted loop must still write that delete (the
+    // restart below checks it was).
+    let deletes_file = || {
+        std::fs::read_dir(dir.path())
+            .expect("read the state dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.to_string_lossy().ends_with(".deletes.json"))
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    };
+    wait_for("team/tool's delete written", || {
+        deletes_file().contains("team/tool")
+    });
+    replication(&berth).inject_deletes_panic();
+
     // Through Berth, delete = false: gone only where it was made. Events are taken in
     // order, so once a later push is everywhere and the queue is empty, the delete was
     // decided (and any job it made has run).
     let url = format!("http://{proxy_at}/v2/keep/app/manifests/{}", app.manifest);
     assert_eq!(call("DELETE", &url), 202, "DELETE through Berth");
+    wait_for("the deletes write to panic", || {
+        metrics_text(&berth).contains("berth_worker_panics_total{worker=\"replication\"} 1\n")
+    });
     assert_ok(
         &sk.push("tool-1.0", &format!("{proxy_at}/team/after:1.0")),
         "push after",

@@ -100,6 +100,8 @@ pub struct Replication {
     cluster: ClusterSource,
     /// Set by [`Replication::inject_job_panic`]: the next job panics (tests of supervision).
     panic_next_job: std::sync::atomic::AtomicBool,
+    /// Set by [`Replication::inject_deletes_panic`]: the next write of the deletes panics.
+    panic_next_deletes_write: std::sync::atomic::AtomicBool,
     /// Held while the remembered deletes are written, so a later list is never overwritten
     /// by an earlier one.
     deletes_write: Mutex<()>,
@@ -156,6 +158,7 @@ impl Replication {
             workers,
             cluster,
             panic_next_job: std::sync::atomic::AtomicBool::new(false),
+            panic_next_deletes_write: std::sync::atomic::AtomicBool::new(false),
             deletes_write: Mutex::new(()),
         });
         {
@@ -205,6 +208,13 @@ impl Replication {
     #[doc(hidden)]
     pub fn inject_job_panic(&self) {
         self.panic_next_job.store(true, Ordering::Relaxed);
+    }
+
+    /// Make the next write of changed deletes panic (once), for tests that the list it
+    /// took is written by the restarted loop.
+    #[doc(hidden)]
+    pub fn inject_deletes_panic(&self) {
+        self.panic_next_deletes_write.store(true, Ordering::Relaxed);
     }
 
     /// Ask for a reconcile pass now.
@@ -323,9 +333,23 @@ impl Replication {
         let Some(list) = self.status().removed_if_changed() else {
             return;
         };
-        if let Err(e) = deletes::save(&deletes::path_for(queue_file), list) {
-            self.status().removed_not_saved();
-            tracing::error!(error = %crate::report(&e), "replication: the remembered deletes could not be persisted; after a restart a reconcile may copy deleted manifests back");
+        // Until the list is on disk it is still to be written, also if this write panics:
+        // the supervisor restarts the loop, which must not find the change already taken.
+        struct Unsaved<'a>(&'a Replication);
+        impl Drop for Unsaved<'_> {
+            fn drop(&mut self) {
+                self.0.status().removed_not_saved();
+            }
+        }
+        let unsaved = Unsaved(self);
+        if self.panic_next_deletes_write.swap(false, Ordering::Relaxed) {
+            panic!("panic injected into the deletes write by Replication::inject_deletes_panic");
+        }
+        match deletes::save(&deletes::path_for(queue_file), list) {
+            Ok(()) => std::mem::forget(unsaved),
+            Err(e) => {
+                tracing::error!(error = %crate::report(&e), "replication: the remembered deletes could not be persisted; after a restart a reconcile may copy deleted manifests back")
+            }
         }
     }
 
