@@ -8,7 +8,6 @@
 //! `target/dashboard-screenshot-phone.png` (phone width, whole page).
 
 use std::future::Future;
-use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -53,10 +52,25 @@ struct ChromeDriver {
 }
 
 impl ChromeDriver {
+    /// Start it on a free port; if another process took that port first (chromedriver then
+    /// exits, or the port is found taken before it starts), on another one.
     fn start() -> ChromeDriver {
+        for _ in 0..5 {
+            if let Some(driver) = ChromeDriver::try_start() {
+                return driver;
+            }
+        }
+        panic!("chromedriver: five free ports in a row were taken before it could bind one");
+    }
+
+    fn try_start() -> Option<ChromeDriver> {
         let bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            eprintln!("chromedriver: port {port} was taken after free_port() chose it");
+            return None;
+        }
         let log = std::fs::File::create(dir.path().join("chromedriver.log")).expect("log file");
         let child = Command::new(&bin)
             .arg(format!("--port={port}"))
@@ -69,17 +83,26 @@ impl ChromeDriver {
                 panic!("cannot run {bin} (apt-get install -y chromium chromium-driver): {e}")
             });
         let mut driver = ChromeDriver { child, port, dir };
+        // Its log, not a connection, says it listens: a process that took the port would
+        // accept the connection too.
         let end = Instant::now() + DEADLINE;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            let log = driver.log();
+            if log.contains("started successfully") {
+                break;
+            }
             let exited = driver.child.try_wait().expect("try_wait");
+            if exited.is_some() && log.contains("port not available") {
+                eprintln!("chromedriver: port {port} was taken before it bound it");
+                return None;
+            }
             assert!(
                 exited.is_none() && Instant::now() < end,
-                "chromedriver on port {port} did not come up ({exited:?}); log:\n{}",
-                driver.log()
+                "chromedriver on port {port} did not come up ({exited:?}); log:\n{log}"
             );
             std::thread::sleep(POLL);
         }
-        driver
+        Some(driver)
     }
 
     fn log(&self) -> String {
