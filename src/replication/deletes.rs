@@ -49,11 +49,7 @@ pub enum DeletesError {
 
 /// Where the deletes are kept for the queue file `queue`: `<dir>/<stem>.deletes.json`.
 pub fn path_for(queue: &Path) -> PathBuf {
-    let stem = queue
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    queue.with_file_name(format!("{stem}.deletes.json"))
+    super::queue::beside(queue, "deletes.json")
 }
 
 /// The remembered deletes; a missing file is none.
@@ -88,10 +84,12 @@ pub fn save(path: &Path, deletes: Vec<Removed>) -> Result<(), DeletesError> {
         version: 1,
         deletes,
     };
-    super::queue::write_atomically(path, &f).map_err(|source| DeletesError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    super::queue::write_atomically(path, &f)
+        .map(|_| ())
+        .map_err(|source| DeletesError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -6,9 +6,13 @@
 //! what bounds duplicate work inside one instance. The selection of ready jobs and the
 //! bookkeeping are pure (time is a parameter); [`Queue::load`] and [`Queue::save`] are the IO.
 //!
-//! Single-instance mode keeps the queue in a local JSON file beside the admin state file,
-//! rewritten atomically (temp file, fsync, rename, fsync of the directory) after each change
-//! of the set of jobs. Several instances in front of the same replicas each keep their own
+//! Single-instance mode keeps the queue in a local JSON file beside the admin state file and
+//! a journal beside it (`<stem>.journal`): each save appends the jobs changed since the last
+//! one (their whole state, or their removal) as JSON lines and syncs them, so a save costs
+//! what changed, not the whole queue. Once the journal outgrows the queue file, the queue is
+//! written whole again (temp file, fsync, rename, fsync of the directory) under a new
+//! generation and the journal starts over; a journal of another generation than the file's
+//! (a crash between the two writes) is stale and ignored. Several instances in front of the same replicas each keep their own
 //! queue: copies are idempotent (same digest, same bytes; HEAD first), so the cost of running
 //! a job twice is a few HEAD requests. In cluster mode [`should_run`] gives each job found by
 //! reconcile to one live member.
@@ -18,6 +22,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::unix_ms;
 
 /// One manifest to copy to one region, or (with `delete`) to delete there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,7 +101,40 @@ pub fn should_run(cluster: Option<&crate::shared::SharedState>, job: &Job) -> bo
 struct QueueFile {
     version: u32,
     next_id: u64,
+    /// Which journal continues this file (0 in files from before the journal).
+    #[serde(default)]
+    generation: u64,
     jobs: Vec<Job>,
+}
+
+/// One line of the journal: its first names the generation, the others say a job's state
+/// after a change or its removal. Replayed in order over the queue file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Entry<J> {
+    Generation(u64),
+    Put(J),
+    Del(u64),
+}
+
+/// A change not yet written: the job's current state is what gets written.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Put(u64),
+    Del(u64),
+}
+
+/// The journal is not rewritten into the queue file before it reaches this size, however
+/// small the queue: a few jobs changing often are a few appends, not a rewrite each.
+const JOURNAL_MIN_BYTES: u64 = 64 * 1024;
+
+/// What is on disk: the queue file at `path` of `generation`, and its journal.
+#[derive(Debug)]
+struct Written {
+    path: PathBuf,
+    generation: u64,
+    file_bytes: u64,
+    journal_bytes: u64,
 }
 
 /// The waiting and running jobs.
@@ -105,6 +144,25 @@ pub struct Queue {
     /// Jobs handed out and not finished.
     running: BTreeSet<u64>,
     next_id: u64,
+    /// Changes since the last save, in order.
+    unsaved: Vec<Change>,
+    /// None until the queue was loaded from or written to a file whose journal can be
+    /// appended to; then the next save writes the whole queue.
+    written: Option<Written>,
+}
+
+/// The journal beside a queue file: `<its stem>.journal`.
+pub fn journal_path(queue: &Path) -> PathBuf {
+    beside(queue, "journal")
+}
+
+/// A file beside the queue file, named `<its stem>.<suffix>`.
+pub(super) fn beside(queue: &Path, suffix: &str) -> PathBuf {
+    let stem = queue
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    queue.with_file_name(format!("{stem}.{suffix}"))
 }
 
 /// Why the queue file cannot be used.
@@ -118,6 +176,8 @@ pub enum QueueError {
     },
     #[error("the replication queue {} is not valid ({message}); move it aside to start with an empty queue", path.display())]
     Parse { path: PathBuf, message: String },
+    #[error("the replication queue's journal {} is not valid ({message}); move it aside to start from the queue file alone (the changes since it was written are lost)", path.display())]
+    Journal { path: PathBuf, message: String },
     #[error("cannot write the replication queue {}", path.display())]
     Write {
         path: PathBuf,
@@ -133,12 +193,17 @@ impl Queue {
     /// a waiting (not running) job of the other kind is dropped.
     pub fn add(&mut self, mut job: Job) -> bool {
         let running = &self.running;
+        let unsaved = &mut self.unsaved;
         self.jobs.retain(|id, j| {
-            running.contains(id)
-                || !(j.repo == job.repo
-                    && j.digest == job.digest
-                    && j.dest == job.dest
-                    && j.delete != job.delete)
+            let replaced = !running.contains(id)
+                && j.repo == job.repo
+                && j.digest == job.digest
+                && j.dest == job.dest
+                && j.delete != job.delete;
+            if replaced {
+                unsaved.push(Change::Del(*id));
+            }
+            !replaced
         });
         if let Some(j) = self.jobs.values_mut().find(|j| {
             j.repo == job.repo
@@ -151,10 +216,12 @@ impl Queue {
                 j.pushed_at_ms = job.pushed_at_ms;
             }
             j.not_before_ms = j.not_before_ms.min(job.not_before_ms);
+            self.unsaved.push(Change::Put(j.id));
             return false;
         }
         self.next_id += 1;
         job.id = self.next_id;
+        self.unsaved.push(Change::Put(job.id));
         self.jobs.insert(job.id, job);
         true
     }
@@ -206,7 +273,9 @@ impl Queue {
     /// The job is done (copied, or given up): it leaves the queue.
     pub fn finish(&mut self, id: u64) {
         self.running.remove(&id);
-        self.jobs.remove(&id);
+        if self.jobs.remove(&id).is_some() {
+            self.unsaved.push(Change::Del(id));
+        }
     }
 
     /// The job failed: it waits until `not_before_ms` and counts the attempt.
@@ -216,6 +285,7 @@ impl Queue {
         j.attempts += 1;
         j.not_before_ms = not_before_ms;
         j.last_error = Some(error.to_string());
+        self.unsaved.push(Change::Put(id));
         Some(j)
     }
 
@@ -250,7 +320,14 @@ impl Queue {
     pub fn drop_waiting(&mut self, stale: impl Fn(&Job) -> bool) -> usize {
         let before = self.jobs.len();
         let running = &self.running;
-        self.jobs.retain(|id, j| running.contains(id) || !stale(j));
+        let unsaved = &mut self.unsaved;
+        self.jobs.retain(|id, j| {
+            let drop = !running.contains(id) && stale(j);
+            if drop {
+                unsaved.push(Change::Del(*id));
+            }
+            !drop
+        });
         before - self.jobs.len()
     }
 
@@ -258,59 +335,205 @@ impl Queue {
         self.jobs.values()
     }
 
-    /// Load the queue; a missing file is an empty queue. Jobs that were running when the
-    /// process stopped are simply waiting again.
+    /// Load the queue file and replay its journal; a missing file is an empty queue. Jobs
+    /// that were running when the process stopped are simply waiting again. A last journal
+    /// line cut short (a crash in the middle of a save, which had not returned) is left out,
+    /// and the next save writes the queue whole.
     pub fn load(path: &Path) -> Result<Queue, QueueError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Queue::default()),
-            Err(source) => {
-                return Err(QueueError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
+        let parse_error = |path: &Path, message: String| QueueError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        let (f, file_bytes) = match read_if_there(path)? {
+            None => (QueueFile::default(), 0),
+            Some(text) => {
+                let f: QueueFile =
+                    serde_json::from_str(&text).map_err(|e| parse_error(path, e.to_string()))?;
+                if f.version != 1 {
+                    return Err(parse_error(
+                        path,
+                        format!("version {} is not supported (expected 1)", f.version),
+                    ));
+                }
+                (f, text.len() as u64)
             }
         };
-        let f: QueueFile = serde_json::from_str(&text).map_err(|e| QueueError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        if f.version != 1 {
-            return Err(QueueError::Parse {
-                path: path.to_path_buf(),
-                message: format!("version {} is not supported (expected 1)", f.version),
-            });
-        }
-        let next_id = f
-            .jobs
-            .iter()
-            .map(|j| j.id)
-            .max()
-            .unwrap_or(0)
-            .max(f.next_id);
-        Ok(Queue {
+        let mut q = Queue {
+            next_id: f.next_id,
             jobs: f.jobs.into_iter().map(|j| (j.id, j)).collect(),
-            running: BTreeSet::new(),
-            next_id,
-        })
+            ..Queue::default()
+        };
+        let journal = journal_path(path);
+        let mut appendable = None;
+        if let Some(text) = read_if_there(&journal)? {
+            let fits = replay(&mut q.jobs, &text, f.generation).map_err(|(line, message)| {
+                QueueError::Journal {
+                    path: journal.clone(),
+                    message: format!("line {line}: {message}"),
+                }
+            })?;
+            appendable = fits.then_some(text.len() as u64);
+        }
+        q.next_id = q.jobs.keys().copied().max().unwrap_or(0).max(q.next_id);
+        q.written = appendable.map(|journal_bytes| Written {
+            path: path.to_path_buf(),
+            generation: f.generation,
+            file_bytes,
+            journal_bytes,
+        });
+        Ok(q)
     }
 
-    /// Write the queue atomically: after a crash the file is the old queue or the new one.
-    pub fn save(&self, path: &Path) -> Result<(), QueueError> {
+    /// Persist the changes since the last save: appended to the journal and synced, or, the
+    /// first time, for another path, or once the journal outgrew the queue file, the whole
+    /// queue written atomically under a new generation with a fresh journal. When this
+    /// returns `Ok` a restart finds the queue as it is now.
+    pub fn save(&mut self, path: &Path) -> Result<(), QueueError> {
+        let write_error = |path: &Path, source| QueueError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let append = match &self.written {
+            Some(w) => w.path == path && w.journal_bytes <= w.file_bytes.max(JOURNAL_MIN_BYTES),
+            None => false,
+        };
+        if !append {
+            return self.save_whole(path);
+        }
+        if self.unsaved.is_empty() {
+            return Ok(());
+        }
+        let mut text = vec![];
+        for change in &self.unsaved {
+            let entry = match *change {
+                Change::Put(id) => match self.jobs.get(&id) {
+                    Some(j) => Entry::Put(j),
+                    // Removed later: its Del follows.
+                    None => continue,
+                },
+                Change::Del(id) => Entry::Del(id),
+            };
+            serde_json::to_writer(&mut text, &entry)
+                .map_err(|e| write_error(path, std::io::Error::other(e)))?;
+            text.push(b'\n');
+        }
+        let journal = journal_path(path);
+        let appended = (|| {
+            let mut f = std::fs::OpenOptions::new().append(true).open(&journal)?;
+            f.write_all(&text)?;
+            f.sync_data()
+        })();
+        match appended {
+            Ok(()) => {
+                self.unsaved.clear();
+                if let Some(w) = &mut self.written {
+                    w.journal_bytes += text.len() as u64;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Part of the text may be in the journal: write the queue whole next time.
+                self.written = None;
+                Err(write_error(&journal, e))
+            }
+        }
+    }
+
+    /// Write the whole queue under a new generation, then start its journal.
+    fn save_whole(&mut self, path: &Path) -> Result<(), QueueError> {
+        let write_error = |path: &Path, source| QueueError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        // Unique across runs too (the clock): a journal an earlier run left, or one from
+        // before the queue file was moved aside, never matches the new file.
+        let generation = (self.written.as_ref().map_or(0, |w| w.generation) + 1).max(unix_ms());
+        self.written = None;
         let f = QueueFile {
             version: 1,
             next_id: self.next_id,
+            generation,
             jobs: self.jobs.values().cloned().collect(),
         };
-        write_atomically(path, &f).map_err(|source| QueueError::Write {
+        let file_bytes = write_atomically(path, &f).map_err(|e| write_error(path, e))?;
+        // The queue is safe now whatever happens to the journal: with another generation
+        // in it, it is ignored.
+        self.unsaved.clear();
+        let mut head = serde_json::to_vec(&Entry::<Job>::Generation(generation))
+            .map_err(|e| write_error(path, std::io::Error::other(e)))?;
+        head.push(b'\n');
+        let journal = journal_path(path);
+        write_atomically_bytes(&journal, &head).map_err(|e| write_error(&journal, e))?;
+        self.written = Some(Written {
             path: path.to_path_buf(),
-            source,
-        })
+            generation,
+            file_bytes,
+            journal_bytes: head.len() as u64,
+        });
+        Ok(())
     }
 }
 
-/// Write `f` as JSON to `path` atomically (temp file, fsync, rename, fsync of the directory).
-pub(super) fn write_atomically(path: &Path, f: &impl Serialize) -> std::io::Result<()> {
+/// Apply the journal `text` to `jobs` if it continues the queue file of `generation`.
+/// `Ok(true)` when later saves may append to it; `Ok(false)` for a journal of another
+/// generation (stale: not applied) or whose last line was cut short (left out); `Err` with
+/// the line number for a line that cannot be read.
+fn replay(
+    jobs: &mut BTreeMap<u64, Job>,
+    text: &str,
+    generation: u64,
+) -> Result<bool, (usize, String)> {
+    let mut lines = text.split_inclusive('\n').enumerate();
+    let read = |n: usize, line: &str| {
+        serde_json::from_str::<Entry<Job>>(line).map_err(|e| (n + 1, e.to_string()))
+    };
+    // The first line is written whole (a rename), so a cut-short one is not possible.
+    match lines.next() {
+        Some((n, line)) => match read(n, line)? {
+            Entry::Generation(g) if g == generation => {}
+            Entry::Generation(_) => return Ok(false),
+            _ => return Err((1, "the first line does not name a generation".into())),
+        },
+        None => return Ok(false),
+    }
+    for (n, line) in lines {
+        if !line.ends_with('\n') {
+            return Ok(false);
+        }
+        match read(n, line)? {
+            Entry::Put(j) => {
+                jobs.insert(j.id, j);
+            }
+            Entry::Del(id) => {
+                jobs.remove(&id);
+            }
+            Entry::Generation(_) => return Err((n + 1, "a second generation line".into())),
+        }
+    }
+    Ok(true)
+}
+
+/// A file's text, or None if it does not exist.
+fn read_if_there(path: &Path) -> Result<Option<String>, QueueError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(QueueError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Write `f` as JSON to `path` atomically (temp file, fsync, rename, fsync of the
+/// directory); how many bytes it wrote.
+pub(super) fn write_atomically(path: &Path, f: &impl Serialize) -> std::io::Result<u64> {
+    let text = serde_json::to_vec(f).map_err(std::io::Error::other)?;
+    write_atomically_bytes(path, &text)?;
+    Ok(text.len() as u64)
+}
+
+fn write_atomically_bytes(path: &Path, text: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -320,10 +543,9 @@ pub(super) fn write_atomically(path: &Path, f: &impl Serialize) -> std::io::Resu
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let text = serde_json::to_vec(f).map_err(std::io::Error::other)?;
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&text)?;
+        file.write_all(text)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
@@ -508,5 +730,136 @@ mod tests {
         std::fs::write(&path, "{").unwrap();
         let e = Queue::load(&path).unwrap_err().to_string();
         assert!(e.contains("q.json") && e.contains("move it aside"), "{e}");
+    }
+
+    fn on_disk(path: &Path) -> Vec<Job> {
+        Queue::load(path).unwrap().jobs().cloned().collect()
+    }
+
+    fn in_memory(q: &Queue) -> Vec<Job> {
+        q.jobs().cloned().collect()
+    }
+
+    /// Every save appends to the journal (the queue file stays as it is) until the journal
+    /// outgrows it; whatever the mix of changes, a load finds the queue as it was saved.
+    #[test]
+    fn every_saved_change_survives_a_restart_through_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.json");
+        let mut q = Queue::default();
+        q.save(&path).unwrap();
+        let first = std::fs::read(&path).unwrap();
+        let mut x: u64 = 7;
+        let mut rnd = |n: u64| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (x >> 33) % n
+        };
+        let mut rewrites = 0;
+        let mut file = first.clone();
+        for step in 0..3000 {
+            let repo = format!("app{}", rnd(40));
+            let dest = ["eastus", "westus", "westeurope"][rnd(3) as usize];
+            match rnd(6) {
+                0 | 1 => {
+                    q.add(Job {
+                        delete: rnd(5) == 0,
+                        ..job(&repo, dest, &rnd(3).to_string())
+                    });
+                }
+                2 => {
+                    let ready = q.take_ready(u64::MAX, 2, |_| true);
+                    if let Some(j) = ready.first() {
+                        q.retry_later(j.id, rnd(1000), "connection refused");
+                    }
+                }
+                3 => {
+                    let ready = q.take_ready(u64::MAX, 2, |_| true);
+                    if let Some(j) = ready.last() {
+                        q.finish(j.id);
+                    }
+                }
+                4 => {
+                    q.drop_waiting(|j| j.repo == repo && j.dest == dest);
+                }
+                _ => {}
+            }
+            q.save(&path).unwrap();
+            let now = std::fs::read(&path).unwrap();
+            if now != file {
+                rewrites += 1;
+                file = now;
+            }
+            if step % 100 == 0 {
+                assert_eq!(on_disk(&path), in_memory(&q), "step {step}");
+            }
+        }
+        assert_eq!(on_disk(&path), in_memory(&q));
+        let journal = std::fs::metadata(journal_path(&path)).unwrap().len();
+        assert!(
+            (2..=20).contains(&rewrites),
+            "{rewrites} whole rewrites in 3000 saves"
+        );
+        assert!(journal <= JOURNAL_MIN_BYTES.max(file.len() as u64) + 4096);
+        // The restarted queue goes on appending to the same journal.
+        let mut back = Queue::load(&path).unwrap();
+        back.add(job("after", "eastus", "1"));
+        back.save(&path).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            file,
+            "appended, not rewritten"
+        );
+        assert_eq!(on_disk(&path), in_memory(&back));
+    }
+
+    /// A crash in the middle of an append leaves a last line cut short: the load leaves it
+    /// out (that save never returned) and the next save writes the queue whole. A journal of
+    /// another generation (a crash between the queue file and its new journal) is ignored;
+    /// a broken line before the end names the file and line.
+    #[test]
+    fn a_cut_short_or_stale_journal_and_a_broken_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.json");
+        let journal = journal_path(&path);
+        assert_eq!(journal, dir.path().join("q.journal"));
+        // First start: neither file is there; the first save writes both.
+        let mut q = Queue::load(&path).unwrap();
+        q.add(job("app", "eastus", "1"));
+        q.save(&path).unwrap();
+        q.add(job("app", "westus", "1"));
+        q.save(&path).unwrap();
+        let saved = in_memory(&q);
+        let good = std::fs::read_to_string(&journal).unwrap();
+        assert_eq!(good.lines().count(), 2, "generation, one put: {good}");
+
+        std::fs::write(&journal, format!("{good}{{\"put\":{{\"id\":9,")).unwrap();
+        let mut back = Queue::load(&path).unwrap();
+        assert_eq!(in_memory(&back), saved);
+        back.add(job("app", "westeurope", "1"));
+        back.save(&path).unwrap();
+        assert_eq!(on_disk(&path), in_memory(&back));
+        assert_eq!(
+            std::fs::read_to_string(&journal).unwrap().lines().count(),
+            1,
+            "written whole: a fresh journal"
+        );
+
+        // The journal of another generation, deleting a job: not replayed.
+        let fresh = std::fs::read_to_string(&journal).unwrap();
+        assert!(fresh.starts_with("{\"generation\":") && !fresh.contains("\"generation\":1}"));
+        std::fs::write(&journal, "{\"generation\":1}\n{\"del\":1}\n").unwrap();
+        assert_eq!(on_disk(&path).len(), 3, "the stale journal is not replayed");
+        // The control: the same line in the file's own journal is.
+        std::fs::write(&journal, format!("{fresh}{{\"del\":1}}\n")).unwrap();
+        assert_eq!(on_disk(&path).len(), 2);
+
+        let broken = format!("{fresh}{{\"put\":1}}\n{{\"del\":1}}\n");
+        std::fs::write(&journal, broken).unwrap();
+        let e = Queue::load(&path).unwrap_err().to_string();
+        assert!(e.contains("q.journal") && e.contains("line 2"), "{e}");
+        assert!(
+            e.contains("move it aside to start from the queue file"),
+            "{e}"
+        );
     }
 }
