@@ -113,6 +113,11 @@ impl Flags {
     /// Load the flags; a missing file means every region is enabled.
     pub fn load(path: &Path) -> Result<Flags, FlagsError> {
         remove_stale_temps(path);
+        Flags::read(path)
+    }
+
+    /// As [`Flags::load`] without touching the directory (`berth check-config`).
+    pub fn read(path: &Path) -> Result<Flags, FlagsError> {
         let state = match std::fs::read_to_string(path) {
             Ok(text) => {
                 let s: StateFile = serde_json::from_str(&text).map_err(|e| FlagsError::Parse {
@@ -153,6 +158,11 @@ impl Flags {
             .regions
             .get(region)
             .is_none_or(|f| f.endpoint_enabled)
+    }
+
+    /// How many regions have a flag record (an operator set it at least once).
+    pub fn recorded(&self) -> usize {
+        self.state.regions.len()
     }
 
     /// The region's flag record, if an operator ever set one.

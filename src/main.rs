@@ -78,7 +78,7 @@ enum Command {
         #[arg(long, env = "BERTH_QUERY_LOG", value_parser = clap::builder::BoolishValueParser::new())]
         query_log: bool,
     },
-    /// Validate a config and everything it names (zones, GeoIP); exit 1 on the first error.
+    /// Validate a config, everything it names (zones, GeoIP) and the state files a start reads (flags, replication queue); exit 1 on the first error.
     CheckConfig { file: PathBuf },
     /// Print the routing decision and its explanation for a client address: from the config
     /// (no health, no flags), or with --admin from a running server (live health and flags).
@@ -319,13 +319,15 @@ fn replication(c: &AdminClient, command: ReplicationCommand) -> anyhow::Result<(
     Ok(())
 }
 
-/// `berth check-config`: load everything the config names, as a reload would.
+/// `berth check-config`: load everything the config names, as a reload would, and read the
+/// state files a start would (changing none).
 fn check_config(file: &std::path::Path) -> ExitCode {
     let snap = Config::load(file)
         .map_err(anyhow::Error::from)
         .and_then(|c| Snapshot::load(c, 0).map_err(anyhow::Error::from));
-    match snap {
-        Ok(s) => {
+    let checked = snap.and_then(|s| check_state(&s.config).map(|state| (s, state)));
+    match checked {
+        Ok((s, state)) => {
             println!(
                 "{}: ok: {} zone(s), {} region(s), {} routed name(s), geoip {}",
                 file.display(),
@@ -336,6 +338,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                     .as_ref()
                     .map_or("none".to_string(), |g| g.database_type().to_string())
             );
+            println!("{state}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -343,6 +346,30 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The state files `serve` would start from (region flags, replication queue and journal,
+/// remembered deletes), read without changing them: one that would stop the start fails the
+/// check too. What they hold, in one line.
+fn check_state(config: &Config) -> anyhow::Result<String> {
+    use berth::replication::{deletes, queue::Queue};
+    let flags = berth::flags::Flags::read(&config.admin.state_file)?;
+    let mut line = format!(
+        "state: {}: {} region flag(s) set",
+        config.admin.state_file.display(),
+        flags.recorded()
+    );
+    if let Some(r) = &config.replication {
+        let queue = Queue::load(&r.queue_file)?;
+        let removed = deletes::load(&deletes::path_for(&r.queue_file))?;
+        line.push_str(&format!(
+            "; replication queue {}: {} job(s), {} remembered delete(s)",
+            r.queue_file.display(),
+            queue.len(),
+            removed.len()
+        ));
+    }
+    Ok(line)
 }
 
 /// `serve`'s config: the one given, else [`DEFAULT_CONFIG`] when it exists.

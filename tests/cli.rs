@@ -19,9 +19,20 @@ fn text(o: &[u8]) -> String {
 fn check_config_accepts_the_demo() {
     let o = berth(&["check-config", "config/demo.toml"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
-        text(&o.stdout).trim(),
+        lines[0],
         "config/demo.toml: ok: 1 zone(s), 4 region(s), 1 routed name(s), geoip Berth-City"
+    );
+    // The state files serve would start from (absent on a fresh clone; a machine that ran
+    // the demo may have flags set).
+    assert!(
+        lines[1].starts_with("state: config/demo.state.json: ")
+            && lines[1].contains(
+                " region flag(s) set; replication queue config/demo.state.replication.json: "
+            ),
+        "{out}"
     );
 }
 
@@ -29,6 +40,13 @@ fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, body).expect("write");
     p
+}
+
+/// `berth check-config CFG`, which must exit 1; what it said on stderr.
+fn check_config_fails(cfg: &Path) -> String {
+    let o = berth(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    text(&o.stderr)
 }
 
 #[test]
@@ -45,9 +63,7 @@ fn check_config_names_what_is_wrong_and_exits_1() {
         "a.toml",
         &demo.replace(&format!("{repo}/zones/example.test.zone"), "bad.zone"),
     );
-    let o = berth(&["check-config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
-    let e = text(&o.stderr);
+    let e = check_config_fails(&cfg);
     assert!(
         e.starts_with(&format!(
             "error: zone example.test (from {})",
@@ -63,9 +79,7 @@ fn check_config_names_what_is_wrong_and_exits_1() {
         "b.toml",
         &demo.replace(&format!("{repo}/geoip/demo.mmdb"), "nope.mmdb"),
     );
-    let o = berth(&["check-config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
-    let e = text(&o.stderr);
+    let e = check_config_fails(&cfg);
     assert!(e.contains("nope.mmdb"), "{e}");
 
     // A routed name that the zone file also defines.
@@ -75,12 +89,51 @@ fn check_config_names_what_is_wrong_and_exits_1() {
         "c.toml",
         &demo.replace(&format!("{repo}/zones/example.test.zone"), "dup.zone"),
     );
-    let o = berth(&["check-config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(1));
-    let e = text(&o.stderr);
+    let e = check_config_fails(&cfg);
     assert!(
         e.contains("routed name registry.example.test also has A records in the zone file"),
         "{e}"
+    );
+
+    // The state files serve would start from: each one that would stop the start is named,
+    // and check-config changes none of them.
+    let cfg = write(dir.path(), "d.toml", &demo);
+    let ok = berth(&["check-config", cfg.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(
+        text(&ok.stdout).contains("0 region flag(s) set; replication queue ")
+            && text(&ok.stdout).contains(": 0 job(s), 0 remembered delete(s)"),
+        "{}",
+        text(&ok.stdout)
+    );
+    let state = write(dir.path(), "d.state.json", "{\"version\":1,\"regions\":");
+    let e = check_config_fails(&cfg);
+    assert!(e.contains("d.state.json is not valid"), "{e}");
+    std::fs::write(&state, "{\"version\":1}").expect("write");
+    let journal = write(
+        dir.path(),
+        "d.state.replication.journal",
+        "{\"generation\":0}\n{\"put\":{}}\n",
+    );
+    let e = check_config_fails(&cfg);
+    assert!(
+        e.contains("d.state.replication.journal is not valid (line 2"),
+        "{e}"
+    );
+    write(dir.path(), "d.state.replication.deletes.json", "[]");
+    std::fs::remove_file(&journal).expect("remove");
+    let e = check_config_fails(&cfg);
+    assert!(e.contains("d.state.replication.deletes.json"), "{e}");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("d."))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["d.state.json", "d.state.replication.deletes.json", "d.toml"],
+        "check-config wrote nothing"
     );
 }
 
