@@ -209,10 +209,13 @@ impl Engine {
             }
             chunk
         });
-        let body = match task.limit.clone() {
-            None => reqwest::Body::wrap_stream(stream),
+        type Chunks = std::pin::Pin<
+            Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>,
+        >;
+        let body: Chunks = match task.limit.clone() {
+            None => Box::pin(stream),
             // Each chunk waits for its tokens before it is handed to the PUT.
-            Some(limit) => reqwest::Body::wrap_stream(stream.then(move |chunk| {
+            Some(limit) => Box::pin(stream.then(move |chunk| {
                 let limit = limit.clone();
                 async move {
                     if let Ok(c) = &chunk {

@@ -356,10 +356,11 @@ fn webhooks(cfg: &ReplicationConfig, r: &Replication, job: &Job, lag: Option<f64
         "lag_seconds": lag,
     });
     for url in urls {
-        let http = r.http.clone();
+        let http = r.http.api().clone();
         let body = body.clone();
         tokio::spawn(async move {
-            for attempt in 1..=5u32 {
+            const ATTEMPTS: u32 = 5;
+            for attempt in 1..=ATTEMPTS {
                 match http.post(&url).json(&body).send().await {
                     Ok(resp) if resp.status().is_success() => return,
                     Ok(resp) => {
@@ -368,6 +369,10 @@ fn webhooks(cfg: &ReplicationConfig, r: &Replication, job: &Job, lag: Option<f64
                     Err(e) => {
                         tracing::info!(url = %url, error = %e.without_url(), attempt, "replication webhook failed")
                     }
+                }
+                if attempt == ATTEMPTS {
+                    tracing::warn!(url = %url, attempts = ATTEMPTS, "replication webhook given up: this event is not delivered");
+                    return;
                 }
                 let d = backoff::delay(
                     attempt,

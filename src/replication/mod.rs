@@ -91,7 +91,7 @@ pub struct Replication {
     pub metrics: ReplicationMetrics,
     /// Registry clients by region name, with the upstream and CA file they were built for.
     registries: Mutex<HashMap<String, (String, Arc<Registry>)>>,
-    http: reqwest::Client,
+    http: registry::Http,
     /// (region, username, password) read at start; never logged.
     credentials: Vec<(String, String, String)>,
     /// Where the replicator's panics are counted (its loops and jobs are supervised).

@@ -4,8 +4,9 @@
 //!
 //! Credentials are never logged: errors carry status codes and registry error codes only.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -15,6 +16,11 @@ pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json, \
     application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// How long an exchange with a registry may move no bytes before it fails (and the job is
+/// retried): waiting for an answer, for the next chunk of a body, or for the destination to
+/// take the next chunk of a blob.
+const STALL: Duration = Duration::from_secs(120);
 
 /// The `User-Agent` of every request replication makes.
 pub const USER_AGENT: &str = concat!("berth-replication/", env!("CARGO_PKG_VERSION"));
@@ -45,10 +51,31 @@ pub enum RegistryError {
     },
 }
 
+/// The HTTP clients of the registries that trust one set of CAs.
+#[derive(Clone, Debug)]
+pub struct Http {
+    /// Every request but a blob's upload: reqwest's read timeout ends a request whose answer
+    /// or next body chunk takes longer than the stall time.
+    api: reqwest::Client,
+    /// A blob's upload. reqwest's read timeout runs from the moment a request is sent until
+    /// its answer, whose head a registry sends only once it has the whole blob: a copy of
+    /// more than the stall time's worth of bytes would always fail. [`Registry::put_blob`]
+    /// watches the bytes move instead.
+    upload: reqwest::Client,
+    stall: Duration,
+}
+
+impl Http {
+    /// The client for plain requests (the webhooks use it too).
+    pub fn api(&self) -> &reqwest::Client {
+        &self.api
+    }
+}
+
 /// A region's registry.
 pub struct Registry {
     pub region: String,
-    http: reqwest::Client,
+    http: Http,
     /// The upstream URL without a trailing '/'.
     base: String,
     /// (username, password), read once at start.
@@ -68,7 +95,7 @@ impl Registry {
         region: &str,
         base: &str,
         credential: Option<(String, String)>,
-        http: reqwest::Client,
+        http: Http,
     ) -> Registry {
         Registry {
             region: region.to_string(),
@@ -79,23 +106,36 @@ impl Registry {
         }
     }
 
-    /// The shared HTTP client: connection pools per host, connect and read timeouts, no
-    /// overall timeout (a blob of many GB takes as long as it takes while bytes flow).
-    /// HTTPS upstreams are checked against `ca_file` (the region's `probe.ca_file`, which
-    /// defaults to `proxy.upstream_ca_file`) or the system roots, with the probe's rustls
-    /// settings (ring, the provider pingora builds): Berth trusts one set of CAs per region.
-    pub fn client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    /// The shared HTTP clients: connection pools per host, a connect timeout and the stall
+    /// time ([`STALL`]), no overall timeout (a blob of many GB takes as long as it takes
+    /// while bytes flow). HTTPS upstreams are checked against `ca_file` (the region's
+    /// `probe.ca_file`, which defaults to `proxy.upstream_ca_file`) or the system roots, with
+    /// the probe's rustls settings (ring, the provider pingora builds): Berth trusts one set
+    /// of CAs per region.
+    pub fn client(ca_file: Option<&std::path::Path>) -> anyhow::Result<Http> {
+        Registry::client_stalling_after(ca_file, STALL)
+    }
+
+    fn client_stalling_after(
+        ca_file: Option<&std::path::Path>,
+        stall: Duration,
+    ) -> anyhow::Result<Http> {
         let tls = crate::health::probe::tls_config(ca_file)
             .map_err(|e| anyhow::anyhow!("replication's registry client: {}", crate::report(&e)))?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
-            // Registries notify about Berth's own copies too; this is how they are told apart.
-            .user_agent(USER_AGENT)
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(120))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
-        Ok(client)
+        let builder = || {
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
+                // Registries notify about Berth's own copies too; this is how they are told
+                // apart.
+                .user_agent(USER_AGENT)
+                .connect_timeout(Duration::from_secs(10))
+                .pool_idle_timeout(Duration::from_secs(60))
+        };
+        Ok(Http {
+            api: builder().read_timeout(stall).build()?,
+            upload: builder().build()?,
+            stall,
+        })
     }
 
     fn err_http(&self, what: &str, source: reqwest::Error) -> RegistryError {
@@ -159,7 +199,7 @@ impl Registry {
         body: Option<Bytes>,
     ) -> Result<Response, RegistryError> {
         for round in 0..2 {
-            let mut req = self.http.request(method.clone(), self.url(path));
+            let mut req = self.http.api.request(method.clone(), self.url(path));
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
@@ -212,6 +252,7 @@ impl Registry {
                 .map_err(|e| self.other(what, format!("bad token realm: {e}")))?;
             let r = self
                 .http
+                .api
                 .get(url)
                 .header(header::AUTHORIZATION, &basic)
                 .send()
@@ -395,29 +436,66 @@ impl Registry {
     }
 
     /// Finish an upload at `location` with one streamed PUT of the whole blob (monolithic):
-    /// the body flows from `body` as it arrives, never held whole.
-    pub async fn put_blob(
+    /// the body flows from `body` as it arrives, never held whole. Fails once no bytes have
+    /// moved for the stall time: the source sends none, the destination takes none, or it
+    /// does not answer after the last one.
+    pub async fn put_blob<S>(
         &self,
         location: &str,
         digest: &str,
         len: Option<u64>,
-        body: reqwest::Body,
-    ) -> Result<(), RegistryError> {
+        body: S,
+    ) -> Result<(), RegistryError>
+    where
+        S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+    {
         let what = format!("PUT blob {digest}");
         let sep = if location.contains('?') { '&' } else { '?' };
         let url = format!("{}{sep}digest={digest}", self.url(location));
+        // When the body last moved (ms after `start`): a chunk handed to the PUT, or its end.
+        let start = Instant::now();
+        let moved = Arc::new(AtomicU64::new(0));
+        let mark = moved.clone();
+        let mut body = Box::pin(body);
+        let watched = futures_util::stream::poll_fn(move |cx| {
+            let next = futures_util::Stream::poll_next(body.as_mut(), cx);
+            if next.is_ready() {
+                mark.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+            next
+        });
         let mut req = self
             .http
+            .upload
             .put(url)
             .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(body);
+            .body(reqwest::Body::wrap_stream(watched));
         if let Some(l) = len {
             req = req.header(header::CONTENT_LENGTH, l);
         }
         if let Some(a) = self.current_auth() {
             req = req.header(header::AUTHORIZATION, a);
         }
-        let r = req.send().await.map_err(|e| self.err_http(&what, e))?;
+        let stall = self.http.stall;
+        let send = req.send();
+        tokio::pin!(send);
+        let mut check = tokio::time::interval((stall / 4).max(Duration::from_millis(10)));
+        let r = loop {
+            tokio::select! {
+                r = &mut send => break r.map_err(|e| self.err_http(&what, e))?,
+                _ = check.tick() => {
+                    let idle = start.elapsed().saturating_sub(Duration::from_millis(
+                        moved.load(Ordering::Relaxed),
+                    ));
+                    if idle > stall {
+                        return Err(self.other(
+                            &what,
+                            format!("no bytes moved for {} s", idle.as_secs()),
+                        ));
+                    }
+                }
+            }
+        };
         if !r.status().is_success() {
             return Err(self.err_status(&what, r).await);
         }
@@ -555,5 +633,113 @@ mod tests {
         std::fs::write(&empty, "not a certificate").unwrap();
         let e = format!("{:#}", Registry::client(Some(&empty)).unwrap_err());
         assert!(e.contains("no usable certificate"), "{e}");
+    }
+
+    /// A registry on loopback that reads one PUT (head and `Content-Length` bytes) per
+    /// connection and answers 201, or (`answer` false) keeps the connection open unanswered.
+    async fn blob_sink(answer: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut got = vec![];
+                    let mut buf = [0u8; 4096];
+                    let body_at = loop {
+                        let n = conn.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&got[..body_at]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while got.len() - body_at < len {
+                        let n = conn.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    if answer {
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+                            .await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    /// `n` chunks of 1 KiB, one every `every`, with `pause` before the chunk at `pause_at`.
+    fn chunks(
+        n: usize,
+        every: Duration,
+        pause_at: usize,
+        pause: Duration,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static {
+        futures_util::stream::unfold(0, move |i| async move {
+            if i == n {
+                return None;
+            }
+            tokio::time::sleep(if i == pause_at { pause } else { every }).await;
+            Some((Ok(Bytes::from(vec![7u8; 1024])), i + 1))
+        })
+    }
+
+    /// A blob upload that takes longer than the stall time is fine while its bytes move
+    /// (reqwest's read timeout, which the upload used before, ended it after the stall time
+    /// whatever moved); a source that stops sending, or a destination that does not answer
+    /// once it has every byte, fails it after the stall time.
+    #[tokio::test]
+    async fn a_blob_upload_fails_only_when_its_bytes_stop_moving() {
+        let stall = Duration::from_secs(1);
+        let http = Registry::client_stalling_after(None, stall).unwrap();
+        let put = |base: String, body| {
+            let reg = Registry::new("eastus", &base, None, http.clone());
+            async move {
+                reg.put_blob(
+                    "/v2/team/app/blobs/uploads/u1",
+                    "sha256:a",
+                    Some(25 * 1024),
+                    body,
+                )
+                .await
+            }
+        };
+        let every = Duration::from_millis(100);
+        let long = chunks(25, every, usize::MAX, every);
+        let started = Instant::now();
+        put(blob_sink(true).await, long)
+            .await
+            .expect("a 2.5 s upload that moves");
+        assert!(started.elapsed() > stall * 2);
+
+        let stalled = chunks(25, every, 5, stall * 3);
+        let e = put(blob_sink(true).await, stalled)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("eastus: PUT blob sha256:a: no bytes moved for 1 s"),
+            "{e}"
+        );
+
+        let unanswered = chunks(25, Duration::from_millis(10), usize::MAX, every);
+        let e = put(blob_sink(false).await, unanswered)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no bytes moved"), "{e}");
     }
 }
