@@ -509,6 +509,61 @@ fn a_stopped_destination_catches_up_and_a_restart_loses_no_job() {
     assert!(v["regions"]["southeastasia"].is_object(), "{v}");
 }
 
+/// A job waiting for a region that a reload then takes out of the config ends, and the status
+/// says why (it used to leave the queue without a word, pending with its last copy error).
+#[test]
+fn a_job_for_a_region_the_config_drops_ends_with_its_reason() {
+    let rt = runtime();
+    let mut regs = start_registries(&rt, &|_| String::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), &regs, &[], "");
+    let berth = Berth::start(&cfg);
+    let proxy_at = proxy(&berth);
+    let sk = Skopeo::new();
+    let app = image("app-1.0");
+    regs[3].stop();
+    assert_ok(
+        &sk.push("app-1.0", &format!("{proxy_at}/team/app:1.0")),
+        "push with southeastasia down",
+    );
+    let southeastasia = || {
+        admin_json(&berth, "/api/v1/replication/team/app?reference=1.0").1["regions"]
+            ["southeastasia"]
+            .clone()
+    };
+    wait_for("southeastasia pending with its error", || {
+        let s = southeastasia();
+        s["state"] == "pending" && s["last_error"].is_string()
+    });
+
+    // The region leaves the config: its block, the routed name's list and the rule's.
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    let start = text
+        .find("[[region]]\nname = \"southeastasia\"")
+        .expect("the region's block");
+    let end = start + 1 + text[start + 1..].find("\n[[").expect("the next block");
+    let without =
+        format!("{}{}", &text[..start], &text[end + 1..]).replace(", \"southeastasia\"]", "]");
+    assert!(!without.contains("southeastasia"), "{without}");
+    std::fs::write(&cfg, without).expect("config");
+    assert_eq!(post_admin(&berth, "/api/v1/reload"), 200);
+
+    wait_for("the queue to drain", || {
+        admin_json(&berth, "/api/v1/replication").1["queued_jobs"] == 0
+    });
+    let s = southeastasia();
+    assert_eq!(s["state"], "failed", "{s}");
+    assert!(
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("region southeastasia is no longer in the config")),
+        "{s}"
+    );
+    assert!(regs[..3]
+        .iter()
+        .all(|r| complete(r, "team/app", "1.0", &app)));
+}
+
 fn post_admin(b: &Berth, path: &str) -> u16 {
     agent()
         .post(format!("{}{path}", b.admin()))

@@ -159,12 +159,20 @@ async fn on_event(snap: &Snapshot, r: &Replication, ev: Pushed) {
                 .iter()
                 .find(|g| g.name == ev.region)
                 .and_then(|g| r.registry(g));
-            match reg {
-                Some(reg) => match reg.manifest_digest(&ev.repo, &ev.reference).await {
-                    Ok(Some(d)) => d,
-                    _ => return,
-                },
+            let found = match reg {
+                Some(reg) => reg.manifest_digest(&ev.repo, &ev.reference).await,
                 None => return,
+            };
+            match found {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    tracing::info!(repo = %ev.repo, tag = %ev.reference, region = %ev.region, "push event not replicated: the tag is gone from its region (the next reconcile compares again)");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(repo = %ev.repo, tag = %ev.reference, region = %ev.region, error = %e, "push event not replicated: its digest could not be read (the next reconcile compares again)");
+                    return;
+                }
             }
         }
     };
@@ -249,14 +257,40 @@ async fn run_job(snap: Arc<Snapshot>, r: Arc<Replication>, job: Job) {
     let Some(cfg) = config(&snap) else { return };
     let find = |name: &str| snap.config.regions.iter().find(|g| g.name == name);
     let source = source_for(&r, &job);
-    let (Some(src), Some(dst)) = (
+    let (src, dst) = match (
         find(&source).and_then(|g| r.registry(g)),
         find(&job.dest).and_then(|g| r.registry(g)),
-    ) else {
-        // A region no longer configured (or without an upstream): nothing to do.
-        r.queue().finish(job.id);
-        r.wake.notify_one();
-        return;
+    ) {
+        (Some(src), Some(dst)) => (src, dst),
+        // The destination left the config (a reload, or a restart with another config):
+        // nothing to copy there any more. The status says why the job ended.
+        _ if find(&job.dest).is_none() => {
+            let why = format!(
+                "region {} is no longer in the config; job dropped",
+                job.dest
+            );
+            tracing::info!(repo = %job.repo, digest = %job.digest, region = %job.dest, "replication job dropped: its region is no longer in the config");
+            r.status()
+                .attempt_failed(&job.repo, &job.digest, &job.dest, job.attempts, &why, true);
+            r.queue().finish(job.id);
+            save(cfg, &r);
+            r.wake.notify_one();
+            return;
+        }
+        // No client for one side (no upstream, or its CA file failed: logged when the
+        // client was built): a failed attempt with that reason; a retry may take another
+        // source that holds the image.
+        (src, _) => {
+            let (region, side) = match src {
+                None => (&source, "source"),
+                Some(_) => (&job.dest, "destination"),
+            };
+            let why = format!("{side} region {region} has no usable registry client (no upstream, or its CA file failed: see the error logged for it)");
+            failed(cfg, &r, &job, &why);
+            save(cfg, &r);
+            r.wake.notify_one();
+            return;
+        }
     };
     if job.delete {
         run_delete(cfg, &r, &job, &dst).await;

@@ -242,7 +242,7 @@ impl Replication {
             Some(path) => match Registry::client(Some(path)) {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(region = %region.name, error = %format!("{e:#}"), "replication: no registry client for this region (fix its probe.ca_file / proxy.upstream_ca_file); its jobs wait for the next reconcile");
+                    tracing::error!(region = %region.name, error = %format!("{e:#}"), "replication: no registry client for this region (fix its probe.ca_file / proxy.upstream_ca_file); its jobs fail with this reason until then");
                     return None;
                 }
             },
