@@ -4,6 +4,7 @@
 //!
 //! Credentials are never logged: errors carry status codes and registry error codes only.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -80,8 +81,10 @@ pub struct Registry {
     base: String,
     /// (username, password), read once at start.
     credential: Option<(String, String)>,
-    /// The `Authorization` value that worked last (basic, or the latest bearer token).
-    auth: Mutex<Option<String>>,
+    /// The `Authorization` values that worked, by [`scope_key`]: a bearer token is scoped to
+    /// a repository, so concurrent jobs for different repositories each keep theirs. Basic
+    /// auth is kept under the empty key, which every request falls back to.
+    auth: Mutex<HashMap<String, String>>,
 }
 
 /// A blob download in progress: its length and its body as a stream.
@@ -102,7 +105,7 @@ impl Registry {
             http,
             base: base.trim_end_matches('/').to_string(),
             credential,
-            auth: Mutex::new(None),
+            auth: Mutex::new(HashMap::new()),
         }
     }
 
@@ -184,8 +187,12 @@ impl Registry {
         }
     }
 
-    fn current_auth(&self) -> Option<String> {
-        self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The `Authorization` for a request to `path_or_url`: its repository's token, else basic.
+    fn current_auth(&self, path_or_url: &str) -> Option<String> {
+        let auth = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+        auth.get(scope_key(path_or_url))
+            .or_else(|| auth.get(""))
+            .cloned()
     }
 
     /// Send a request whose body (if any) can be sent again; on 401 answer the challenge
@@ -203,7 +210,7 @@ impl Registry {
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
-            if let Some(a) = self.current_auth() {
+            if let Some(a) = self.current_auth(path) {
                 req = req.header(header::AUTHORIZATION, a);
             }
             if let Some(b) = &body {
@@ -219,13 +226,20 @@ impl Registry {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
-            self.answer_challenge(what, &challenge).await?;
+            self.answer_challenge(what, &challenge, scope_key(path))
+                .await?;
         }
         Err(self.other(what, "unauthorized"))
     }
 
-    /// Basic: send the configured pair. Bearer: ask the realm for a token with it.
-    async fn answer_challenge(&self, what: &str, challenge: &str) -> Result<(), RegistryError> {
+    /// Basic: send the configured pair. Bearer: ask the realm for a token with it, kept for
+    /// the repository `key` names.
+    async fn answer_challenge(
+        &self,
+        what: &str,
+        challenge: &str,
+        key: &str,
+    ) -> Result<(), RegistryError> {
         let Some((user, pass)) = &self.credential else {
             return Err(self.other(
                 what,
@@ -236,7 +250,7 @@ impl Registry {
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
         );
-        let value = if let Some(params) = strip_scheme(challenge, "bearer") {
+        let (key, value) = if let Some(params) = strip_scheme(challenge, "bearer") {
             let p = parse_params(params);
             let realm = p
                 .iter()
@@ -270,11 +284,14 @@ impl Registry {
                 .or_else(|| v.get("access_token"))
                 .and_then(|t| t.as_str())
                 .ok_or_else(|| self.other("token realm", "answer has no token"))?;
-            format!("Bearer {token}")
+            (key, format!("Bearer {token}"))
         } else {
-            basic
+            ("", basic)
         };
-        *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+        self.auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), value);
         Ok(())
     }
 
@@ -473,7 +490,7 @@ impl Registry {
         if let Some(l) = len {
             req = req.header(header::CONTENT_LENGTH, l);
         }
-        if let Some(a) = self.current_auth() {
+        if let Some(a) = self.current_auth(location) {
             req = req.header(header::AUTHORIZATION, a);
         }
         let stall = self.http.stall;
@@ -553,6 +570,22 @@ fn next_link(link: &str) -> Option<String> {
                 .to_string()
         })
     })
+}
+
+/// Which repository a request is about, for its bearer token: the name between `/v2/` and
+/// the last `/manifests/`, `/blobs/`, `/tags/` or `/referrers/` (a name may contain those
+/// words as components); empty for registry-wide requests (`/v2/`, `/v2/_catalog`).
+fn scope_key(path_or_url: &str) -> &str {
+    let path = path_or_url.split('?').next().unwrap_or_default();
+    let Some(at) = path.find("/v2/") else {
+        return "";
+    };
+    let rest = &path[at + 4..];
+    ["/manifests/", "/blobs/", "/tags/", "/referrers/"]
+        .iter()
+        .filter_map(|m| rest.rfind(m))
+        .max()
+        .map_or("", |end| &rest[..end])
 }
 
 fn strip_scheme<'a>(challenge: &'a str, scheme: &str) -> Option<&'a str> {
@@ -741,5 +774,117 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no bytes moved"), "{e}");
+    }
+
+    #[test]
+    fn scope_keys() {
+        for (path, key) in [
+            ("/v2/team/app/blobs/sha256:a", "team/app"),
+            ("/v2/team/app/manifests/1.0", "team/app"),
+            ("/v2/team/app/tags/list?n=100", "team/app"),
+            (
+                "/v2/team/blobs/app/blobs/uploads/?mount=sha256:a&from=x/blobs/y",
+                "team/blobs/app",
+            ),
+            (
+                "http://r.example:5000/v2/a/manifests/b/blobs/uploads/u1?_state=x",
+                "a/manifests/b",
+            ),
+            ("/v2/_catalog?n=100", ""),
+            ("/v2/", ""),
+        ] {
+            assert_eq!(scope_key(path), key, "{path}");
+        }
+    }
+
+    /// A registry with a token server, as Harbor and distribution with `auth: token` are:
+    /// a token is good for one repository. Tokens are asked once per repository, whatever
+    /// the order of the requests, and an upload (which does not answer a challenge) carries
+    /// its own repository's token, not the latest one fetched.
+    #[tokio::test]
+    async fn bearer_tokens_are_kept_per_repository() {
+        use axum::extract::{Request, State};
+        use axum::response::IntoResponse;
+        use std::sync::atomic::AtomicUsize;
+        #[derive(Clone)]
+        struct Fake {
+            base: String,
+            tokens: Arc<AtomicUsize>,
+            refused: Arc<AtomicUsize>,
+        }
+        async fn handle(State(f): State<Fake>, req: Request) -> axum::response::Response {
+            let path = req.uri().path().to_string();
+            if path == "/token" {
+                f.tokens.fetch_add(1, Ordering::SeqCst);
+                let query = req.uri().query().unwrap_or_default().replace("%3A", ":");
+                let repo = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("scope=repository:"))
+                    .and_then(|s| s.split(':').next())
+                    .unwrap_or_default()
+                    .replace("%2F", "/");
+                return axum::Json(serde_json::json!({ "token": format!("tok-{repo}") }))
+                    .into_response();
+            }
+            let repo = scope_key(&path).to_string();
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if auth != format!("Bearer tok-{repo}") {
+                f.refused.fetch_add(1, Ordering::SeqCst);
+                let challenge = format!(
+                    "Bearer realm=\"{}/token\",service=\"fake\",scope=\"repository:{repo}:pull,push\"",
+                    f.base
+                );
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                )
+                    .into_response();
+            }
+            let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let status = if body.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            status.into_response()
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let fake = Fake {
+            base: base.clone(),
+            tokens: Arc::default(),
+            refused: Arc::default(),
+        };
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let reg = Registry::new(
+            "eastus",
+            &base,
+            Some(("u".into(), "p".into())),
+            Registry::client(None).unwrap(),
+        );
+        for repo in ["team/app", "team/tool", "team/app", "team/tool"] {
+            assert!(reg.has_blob(repo, "sha256:a").await.unwrap(), "{repo}");
+        }
+        assert_eq!(
+            fake.tokens.load(Ordering::SeqCst),
+            2,
+            "one token per repository"
+        );
+        assert_eq!(fake.refused.load(Ordering::SeqCst), 2);
+        // The latest token fetched is team/tool's; the upload is team/app's.
+        let body = futures_util::stream::iter([Ok::<_, reqwest::Error>(Bytes::from_static(b"x"))]);
+        reg.put_blob("/v2/team/app/blobs/uploads/u1", "sha256:a", Some(1), body)
+            .await
+            .expect("the upload carries team/app's token");
     }
 }
