@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 mod support;
 use support::{demo_config_replicated, runtime, Berth, Registry, MANIFEST_TYPES};
@@ -623,6 +623,66 @@ fn pushes_that_bypass_berth_arrive_by_notification_and_by_reconcile() {
     wait_for("tool in every region, by reconcile", || {
         regs.iter().all(|r| complete(r, "team/tool", "1.0", &tool))
     });
+}
+
+/// A Harbor replica's project webhook ("Default" payload) posted to the notification
+/// endpoint: the push it reports, made straight to eastus, replicates at once. An event
+/// whose operator is the account Berth copies to eastus with is Berth's own copy: ignored.
+/// (Harbor itself is not packaged here; its payload is built as its documentation shows.)
+#[test]
+fn a_harbor_webhook_replicates_the_push_it_reports() {
+    let rt = runtime();
+    let regs = start_registries(&rt, &|_| String::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("robot-password"), "secret").expect("password");
+    let cfg = config(
+        dir.path(),
+        &regs,
+        &[],
+        "[[replication.credential]]\nregion = \"eastus\"\nusername = \"robot$berth\"\npassword_file = \"robot-password\"\n",
+    );
+    let berth = Berth::start(&cfg);
+    let sk = Skopeo::new();
+    let app = image("app-1.0");
+    let straight = format!("127.0.0.1:{}/team/app:1.0", regs[1].port);
+    assert_ok(&sk.push("app-1.0", &straight), "push straight to eastus");
+
+    let payload = |operator: &str| {
+        json!({
+            "type": "PUSH_ARTIFACT",
+            "occur_at": 1_780_000_000,
+            "operator": operator,
+            "event_data": {
+                "resources": [{"digest": app.manifest, "tag": "1.0",
+                               "resource_url": format!("{straight}")}],
+                "repository": {"name": "app", "namespace": "team",
+                               "repo_full_name": "team/app", "repo_type": "private"}
+            }
+        })
+    };
+    let notify = |body: Value| {
+        let mut r = agent()
+            .post(format!(
+                "{}/api/v1/replication/notifications?region=eastus",
+                berth.admin()
+            ))
+            .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+            .send_json(body)
+            .expect("admin API");
+        let status = r.status().as_u16();
+        let v: Value = r.body_mut().read_json().expect("json");
+        (status, v)
+    };
+    assert_eq!(
+        notify(payload("robot$berth")),
+        (200, json!({"accepted": 0}))
+    );
+    assert_eq!(notify(payload("alice")), (200, json!({"accepted": 1})));
+    wait_for("app in every region, by Harbor's webhook", || {
+        regs.iter().all(|r| complete(r, "team/app", "1.0", &app))
+    });
+    let (status, v) = notify(json!({"hello": "world"}));
+    assert_eq!(status, 400, "{v}");
 }
 
 /// Repository and tag filters: only what a rule takes is copied.

@@ -5,11 +5,12 @@
 //! | GET | `/api/v1/replication` | backlog per destination, failures, lag percentiles |
 //! | GET | `/api/v1/replication/{repository}?reference=TAG\|DIGEST` | per-region presence |
 //! | POST | `/api/v1/replication/sync` | start a reconcile pass now |
-//! | POST | `/api/v1/replication/notifications?region=NAME` | docker-registry notification events (token) |
+//! | POST | `/api/v1/replication/notifications?region=NAME` | docker-registry notification events, or a Harbor webhook (token) |
 //!
 //! The notification endpoint is what a registry's `notifications.endpoints` in config.yml
-//! points at, with `headers: {Authorization: [Bearer <admin token>]}`: a push that bypassed
-//! Berth replicates at once instead of at the next reconcile.
+//! points at, with `headers: {Authorization: [Bearer <admin token>]}`, or a Harbor project's
+//! webhook (HTTP, "Default" or "CloudEvents" payload, auth header `Bearer <admin token>`): a
+//! push that bypassed Berth replicates at once instead of at the next reconcile.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -105,15 +106,25 @@ async fn notifications(
             "name the region that sends these events: ?region=NAME (a [[region]] name)",
         );
     };
+    let (pushed, deleted) = if body.get("events").is_some() {
+        (pushes(&body), deletes(&body))
+    } else if let Some(ev) = harbor(&body, r.username_for(&region)) {
+        ev
+    } else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "neither a distribution notification envelope ({\"events\": [...]}) nor a Harbor webhook payload (type PUSH_ARTIFACT / harbor.artifact.pushed ...)",
+        );
+    };
     let mut accepted = 0;
-    for ev in pushes(&body) {
+    for ev in pushed {
         r.pushed(Pushed {
             region: region.clone(),
             ..ev
         });
         accepted += 1;
     }
-    for ev in deletes(&body) {
+    for ev in deleted {
         r.deleted(Pushed {
             region: region.clone(),
             ..ev
@@ -169,6 +180,51 @@ fn deletes(body: &serde_json::Value) -> Vec<Pushed> {
         .collect()
 }
 
+/// The pushes and deletes in a Harbor webhook payload, "Default" (`type` PUSH_ARTIFACT,
+/// `event_data`) or CloudEvents (`type` harbor.artifact.pushed, `data`): one per resource
+/// (artifact digest, and its tag when it has one) of the repository `repo_full_name`. Other
+/// event types (pulls, scans, quotas) carry nothing to copy. Events whose `operator` is the
+/// account Berth copies to this region with (`own`) are Berth's own. `None`: not Harbor's.
+fn harbor(body: &serde_json::Value, own: Option<&str>) -> Option<(Vec<Pushed>, Vec<Pushed>)> {
+    let kind = body.get("type")?.as_str()?;
+    let data = body.get("event_data").or_else(|| body.get("data"))?;
+    let (push, delete) = match kind {
+        "PUSH_ARTIFACT" | "harbor.artifact.pushed" => (true, false),
+        "DELETE_ARTIFACT" | "harbor.artifact.deleted" => (false, true),
+        _ => (false, false),
+    };
+    let operator = body.get("operator").and_then(|o| o.as_str());
+    if !(push || delete) || (own.is_some() && operator == own) {
+        return Some((vec![], vec![]));
+    }
+    let repo = data["repository"]["repo_full_name"].as_str()?.to_string();
+    let events: Vec<Pushed> = data["resources"]
+        .as_array()?
+        .iter()
+        .filter_map(|res| {
+            let digest = res.get("digest")?.as_str()?.to_string();
+            let reference = res
+                .get("tag")
+                .and_then(|t| t.as_str())
+                .filter(|t| !t.is_empty() && !t.contains(':'))
+                .map_or(digest.clone(), String::from);
+            Some(Pushed {
+                repo: repo.clone(),
+                // A delete is of the artifact (its digest), whatever tag it had.
+                reference: if delete { digest.clone() } else { reference },
+                digest: Some(digest),
+                region: String::new(),
+                at_ms: unix_ms(),
+            })
+        })
+        .collect();
+    Some(if push {
+        (events, vec![])
+    } else {
+        (vec![], events)
+    })
+}
+
 /// The manifest pushes in a distribution notification envelope (`{"events": [...]}`):
 /// action `push` with a manifest media type and a repository, not made by Berth itself.
 fn pushes(body: &serde_json::Value) -> Vec<Pushed> {
@@ -194,4 +250,73 @@ fn pushes(body: &serde_json::Value) -> Vec<Pushed> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(events: &[Pushed]) -> Vec<(String, String, Option<String>)> {
+        events
+            .iter()
+            .map(|e| (e.repo.clone(), e.reference.clone(), e.digest.clone()))
+            .collect()
+    }
+
+    /// Harbor's two payload formats, as its documentation shows them: a push with a tag and
+    /// one by digest, a delete, an event with nothing to copy, Berth's own copy, and a body
+    /// that is not Harbor's.
+    #[test]
+    fn harbor_webhooks() {
+        let d = "sha256:954b378c375d852eb3c63ab88978f640b4348b01c1b3456a024a81536dafbbf4";
+        let default = json!({
+            "type": "PUSH_ARTIFACT",
+            "occur_at": 1680501893,
+            "operator": "admin",
+            "event_data": {
+                "resources": [
+                    {"digest": d, "tag": "1.0", "resource_url": "harbor.example/library/app:1.0"},
+                    {"digest": d, "tag": d, "resource_url": "harbor.example/library/app@x"}
+                ],
+                "repository": {"name": "app", "namespace": "library",
+                               "repo_full_name": "library/app", "repo_type": "private"}
+            }
+        });
+        let (pushed, deleted) = harbor(&default, Some("berth")).unwrap();
+        let app = || "library/app".to_string();
+        assert_eq!(
+            refs(&pushed),
+            [
+                (app(), "1.0".to_string(), Some(d.to_string())),
+                (app(), d.to_string(), Some(d.to_string()))
+            ]
+        );
+        assert!(deleted.is_empty());
+
+        let cloud = json!({
+            "specversion": "1.0",
+            "type": "harbor.artifact.deleted",
+            "operator": "admin",
+            "data": {
+                "resources": [{"digest": d, "tag": "1.0"}],
+                "repository": {"repo_full_name": "library/app"}
+            }
+        });
+        let (pushed, deleted) = harbor(&cloud, None).unwrap();
+        assert!(pushed.is_empty());
+        assert_eq!(
+            refs(&deleted),
+            [(app(), d.to_string(), Some(d.to_string()))]
+        );
+
+        let pulled = json!({"type": "PULL_ARTIFACT", "event_data": {}});
+        assert_eq!(
+            harbor(&pulled, None).map(|(p, d)| p.len() + d.len()),
+            Some(0)
+        );
+        let mut own = default.clone();
+        own["operator"] = json!("berth");
+        assert_eq!(harbor(&own, Some("berth")).map(|(p, _)| p.len()), Some(0));
+        assert!(harbor(&json!({"hello": 1}), None).is_none());
+    }
 }

@@ -217,6 +217,15 @@ impl Replication {
         self.panic_next_deletes_write.store(true, Ordering::Relaxed);
     }
 
+    /// The username Berth sends to `region`'s registry, if it has a credential: a Harbor
+    /// webhook names it as the operator of Berth's own copies.
+    pub fn username_for(&self, region: &str) -> Option<&str> {
+        self.credentials
+            .iter()
+            .find(|(r, _, _)| r == region)
+            .map(|(_, u, _)| u.as_str())
+    }
+
     /// Ask for a reconcile pass now.
     pub fn sync(&self) {
         self.sync_now.notify_one();
