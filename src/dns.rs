@@ -599,32 +599,19 @@ fn routed_answer(
     RoutedAnswer { records, scope }
 }
 
-/// The ECS scope of a routed answer, before the cap at the query's source prefix:
-/// - when the answer depends only on where GeoIP puts the client (the usual case), the length
-///   of the GeoIP network that decided: every address in it gets the same answer, so
-///   resolvers may cache it that widely (gdnsd's rule);
-/// - when it also depends on the client key (a tie broken by the rendezvous hash, a weighted
-///   policy, a remembered region other than the fresh choice, a latency-table entry, or a
-///   latency-table entry inside that GeoIP network), at least the routed name's client
-///   prefix, the unit stickiness and hashing work in (and the GeoIP network's length if
-///   that is longer).
+/// The ECS scope of a routed answer, before the cap at the query's source prefix: the
+/// routed name's client prefix (`client_prefix_v4`/`_v6`), or the GeoIP network's length
+/// where that network is smaller. Never the wider GeoIP network alone, although every
+/// address in it gets the same *fresh* answer (gdnsd's rule): Berth remembers each client
+/// key's region, so an answer holds for its client key only. Cached for a whole /16, the
+/// answer one /24 got would reach, from the resolver's cache, another /24 in the middle of
+/// a push on another region, and split it.
 pub(crate) fn routed_scope(
     rn: &crate::config::RoutedName,
     routed: &crate::snapshot::FastRouted,
     client: IpAddr,
 ) -> u8 {
-    let key_prefix = rn.client_prefix(&client);
-    let geo = routed.network_prefix;
-    if routed.keyed {
-        return key_prefix.max(geo);
-    }
-    let wide = ipnet::IpNet::new(client, geo).map(|n| n.trunc());
-    let holds_table_entry = wide.is_ok_and(|w| rn.latency.iter().any(|e| w.contains(&e.network)));
-    if holds_table_entry {
-        key_prefix.max(geo)
-    } else {
-        geo
-    }
+    rn.client_prefix(&client).max(routed.network_prefix)
 }
 
 /// Encode a response, truncating for UDP: drop additional data first, then set TC and drop

@@ -100,15 +100,12 @@ pub struct Routed {
 }
 
 /// What the DNS answers with, from [`Snapshot::route_fast`]: the decision's region and
-/// fail-open verdict, and what the answer depended on (for the ECS scope).
+/// fail-open verdict, and the GeoIP network that placed the client (for the ECS scope).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FastRouted {
     /// The region to answer with; None means NODATA.
     pub region: Option<RegionId>,
     pub fail_open: bool,
-    /// The answer depends on the client key (tie hash, weights, a remembered region that
-    /// differs from the fresh choice, a latency-table entry), not only on `network_prefix`.
-    pub keyed: bool,
     /// Length of the GeoIP network that holds the address (0 without a database): every
     /// address in it has the same location.
     pub network_prefix: u8,
@@ -261,7 +258,6 @@ impl Snapshot {
             return FastRouted {
                 region: r.region,
                 fail_open: r.fail_open,
-                keyed: r.keyed,
                 network_prefix: spot.prefix,
             };
         }
@@ -275,7 +271,6 @@ impl Snapshot {
         FastRouted {
             region: d.region,
             fail_open: d.fail_open,
-            keyed: true,
             network_prefix: spot.prefix,
         }
     }

@@ -77,10 +77,10 @@ fn routed_answers_follow_the_client_subnet_over_udp_and_tcp() {
                 "AA flag missing\n{}",
                 d.raw
             );
-            // The scope says what the answer depended on: the GeoIP network that decided
-            // (demo.csv: the IPv4 cities are /24s, the IPv6 ones /48s), as no tie and no
-            // remembered region other than the fresh choice were involved.
-            let scope = if subnet.contains(':') { 48 } else { 24 };
+            // The scope is the client key's prefix (/24, /56): each client key keeps its own
+            // region, so the answer holds for it alone, however wide the GeoIP network that
+            // placed it (demo.csv: the IPv4 cities are /24s, the IPv6 ones /48s).
+            let scope = if subnet.contains(':') { 56 } else { 24 };
             assert_eq!(
                 d.ecs.as_deref(),
                 Some(format!("{subnet}/{scope}").as_str()),
@@ -668,11 +668,12 @@ fn static_answers_on_the_fast_path_equal_the_general_path() {
 }
 
 /// Exact geography and the ECS scope: the whole ECS address is looked up (a /26 inside a
-/// /24 of another city gets its own city), and the scope is the GeoIP network that decided,
-/// capped at the source prefix, unless the answer depends on the client key (a remembered
-/// region other than the fresh choice, a tie broken by the hash): then the client prefix.
+/// /24 of another city gets its own city), and the scope is the client prefix (/24), or the
+/// GeoIP network where that is smaller, capped at the source prefix. Never a wider GeoIP
+/// network: with the /16 that decided as the scope, a resolver would hand the answer one
+/// /24 got (fresh) to another /24 whose remembered region differs, in the middle of its push.
 #[test]
-fn ecs_scope_is_the_deciding_geoip_network_unless_the_client_key_matters() {
+fn ecs_scope_is_the_client_prefix_or_a_smaller_geoip_network() {
     use berth::dns::{answer_at, Transport};
     use berth::live::Live;
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
@@ -740,17 +741,19 @@ fn ecs_scope_is_the_deciding_geoip_network_unless_the_client_key_matters() {
         ask(&load("tie_band_ms = 5.0"), "198.18.0.0/24"),
         (eastus.clone(), 24)
     );
-    // Amsterdam's /16 decides for all of it: resolvers may cache the answer that widely.
-    assert_eq!(ask(&live, "198.19.5.0/24"), (westeurope.clone(), 16));
-    assert_eq!(ask(&live, "198.19.16.0/20"), (westeurope.clone(), 16));
+    // Amsterdam's /16 places all of it, but each /24 is its own client key: scope /24 (and
+    // a /20 query gets its source /20: the scope never exceeds it).
+    assert_eq!(ask(&live, "198.19.5.0/24"), (westeurope.clone(), 24));
+    assert_eq!(ask(&live, "198.19.16.0/20"), (westeurope.clone(), 20));
 
-    // A client remembered on eastus while westeurope was disabled keeps eastus when it comes
-    // back: that answer is the client's own, scope /24 (the client prefix).
+    // A client given eastus while westeurope was disabled keeps eastus when it comes back,
+    // while a new client of the same /16 gets westeurope: each answer is scoped to its own
+    // /24, so a resolver caching both never gives the first client the second's answer.
     live.set_enabled("westeurope", false).expect("flag");
-    assert_eq!(ask(&live, "198.19.7.0/24"), (eastus.clone(), 16));
-    live.set_enabled("westeurope", true).expect("flag");
     assert_eq!(ask(&live, "198.19.7.0/24"), (eastus.clone(), 24));
-    assert_eq!(ask(&live, "198.19.8.0/24"), (westeurope.clone(), 16));
+    live.set_enabled("westeurope", true).expect("flag");
+    assert_eq!(ask(&live, "198.19.8.0/24"), (westeurope.clone(), 24));
+    assert_eq!(ask(&live, "198.19.7.0/24"), (eastus.clone(), 24));
 
     // Every region tied: the rendezvous hash of the client key decides, scope /24; and a
     // /26 network longer than the client prefix still keeps its own length.

@@ -49,10 +49,6 @@ pub struct Ranked {
     pub region: Option<RegionId>,
     /// No enabled region was healthy, so health was ignored.
     pub fail_open: bool,
-    /// The answer depends on the client key, not only on the GeoIP network: a tie broken by
-    /// the rendezvous hash, a weighted score, or a remembered region other than the one the
-    /// client would get afresh.
-    pub keyed: bool,
 }
 
 impl Rankings {
@@ -209,7 +205,6 @@ pub fn decide_ranked(
         return Some(Ranked {
             region: None,
             fail_open,
-            keyed: false,
         });
     }
     let in_pool = |id: RegionId| match eligibility(id) {
@@ -217,23 +212,20 @@ pub fn decide_ranked(
         Eligibility::Unhealthy => fail_open,
         Eligibility::Disabled => false,
     };
-    let (fresh, keyed) = match &name.policy {
-        Policy::Weighted { weights } => (weighted(config, name, weights, key, &in_pool), true),
+    let fresh = match &name.policy {
+        Policy::Weighted { weights } => weighted(config, name, weights, key, &in_pool),
         _ => ranked_pick(config, name, ranking, location, key, &in_pool),
     };
     let sticky =
         sticky.filter(|s| name.regions.contains(s) && eligibility(*s) == Eligibility::Eligible);
-    let region = sticky.or(fresh);
     Some(Ranked {
-        region,
+        region: sticky.or(fresh),
         fail_open,
-        keyed: keyed || (sticky.is_some() && sticky != fresh),
     })
 }
 
 /// The first pooled entry of the ranking row; for performance with a location, the tie band
-/// from it and the rendezvous hash among the tied, as `pick` does. Also says whether the hash
-/// decided (more than one tied).
+/// from it and the rendezvous hash among the tied, as `pick` does.
 fn ranked_pick(
     config: &Config,
     name: &RoutedName,
@@ -241,7 +233,7 @@ fn ranked_pick(
     location: Option<u32>,
     key: &ClientKey,
     in_pool: &dyn Fn(RegionId) -> bool,
-) -> (Option<RegionId>, bool) {
+) -> Option<RegionId> {
     let (order, ms) = ranking.row(location);
     let mut best: Option<(f64, u64, usize)> = None;
     let mut tied = 0usize;
@@ -259,7 +251,7 @@ fn ranked_pick(
         let Some((best_ms, best_hash, best_idx)) = best else {
             if m.is_nan() {
                 // A ranked policy (or no location): the first pooled entry wins outright.
-                return (Some(id), false);
+                return Some(id);
             }
             best = Some((m, 0, idx));
             tied = 1;
@@ -279,10 +271,7 @@ fn ranked_pick(
             (best_ms, first_hash, best_idx)
         });
     }
-    match best {
-        Some((_, _, idx)) => (Some(name.regions[idx]), tied > 1),
-        None => (None, false),
-    }
+    best.map(|(_, _, idx)| name.regions[idx])
 }
 
 /// The weighted policy's pick, as `estimate` and `pick` make it.
