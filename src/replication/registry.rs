@@ -736,7 +736,8 @@ mod tests {
     /// once it has every byte, fails it after the stall time.
     #[tokio::test]
     async fn a_blob_upload_fails_only_when_its_bytes_stop_moving() {
-        let stall = Duration::from_secs(1);
+        // Margins for a loaded CI machine: a chunk every 100 ms against a 2 s stall time.
+        let stall = Duration::from_secs(2);
         let http = Registry::client_stalling_after(None, stall).unwrap();
         let put = |base: String, body| {
             let reg = Registry::new("eastus", &base, None, http.clone());
@@ -744,31 +745,31 @@ mod tests {
                 reg.put_blob(
                     "/v2/team/app/blobs/uploads/u1",
                     "sha256:a",
-                    Some(25 * 1024),
+                    Some(40 * 1024),
                     body,
                 )
                 .await
             }
         };
         let every = Duration::from_millis(100);
-        let long = chunks(25, every, usize::MAX, every);
+        let long = chunks(40, every, usize::MAX, every);
         let started = Instant::now();
         put(blob_sink(true).await, long)
             .await
-            .expect("a 2.5 s upload that moves");
-        assert!(started.elapsed() > stall * 2);
+            .expect("a 4 s upload that moves");
+        assert!(started.elapsed() > stall * 3 / 2);
 
-        let stalled = chunks(25, every, 5, stall * 3);
+        let stalled = chunks(40, every, 5, stall * 3);
         let e = put(blob_sink(true).await, stalled)
             .await
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("eastus: PUT blob sha256:a: no bytes moved for 1 s"),
+            e.contains("eastus: PUT blob sha256:a: no bytes moved for 2 s"),
             "{e}"
         );
 
-        let unanswered = chunks(25, Duration::from_millis(10), usize::MAX, every);
+        let unanswered = chunks(40, Duration::from_millis(10), usize::MAX, every);
         let e = put(blob_sink(false).await, unanswered)
             .await
             .unwrap_err()
