@@ -262,31 +262,9 @@ async fn run_job(snap: Arc<Snapshot>, r: Arc<Replication>, job: Job) {
         find(&job.dest).and_then(|g| r.registry(g)),
     ) {
         (Some(src), Some(dst)) => (src, dst),
-        // The destination left the config (a reload, or a restart with another config):
-        // nothing to copy there any more. The status says why the job ended.
-        _ if find(&job.dest).is_none() => {
-            let why = format!(
-                "region {} is no longer in the config; job dropped",
-                job.dest
-            );
-            tracing::info!(repo = %job.repo, digest = %job.digest, region = %job.dest, "replication job dropped: its region is no longer in the config");
-            r.status()
-                .attempt_failed(&job.repo, &job.digest, &job.dest, job.attempts, &why, true);
-            r.queue().finish(job.id);
-            save(cfg, &r);
-            r.wake.notify_one();
-            return;
-        }
-        // No client for one side (no upstream, or its CA file failed: logged when the
-        // client was built): a failed attempt with that reason; a retry may take another
-        // source that holds the image.
         (src, _) => {
-            let (region, side) = match src {
-                None => (&source, "source"),
-                Some(_) => (&job.dest, "destination"),
-            };
-            let why = format!("{side} region {region} has no usable registry client (no upstream, or its CA file failed: see the error logged for it)");
-            failed(cfg, &r, &job, &why);
+            let dest_gone = find(&job.dest).is_none();
+            without_client(cfg, &r, &job, &source, src.is_none(), dest_gone);
             save(cfg, &r);
             r.wake.notify_one();
             return;
@@ -323,6 +301,38 @@ async fn run_job(snap: Arc<Snapshot>, r: Arc<Replication>, job: Job) {
     }
     save(cfg, &r);
     r.wake.notify_one();
+}
+
+/// A job one of whose regions has no registry client. The destination left the config (a
+/// reload, or a restart with another config): nothing to copy there any more, the job ends
+/// and the status says why. Otherwise (no upstream, or its CA file failed: logged when the
+/// client was built) a failed attempt with that reason; a retry may take another source.
+fn without_client(
+    cfg: &ReplicationConfig,
+    r: &Replication,
+    job: &Job,
+    source: &str,
+    source_missing: bool,
+    dest_gone: bool,
+) {
+    if dest_gone {
+        let why = format!(
+            "region {} is no longer in the config; job dropped",
+            job.dest
+        );
+        tracing::info!(repo = %job.repo, digest = %job.digest, region = %job.dest, "replication job dropped: its region is no longer in the config");
+        r.status()
+            .attempt_failed(&job.repo, &job.digest, &job.dest, job.attempts, &why, true);
+        r.queue().finish(job.id);
+        return;
+    }
+    let (side, region) = if source_missing {
+        ("source", source)
+    } else {
+        ("destination", job.dest.as_str())
+    };
+    let why = format!("{side} region {region} has no usable registry client (no upstream, or its CA file failed: see the error logged for it)");
+    failed(cfg, r, job, &why);
 }
 
 /// A propagated delete: DELETE at the destination (absent already counts as done).
