@@ -80,11 +80,22 @@ upstream = "http://127.0.0.1:{5100 + i}"
 probe = {{ interval = "1s", timeout = "500ms", fall = 2, rise = 2 }}
 
 """
+    names = ", ".join(f'"{r}"' for r in regions)
     t += f"""[[routed_name]]
 name = "registry.example.test"
 policy = "performance"
 ttl = 30
-regions = [{", ".join(f'"{r}"' for r in regions)}]
+regions = [{names}]
+
+# Every push copied to every region of the config in force (a region the reload drops takes
+# its waiting jobs with it: they end failed, and the reconcile after it is back re-plans them).
+[replication]
+reconcile_every = "20s"
+retry = {{ max = 4, initial = "1s", max_delay = "5s" }}
+
+[[replication.rule]]
+name = "all"
+to = [{names}]
 """
     return t
 
@@ -170,6 +181,24 @@ def http(method, url, body=None):
         return e.code, e.read().decode(errors="replace")
 
 
+# How long replication may take after the storm to bring every pushed image to every region.
+CATCH_UP = 300
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json, "
+                  "application/vnd.docker.distribution.manifest.v2+json")
+
+
+def holds(replica, tag):
+    """Whether replica number `replica` (127.0.0.1:5100+n, straight, not through Berth) has
+    soak/app:tag."""
+    req = urllib.request.Request(f"http://127.0.0.1:{5100 + replica}/v2/soak/app/manifests/{tag}",
+                                 method="HEAD", headers={"Accept": MANIFEST_TYPES})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -226,7 +255,7 @@ def main():
         stdout=open(f"{work}/dnsperf.out", "w"), stderr=subprocess.STDOUT)
 
     stop = threading.Event()
-    pushes = {"ok": 0, "failed": [], "pulls_ok": 0}
+    pushes = {"ok": 0, "failed": [], "pulls_ok": 0, "tags": []}
 
     def push_pull():
         n = 0
@@ -244,6 +273,7 @@ def main():
                                          (r.stderr.strip().splitlines() or ["?"])[-1][:300]))
                 continue
             pushes["ok"] += 1
+            pushes["tags"].append(str(n))
             out = f"{work}/pulled-{n % 2}"
             subprocess.run(["rm", "-rf", out])
             r = subprocess.run(sk + ["copy", "--src-tls-verify=false", f"docker://{dest}",
@@ -331,6 +361,26 @@ def main():
     for t in threads:
         t.join()
     dnsperf.wait()
+    # Nothing lost: with every region back in the config, every replica running and a
+    # reconcile asked for, every image pushed during the storm must reach every region.
+    missing, caught_up = [], None
+    if alive:
+        with open(cfg + ".new", "w") as f:
+            f.write(config_text(ports, CONFIGS[0], a.root))
+        os.replace(cfg + ".new", cfg)
+        http("POST", f"{admin}/api/v1/reload")
+        http("POST", f"{admin}/api/v1/replication/sync")
+        t0 = last_sync = time.time()
+        while True:
+            missing = [(tag, r) for tag in pushes["tags"] for r in CONFIGS[0]
+                       if not holds(REGIONS[r][3], tag)]
+            if not missing or time.time() - t0 > CATCH_UP:
+                break
+            if time.time() - last_sync > 30:
+                http("POST", f"{admin}/api/v1/replication/sync")
+                last_sync = time.time()
+            time.sleep(1)
+        caught_up = time.time() - t0
     metrics = ""
     if alive:
         with urllib.request.urlopen(f"{admin}/metrics", timeout=5) as r:
@@ -363,14 +413,23 @@ def main():
     print(f"| resident memory start / end / peak (MiB) | {rss_start/1024:.1f} / {rss_end/1024:.1f} / {rss_peak/1024:.1f} |")
     print(f"| pushes ok / pulls ok / failures | {pushes['ok']} / {pushes['pulls_ok']} / {len(pushes['failed'])} |")
     print(f"| replica restarts | {len(restarts)}: {', '.join(f'{t} {r}' for t, r in restarts)} |")
+    held = len(pushes["tags"]) * len(CONFIGS[0]) - len(missing)
+    when = f"after {caught_up:.0f} s" if caught_up is not None else "not checked"
+    print(f"| **pushed images in every region after the storm** (tag x region, straight from each replica) | **{held} of {len(pushes['tags']) * len(CONFIGS[0])}**, {when} |")
+    repl = [l for l in metrics.splitlines()
+            if l.startswith(("berth_replication_jobs", "berth_replication_job_retries",
+                             "berth_replication_queue_jobs", "berth_replication_copied"))]
+    print(f"| replication metrics at the end | {'; '.join(repl[:12]) or 'n/a'} |")
     for f in pushes["failed"]:
         print(f"\n- {f[1]} failed at {f[0]}: {f[2]}")
     for r in reload_fail[:10]:
         print(f"\n- reload/flag problem at tick {r[0]}: {r[1]} {r[2]}")
+    for tag, r in missing[:20]:
+        print(f"\n- soak/app:{tag} missing in {r} after {CATCH_UP} s")
     for w in wrong[:20]:
         print(f"\n- wrong answer at tick {w[0]}: {w[1]} over {w[2]}: rcode {w[3]}, {w[4]}, allowed {w[5]}")
     print(f"\n(work directory: {work})")
-    sys.exit(1 if wrong or panics or not alive else 0)
+    sys.exit(1 if wrong or panics or missing or not alive else 0)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,15 @@
 # - a checker: every second, queries from six cities over UDP and TCP; an answer is wrong if
 #   it names a region the serving config lacks or the operator disabled, or is not NOERROR;
 # - pushes and pulls with skopeo through Berth's proxy, one after the other;
-# - a replica killed and restarted every 45 s (round robin), while all of that goes on.
+# - a replica killed and restarted every 45 s (round robin), while all of that goes on;
+# - replication of every push to every region of the config in force (reconcile every 20 s),
+#   and at the end, with all regions back: every image pushed must be in every replica
+#   (asked straight, not through Berth) within 5 minutes.
 #
 # Prints a report (Markdown) with: wrong answers, panics in Berth's log, dnsperf's lost
 # queries, resident memory at start / end / peak, pushes and pulls ok / failed with each
-# failure's reason. Exit 1 when a wrong answer or a panic was seen.
+# failure's reason, images missing from a region after the catch-up. Exit 1 when a wrong
+# answer, a panic or a missing image was seen.
 #
 # Needs: dnsperf, skopeo, umoci, docker-registry, curl, python3 (scripts/setup --test) and the
 # shared test bed (../shared/testbed beside the checkout).
