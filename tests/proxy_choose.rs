@@ -7,7 +7,7 @@ use std::path::Path;
 
 use berth::config::Config;
 use berth::expiring::Millis;
-use berth::proxy::choose::{choose, Choice, Facts};
+use berth::proxy::choose::{choose, held_elsewhere, Choice, Facts};
 use berth::proxy::{oci, token::Signer};
 use berth::routing::RegionState;
 use berth::snapshot::Snapshot;
@@ -150,27 +150,7 @@ fn render(snap: &Snapshot, c: &Choice) -> String {
 /// Choose for every row. `states` has one letter per region in file order: u = up,
 /// d = down (unhealthy), x = disabled (healthy, draining), o = disabled and down.
 fn check(states: &str, rows: Vec<Row>, expect: Expect) {
-    let cfg = Config::parse(
-        CONFIG,
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("test.toml"),
-    )
-    .expect("test config is valid");
-    let states: Vec<RegionState> = states
-        .chars()
-        .map(|c| {
-            let (enabled, healthy) = match c {
-                'u' => (true, true),
-                'd' => (true, false),
-                'x' => (false, true),
-                'o' => (false, false),
-                _ => panic!("state letters are u, d, x, o"),
-            };
-            RegionState { enabled, healthy }
-        })
-        .collect();
-    let snap = Snapshot::load(cfg, 0)
-        .expect("test snapshot loads")
-        .with_states(states);
+    let snap = snapshot(states);
     let rn = &snap.config.routed_names[0];
     let signer = Signer::new(SECRET);
     let mut out = String::new();
@@ -194,6 +174,69 @@ fn check(states: &str, rows: Vec<Row>, expect: Expect) {
         out.push_str(&format!("{:<28} {}\n", r.label, render(&snap, &choice)));
     }
     expect.assert_eq(&out);
+}
+
+/// The test config's snapshot with `states` (see [`check`]).
+fn snapshot(states: &str) -> Snapshot {
+    let cfg = Config::parse(
+        CONFIG,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("test.toml"),
+    )
+    .expect("test config is valid");
+    let states: Vec<RegionState> = states
+        .chars()
+        .map(|c| {
+            let (enabled, healthy) = match c {
+                'u' => (true, true),
+                'd' => (true, false),
+                'x' => (false, true),
+                'o' => (false, false),
+                _ => panic!("state letters are u, d, x, o"),
+            };
+            RegionState { enabled, healthy }
+        })
+        .collect();
+    Snapshot::load(cfg, 0)
+        .expect("test snapshot loads")
+        .with_states(states)
+}
+
+/// A read that every region it tried answered with 404: when a holder gave no answer or is
+/// down, the content exists and Berth says so with a 503 the client may retry.
+#[test]
+fn a_read_that_met_only_404s_while_its_holder_was_away_is_unavailable() {
+    // westus and eastus up, westeurope down, southeastasia disabled (healthy).
+    let snap = snapshot("uudx");
+    type Case = (&'static str, &'static [usize], &'static [(usize, u16)]);
+    let cases: [Case; 6] = [
+        ("holder gave no answer", &[0], &[(0, 0)]),
+        ("holder said 404 itself", &[0], &[(0, 404)]),
+        ("holder down, not tried", &[2], &[]),
+        ("holder only disabled", &[3], &[]),
+        ("a non-holder gave none", &[1], &[(0, 0)]),
+        ("two holders away", &[0, 2], &[(0, 0), (1, 404)]),
+    ];
+    let mut out = String::new();
+    for (label, holders, earlier) in cases {
+        let verdict = match held_elsewhere(&snap, holders, earlier) {
+            None => "404 kept".to_string(),
+            Some(r) => format!(
+                "{} {}: {}",
+                r.status,
+                r.code,
+                r.detail.as_deref().unwrap_or("-")
+            ),
+        };
+        out.push_str(&format!("{label:<24} {verdict}\n"));
+    }
+    expect![[r#"
+        holder gave no answer    503 UNAVAILABLE: held by westus, which did not answer or is down; the regions that answered do not have it yet: try again
+        holder said 404 itself   404 kept
+        holder down, not tried   503 UNAVAILABLE: held by westeurope, which did not answer or is down; the regions that answered do not have it yet: try again
+        holder only disabled     404 kept
+        a non-holder gave none   404 kept
+        two holders away         503 UNAVAILABLE: held by westus, westeurope, which did not answer or is down; the regions that answered do not have it yet: try again
+    "#]].assert_eq(&out);
 }
 
 #[test]

@@ -355,6 +355,49 @@ fn proxy(b: &Berth) -> String {
     p.to_string()
 }
 
+/// Four replicas, the demo config on them (replication to all four), and Berth serving it.
+struct Started {
+    rt: tokio::runtime::Runtime,
+    regs: Vec<Registry>,
+    /// Holds the config and Berth's state files.
+    _dir: tempfile::TempDir,
+    cfg: PathBuf,
+    berth: Berth,
+    /// The proxy's address, once it serves.
+    proxy_at: String,
+}
+
+fn started() -> Started {
+    let rt = runtime();
+    let regs = start_registries(&rt, &|_| String::new());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), &regs, &[], "");
+    let berth = Berth::start(&cfg);
+    let proxy_at = proxy(&berth);
+    Started {
+        rt,
+        regs,
+        _dir: dir,
+        cfg,
+        berth,
+        proxy_at,
+    }
+}
+
+/// The region the routing core gives loopback clients, and its index in [`REGIONS`].
+fn nearest(berth: &Berth) -> (String, usize) {
+    let (_, route) = admin_json(berth, "/api/v1/route?client=127.0.0.1");
+    let name = route["region"]
+        .as_str()
+        .expect("a region for loopback")
+        .to_string();
+    let n = REGIONS
+        .iter()
+        .position(|r| *r == name)
+        .expect("demo region");
+    (name, n)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tests.
 
@@ -450,12 +493,14 @@ fn a_push_through_berth_reaches_every_region() {
 /// middle: the persisted queue brings the job back (reconcile is an hour away).
 #[test]
 fn a_stopped_destination_catches_up_and_a_restart_loses_no_job() {
-    let rt = runtime();
-    let mut regs = start_registries(&rt, &|_| String::new());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), &regs, &[], "");
-    let mut berth = Berth::start(&cfg);
-    let proxy_at = proxy(&berth);
+    let Started {
+        rt,
+        mut regs,
+        _dir,
+        cfg,
+        mut berth,
+        proxy_at,
+    } = started();
     let sk = Skopeo::new();
     let app = image("app-1.0");
     let tool = image("tool-1.0");
@@ -513,12 +558,14 @@ fn a_stopped_destination_catches_up_and_a_restart_loses_no_job() {
 /// says why (it used to leave the queue without a word, pending with its last copy error).
 #[test]
 fn a_job_for_a_region_the_config_drops_ends_with_its_reason() {
-    let rt = runtime();
-    let mut regs = start_registries(&rt, &|_| String::new());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), &regs, &[], "");
-    let berth = Berth::start(&cfg);
-    let proxy_at = proxy(&berth);
+    let Started {
+        rt: _rt,
+        mut regs,
+        _dir,
+        cfg,
+        berth,
+        proxy_at,
+    } = started();
     let sk = Skopeo::new();
     let app = image("app-1.0");
     regs[3].stop();
@@ -828,15 +875,7 @@ fn a_pull_goes_straight_to_a_region_that_has_the_image() {
     let cfg = config(dir.path(), &regs, &[], "");
     let berth = Berth::start(&cfg);
     let proxy_at = proxy(&berth);
-    let (_, route) = admin_json(&berth, "/api/v1/route?client=127.0.0.1");
-    let nearest = route["region"]
-        .as_str()
-        .expect("a region for loopback")
-        .to_string();
-    let n = REGIONS
-        .iter()
-        .position(|r| *r == nearest)
-        .expect("demo region");
+    let (nearest, n) = nearest(&berth);
     let others: Vec<String> = REGIONS
         .iter()
         .filter(|r| **r != nearest)
@@ -889,6 +928,80 @@ fn a_pull_goes_straight_to_a_region_that_has_the_image() {
         })
         .sum();
     assert!(served >= 1, "a holder served the manifest");
+}
+
+/// A pull of an image that only a region that is down holds: every region that answers lacks
+/// it (replication has not reached them), so Berth answers 503 UNAVAILABLE, which clients may
+/// retry, not the last region's 404 MANIFEST_UNKNOWN, which says the image does not exist.
+/// The soak met this: a replica killed just after a push through it.
+#[test]
+fn a_pull_whose_only_holder_is_down_is_unavailable_not_unknown() {
+    let Started {
+        rt,
+        mut regs,
+        _dir,
+        cfg: _,
+        berth,
+        proxy_at,
+    } = started();
+    let port: u16 = proxy_at
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("proxy port");
+    let (nearest, n) = nearest(&berth);
+    // The push lands in the nearest region; the others are down, so it stays there alone.
+    for (i, r) in regs.iter_mut().enumerate() {
+        if i != n {
+            r.stop();
+        }
+    }
+    let sk = Skopeo::new();
+    let app = image("app-1.0");
+    assert_ok(
+        &sk.push("app-1.0", &format!("{proxy_at}/team/app:1.0")),
+        "push through Berth",
+    );
+    assert!(complete(&regs[n], "team/app", "1.0", &app));
+    wait_for("replication to know where it is", || {
+        let (_, v) = admin_json(&berth, "/api/v1/replication/team/app?reference=1.0");
+        v["regions"][&nearest]["state"] == "present"
+    });
+    // Its region goes away before replication could copy it; the others come back.
+    regs[n].stop();
+    for (i, r) in regs.iter_mut().enumerate() {
+        if i != n {
+            rt.block_on(r.start());
+        }
+    }
+    let manifest = "/v2/team/app/manifests/1.0";
+    let mut resp = agent()
+        .get(format!("http://{proxy_at}{manifest}"))
+        .header("Accept", MANIFEST_TYPES)
+        .call()
+        .expect("an answer");
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().expect("body");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("UNAVAILABLE") && body.contains(&format!("held by {nearest}")),
+        "{body}"
+    );
+    assert_eq!(head_with(port, manifest, None), 503);
+    // What no region is known to hold is still unknown.
+    assert_eq!(head_with(port, "/v2/team/app/manifests/2.0", None), 404);
+
+    rt.block_on(regs[n].start());
+    wait_for("the pull to work again", || {
+        head_with(port, manifest, None) == 200
+    });
+    let pulled = sk
+        .pull(&format!("{proxy_at}/team/app:1.0"))
+        .expect("pull through Berth");
+    assert_eq!(pulled, app.manifest);
+    wait_for("replication to catch up", || {
+        regs.iter().all(|r| complete(r, "team/app", "1.0", &app))
+    });
 }
 
 /// A webhook receiver on loopback: records each request's body; answers 500 to the first

@@ -20,6 +20,9 @@
 //!   usable holder instead (the routing core's order with the other regions left out), so a
 //!   pull right after a push elsewhere does not find a 404 first. Content replication has
 //!   not seen keeps the 404 fallback.
+//! - A read that every region it could try answered with 404, while a holder gave no answer
+//!   or is down, gets 503 UNAVAILABLE ([`held_elsewhere`]): the content exists, and a 404
+//!   would tell the client (and its retry logic) that it does not.
 
 use std::net::IpAddr;
 
@@ -94,6 +97,8 @@ pub struct Choice {
     pub region: Result<RegionId, Refusal>,
     /// How many other regions a 404 read may still be retried on.
     pub read_fallback: usize,
+    /// A read that may miss because replication lags (see [`held_elsewhere`]).
+    pub read: bool,
 }
 
 /// The routed name the proxy serves, if the config has it.
@@ -139,7 +144,39 @@ pub fn choose(snap: &Snapshot, rn: &RoutedName, facts: &Facts, now: Millis) -> C
         binding,
         region,
         read_fallback,
+        read,
     }
+}
+
+/// What a read answers when the last region it tried said 404, after the `earlier` attempts
+/// (region, status; 0: no answer): a 503 when a region replication knows to hold the content
+/// (`holders`) gave no answer in this request or is down; None keeps the 404. A holder that
+/// is only disabled is not counted: the operator took it out of routing, and it did answer.
+pub fn held_elsewhere(
+    snap: &Snapshot,
+    holders: &[RegionId],
+    earlier: &[(RegionId, u16)],
+) -> Option<Refusal> {
+    let away: Vec<&str> = holders
+        .iter()
+        .filter(|&&h| {
+            earlier.iter().any(|&(r, st)| r == h && st == 0)
+                || snap.states.get(h).is_some_and(|s| !s.healthy)
+        })
+        .map(|&h| snap.config.regions[h].name.as_str())
+        .collect();
+    if away.is_empty() {
+        return None;
+    }
+    Some(refusal_of(
+        503,
+        "UNAVAILABLE",
+        "the content is in a region that cannot be reached now",
+        Some(format!(
+            "held by {}, which did not answer or is down; the regions that answered do not have it yet: try again",
+            away.join(", ")
+        )),
+    ))
 }
 
 /// The routing core's pick among `holders` (the other regions left out), if one is usable.

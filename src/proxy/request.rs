@@ -104,6 +104,8 @@ pub(super) struct Ctx {
     pub fallback_left: usize,
     /// A 404 read was retried elsewhere.
     pub fell_back: bool,
+    /// For a read: the regions replication knows hold its content (empty: not known).
+    pub holders: Vec<RegionId>,
     /// `http` or `https`, and `host[:port]`, as the client sees us.
     pub proto: String,
     pub public_host: String,
@@ -162,6 +164,7 @@ impl Ctx {
             failover: false,
             fallback_left: 0,
             fell_back: false,
+            holders: Vec::new(),
             proto: String::new(),
             public_host: String::new(),
             upstream_authority: String::new(),

@@ -26,7 +26,9 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use super::choose::{choose, next_region, refusal_of, routed, Binding, Facts, Refusal};
+use super::choose::{
+    choose, held_elsewhere, next_region, refusal_of, routed, Binding, Facts, Refusal,
+};
 use super::oci::{self, Route};
 use super::request::{
     is_timeout, passive_failure, passive_success, peer_for, respond, set_forwarding, Ctx, Kind,
@@ -155,6 +157,9 @@ impl BerthProxy {
         let choice = choose(snap, rn, &facts, now);
         ctx.binding = choice.binding;
         ctx.fallback_left = choice.read_fallback;
+        if choice.read {
+            ctx.holders = holders.unwrap_or_default();
+        }
         let id = match choice.region {
             Ok(id) => id,
             Err(r) => {
@@ -293,6 +298,17 @@ impl ProxyHttp for BerthProxy {
             }
         }
         let id = ctx.region.expect("a peer was chosen");
+        if status == 404 && !ctx.holders.is_empty() {
+            if let Some(r) = held_elsewhere(&snap, &ctx.holders, &ctx.earlier) {
+                // This region's 404 is an attempt like the earlier ones; Berth answers.
+                ctx.earlier.push((id, status));
+                ctx.refusal = Some(r);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "the content's holder cannot be reached",
+                ));
+            }
+        }
         passive_success(&self.shared, &snap, id);
         if ctx.fell_back && resp.status.is_success() {
             if let Some(c) = snap.counters.region(id) {
