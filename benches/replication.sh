@@ -10,8 +10,10 @@
 #   3. memory: Berth's RSS sampled every 50 ms while one BIG_MIB MiB blob of random bytes
 #      replicates to one destination (streamed: RSS must stay flat); the script checks that
 #      the destination did not hold it before and that Berth streamed all of its bytes.
+#   4. reconcile: one image under RECONCILE_TAGS (1000) tags in all four replicas; how long a
+#      sync pass takes that finds nothing to copy (Berth's "reconcile: pass done" log line).
 #
-# usage: benches/replication.sh                     env: ROUNDS=3 LAG_N=20 BIG_MIB=1024 PHASES="1 2 3"
+# usage: benches/replication.sh        env: ROUNDS=3 LAG_N=20 BIG_MIB=1024 RECONCILE_TAGS=1000 PHASES="1 2 3 4"
 #   BERTH_BIN=path   use this berth binary instead of `cargo build --release`
 # Needs: docker-registry skopeo umoci jq curl python3. 127.0.0.1 only; temp files removed.
 set -euo pipefail
@@ -21,7 +23,7 @@ TESTBED=$REPO/../shared/testbed
 ROUNDS=${ROUNDS:-3}
 LAG_N=${LAG_N:-20}
 BIG_MIB=${BIG_MIB:-1024}
-PHASES=${PHASES:-"1 2 3"}
+PHASES=${PHASES:-"1 2 3 4"}
 has_phase() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 TOKEN=bench-token-0123456789
 die() { echo "replication-bench: error: $*" >&2; exit 1; }
@@ -284,4 +286,45 @@ printf 'memory: %d MiB blob (random, %d bytes streamed) replicated in %.1f s; be
   "$BIG_MIB" "$COPIED" "$(awk "BEGIN {print $t1 - $t0}")" "$BEFORE" "$MAX" "$((MAX - BEFORE))" "$SAMPLES"
 kill "$BERTH_PID"; wait "$BERTH_PID" 2>/dev/null || true
 rm -rf "$WORK"/big-*/storage
+fi
+
+# 4. Reconcile: one image under RECONCILE_TAGS tags, already in all four replicas; the length
+#    of a sync pass that finds nothing to copy (list, then every tag's digest in every
+#    region), from Berth's "reconcile: pass done" log line, ROUNDS passes, the median.
+if has_phase 4; then
+IMG_LAYOUT=$WORK/l4 OCI_TESTBED_DIR=$WORK/tb4 bash "$TESTBED/make-images.sh" >/dev/null
+R4=()
+for i in 0 1 2 3; do start_registry "rec-$i"; R4+=("$REG_PORT"); done
+for p in "${R4[@]}"; do
+  sk copy --dest-tls-verify=false "oci:$WORK/l4:app-1.0" "docker://127.0.0.1:$p/many/app:0" >/dev/null
+done
+# The same manifest under every tag, in every replica (kept-alive PUTs: seconds, not minutes).
+python3 - "${RECONCILE_TAGS:=1000}" "${R4[@]}" <<'PY'
+import http.client, sys
+n, ports = int(sys.argv[1]), sys.argv[2:]
+mt = "application/vnd.oci.image.manifest.v1+json"
+for port in ports:
+    c = http.client.HTTPConnection("127.0.0.1", int(port))
+    c.request("GET", "/v2/many/app/manifests/0", headers={"Accept": mt})
+    r = c.getresponse(); body = r.read()
+    assert r.status == 200, r.status
+    for i in range(1, n):
+        c.request("PUT", f"/v2/many/app/manifests/{i}", body=body, headers={"Content-Type": mt})
+        r = c.getresponse(); r.read()
+        assert r.status == 201, (port, i, r.status)
+PY
+start_berth "$WORK/berth-rec" "${R4[@]}"
+PASSES=()
+for round in $(seq "$ROUNDS"); do
+  before=$(grep -c "reconcile: pass done" "$WORK/berth-rec/log" || true)
+  curl -fs -X POST -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$ADMIN/api/v1/replication/sync" >/dev/null
+  until [ "$(grep -c "reconcile: pass done" "$WORK/berth-rec/log" || true)" -gt "$before" ]; do sleep 0.1; done
+  line=$(grep "reconcile: pass done" "$WORK/berth-rec/log" | tail -1)
+  grep -q "jobs=0" <<<"$line" || die "the pass planned copies: $line"
+  PASSES+=("$(grep -o 'ms=[0-9]*' <<<"$line" | cut -d= -f2)")
+  log "reconcile round $round: $(grep -o 'tags=[0-9]*' <<<"$line"), ${PASSES[-1]} ms"
+done
+printf 'reconcile: %d tags in 4 regions, nothing to copy; pass median %s ms over %d passes\n' \
+  "$RECONCILE_TAGS" "$(printf '%s\n' "${PASSES[@]}" | median)" "$ROUNDS"
+kill "$BERTH_PID"; wait "$BERTH_PID" 2>/dev/null || true
 fi
