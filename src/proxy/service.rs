@@ -298,9 +298,11 @@ impl ProxyHttp for BerthProxy {
             }
         }
         let id = ctx.region.expect("a peer was chosen");
+        passive_success(&self.shared, &snap, id);
         if status == 404 && !ctx.holders.is_empty() {
             if let Some(r) = held_elsewhere(&snap, &ctx.holders, &ctx.earlier) {
-                // This region's 404 is an attempt like the earlier ones; Berth answers.
+                // This region answered (its 404 is an attempt like the earlier ones), but
+                // Berth answers the client.
                 ctx.earlier.push((id, status));
                 ctx.refusal = Some(r);
                 return Err(Error::explain(
@@ -309,7 +311,6 @@ impl ProxyHttp for BerthProxy {
                 ));
             }
         }
-        passive_success(&self.shared, &snap, id);
         if ctx.fell_back && resp.status.is_success() {
             if let Some(c) = snap.counters.region(id) {
                 c.proxy.fallbacks.fetch_add(1, Ordering::Relaxed);
