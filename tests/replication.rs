@@ -334,6 +334,20 @@ fn wait_for(what: &str, check: impl FnMut() -> bool) {
     support::wait_until(what, DEADLINE, check);
 }
 
+/// [`wait_for`] something replication must do: a timeout's message carries what replication
+/// says (queue, regions, failures) and the image's status, so a failure in CI names its cause.
+fn wait_replicated(b: &Berth, what: &str, image: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !check() {
+        if std::time::Instant::now() > deadline {
+            let (_, overview) = admin_json(b, "/api/v1/replication");
+            let (_, status) = admin_json(b, &format!("/api/v1/replication/{image}"));
+            panic!("timed out waiting for {what}\nreplication: {overview}\n{image}: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn admin_json(b: &Berth, path: &str) -> (u16, Value) {
     let mut resp = agent()
         .get(format!("{}{path}", b.admin()))
@@ -765,9 +779,12 @@ fn filters_include_and_exclude() {
     ] {
         assert_ok(&sk.push("app-1.0", &format!("{proxy_at}/{dest}")), dest);
     }
-    wait_for("team/app:1.0 in every region", || {
-        regs.iter().all(|r| complete(r, "team/app", "1.0", &app))
-    });
+    wait_replicated(
+        &berth,
+        "team/app:1.0 in every region",
+        "team/app?reference=1.0",
+        || regs.iter().all(|r| complete(r, "team/app", "1.0", &app)),
+    );
     // Events are taken in order: the excluded pushes were decided before the last one.
     wait_for("the queue to drain", || {
         admin_json(&berth, "/api/v1/replication").1["queued_jobs"] == 0
