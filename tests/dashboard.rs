@@ -348,6 +348,17 @@ fn api_region(admin: &str, name: &str) -> Value {
     serde_json::from_str(&resp.body_mut().read_to_string().expect("body")).expect("JSON")
 }
 
+/// Wait until the probes have found every region up: before that, a probe that timed out
+/// on a loaded machine (150 ms) can leave a region down, and a client's first answer (which
+/// sticks) would go elsewhere.
+fn probed_up(admin: &str) {
+    support::wait_until("every region probed up", Duration::from_secs(15), || {
+        ["westus", "eastus", "westeurope", "southeastasia"]
+            .iter()
+            .all(|r| api_region(admin, r)["health"] == "up")
+    });
+}
+
 #[test]
 fn the_page_shows_every_region_and_turns_a_stopped_replica_down() {
     let _one = serial();
@@ -355,6 +366,7 @@ fn the_page_shows_every_region_and_turns_a_stopped_replica_down() {
     let mut bed = bed(&rt);
     let berth = Berth::start(&bed.config);
     let admin = berth.admin();
+    probed_up(&admin);
     // Some traffic, so answers and queries are not all zero.
     assert_eq!(routed_a(berth.dns, TOKYO), ["192.0.2.40"]);
 
@@ -519,6 +531,7 @@ fn the_switch_needs_the_right_token_and_moves_clients_away() {
     let bed = bed(&rt);
     let berth = Berth::start(&bed.config);
     let admin = berth.admin();
+    probed_up(&admin);
     assert_eq!(routed_a(berth.dns, TOKYO), ["192.0.2.40"]);
     let browser = Browser::open(&format!("{admin}/"));
     browser.wait_for("four healthy regions", all_healthy);
